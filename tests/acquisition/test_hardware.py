@@ -1,0 +1,227 @@
+"""Building a core from a .cfg: roles, pixel sizes, trust rule, missing adapters."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from acquisition.hardware import (
+    DEMO_CONFIG,
+    ConfigError,
+    MissingDeviceAdaptersError,
+    UntrustedConfigError,
+    build_core,
+    describe_hardware,
+    scan_config_text,
+)
+
+RIG_TEMPLATE = DEMO_CONFIG.parent / "rig-template.cfg"
+
+DEMO_DEVICES = "acquisition.demo.devices"
+
+
+def test_demo_config_sets_every_role(demo_core):
+    hw = describe_hardware(demo_core)
+    assert hw.roles == {"Camera": "Camera", "XYStage": "XYStage", "Focus": "ZStage", "Shutter": "Shutter"}
+    assert hw.channel_group == "Channel"
+    assert sorted(hw.channel_presets) == ["DAPI", "tdTomato"]
+    assert sorted(hw.objective_presets) == ["10x", "20x", "4x"]
+    assert hw.pixel_sizes_um == {"Res4x": 1.625, "Res10x": 0.65, "Res20x": 0.325}
+    assert demo_core.getAutoShutter()
+
+
+@pytest.mark.parametrize(
+    ("objective", "pixel_um", "config"),
+    [("4x", 1.625, "Res4x"), ("10x", 0.65, "Res10x"), ("20x", 0.325, "Res20x")],
+    ids=["4x", "10x", "20x"],
+)
+def test_objective_sets_pixel_size_and_field_of_view(demo_core, objective, pixel_um, config):
+    demo_core.setConfig("Objective", objective)
+    assert demo_core.getCurrentPixelSizeConfig() == config
+    assert demo_core.getPixelSizeUm() == pytest.approx(pixel_um)
+    assert demo_core.getPixelSizeAffine()[0] == pytest.approx(pixel_um)
+    fov_um = demo_core.getImageWidth() * demo_core.getPixelSizeUm()
+    assert fov_um == pytest.approx(512 * pixel_um)
+
+
+def test_pixel_size_changed_event_follows_objective(demo_core):
+    seen: list[float] = []
+    demo_core.events.pixelSizeChanged.connect(seen.append)
+    demo_core.setConfig("Objective", "20x")
+    demo_core.setStateLabel("Objective", "4x")
+    demo_core.setState("Objective", 1)
+    assert seen == [0.325, 1.625, 0.65]
+
+
+OTHER_NAMING_CFG = f"""
+Property,Core,Initialize,0
+#py pyDevice,Controller,{DEMO_DEVICES},DemoHub
+#py pyDevice,Orca,{DEMO_DEVICES},DemoCamera
+#py pyDevice,Stage,{DEMO_DEVICES},DemoXYStage
+#py pyDevice,Nosepiece,{DEMO_DEVICES},DemoObjectiveTurret
+#py pyDevice,Cube,{DEMO_DEVICES},DemoFilterWheel
+#py Parent,Orca,Controller
+#py Parent,Stage,Controller
+#py Parent,Nosepiece,Controller
+#py Parent,Cube,Controller
+Property,Core,Initialize,1
+#py Property,Core,Camera,Orca
+#py Property,Core,XYStage,Stage
+#py Property,Orca,SensorWidth,100
+#py Property,Orca,SensorHeight,80
+#py ConfigGroup,Objectives,Low,Nosepiece,State,0
+#py ConfigGroup,Objectives,High,Nosepiece,State,2
+#py ConfigGroup,Fluor,Blue,Cube,Label,DAPI
+#py ConfigPixelSize,lowmag,Nosepiece,State,0
+PixelSize_um,lowmag,1.625
+#py ConfigPixelSize,highmag,Nosepiece,State,2
+PixelSize_um,highmag,0.325
+"""
+
+
+def test_pixel_size_resolves_with_other_device_names(tmp_path):
+    cfg = tmp_path / "other.cfg"
+    cfg.write_text(OTHER_NAMING_CFG)
+    core = build_core(cfg)
+    core.setConfig("Objectives", "High")
+    assert core.getCurrentPixelSizeConfig() == "highmag"
+    assert core.getPixelSizeUm() == pytest.approx(0.325)
+    core.setConfig("Objectives", "Low")
+    assert core.getCurrentPixelSizeConfig() == "lowmag"
+    assert core.getPixelSizeUm() == pytest.approx(1.625)
+    core.setState("Nosepiece", 1)  # 10x has no pixel-size config here
+    assert core.getCurrentPixelSizeConfig() == ""
+    assert core.getPixelSizeUm() == 0.0
+    assert (core.getImageWidth(), core.getImageHeight()) == (100, 80)
+
+
+def test_pure_python_config_does_not_complain_about_micromanager(capfd):
+    build_core()
+    err = capfd.readouterr().err
+    assert "Micro-Manager installation" not in err
+
+
+def test_missing_cpp_adapters_are_named_before_loading(capfd):
+    with pytest.raises(MissingDeviceAdaptersError) as info:
+        build_core(RIG_TEMPLATE)
+    msg = str(info.value)
+    for adapter in ("HamamatsuHam", "Marzhauser", "NikonTI", "LudlMainController"):
+        assert adapter in msg
+    assert "mmcore install" in msg
+    assert "\n" not in msg
+    assert "Micro-Manager installation for the device interface" not in capfd.readouterr().err
+
+
+def test_rig_template_declares_the_same_roles_and_groups():
+    text = RIG_TEMPLATE.read_text()
+    devices = scan_config_text(text)
+    assert devices.cpp_adapters and not devices.py_devices
+    for needle in (
+        "Property,Core,Camera,",
+        "Property,Core,XYStage,",
+        "Property,Core,Focus,",
+        "ConfigGroup,Channel,DAPI,",
+        "ConfigGroup,Channel,tdTomato,",
+        "ConfigGroup,Objective,4x,",
+        "ConfigGroup,Objective,10x,",
+        "ConfigGroup,Objective,20x,",
+        "PixelSize_um,Res4x,1.625",
+        "PixelSize_um,Res10x,0.65",
+        "PixelSize_um,Res20x,0.325",
+    ):
+        assert needle in text
+
+
+UNTRUSTED_MODULE = '''
+from pymmcore_plus.experimental.unicore import ShutterDevice
+
+LOADED = []
+
+
+class ThirdPartyShutter(ShutterDevice):
+    def __init__(self):
+        super().__init__()
+        LOADED.append(self)
+        self._open = False
+
+    def get_open(self):
+        return self._open
+
+    def set_open(self, open):
+        self._open = bool(open)
+'''
+
+
+@pytest.fixture
+def untrusted_cfg(tmp_path, monkeypatch):
+    module = tmp_path / "third_party_devices.py"
+    module.write_text(textwrap.dedent(UNTRUSTED_MODULE))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = tmp_path / "third_party.cfg"
+    cfg.write_text(
+        "Property,Core,Initialize,0\n"
+        "#py pyDevice,Shutter,third_party_devices,ThirdPartyShutter\n"
+        "Property,Core,Initialize,1\n"
+        "#py Property,Core,Shutter,Shutter\n"
+    )
+    yield cfg
+    sys.modules.pop("third_party_devices", None)
+
+
+def test_untrusted_python_devices_are_refused_without_running_them(untrusted_cfg):
+    with pytest.raises(UntrustedConfigError) as info:
+        build_core(untrusted_cfg)
+    msg = str(info.value)
+    assert "third_party_devices.ThirdPartyShutter" in msg
+    assert "--trust-config" in msg
+    assert "third_party_devices" not in sys.modules  # the code was never imported
+
+
+def test_untrusted_python_devices_load_when_trusted(untrusted_cfg):
+    core = build_core(untrusted_cfg, trust_config=True)
+    assert core.getShutterDevice() == "Shutter"
+    assert len(sys.modules["third_party_devices"].LOADED) == 1
+
+
+def test_trust_rule_is_a_package_prefix_not_a_substring(tmp_path):
+    cfg = tmp_path / "sneaky.cfg"
+    cfg.write_text("#py pyDevice,X,acquisition.demo_evil,Thing\n")
+    with pytest.raises(UntrustedConfigError, match=r"acquisition\.demo_evil\.Thing"):
+        build_core(cfg)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Property,Core,Initialize,0\nBogusCommand,a,b\n", "line 2"),
+        (f"#py pyDevice,Cam,{DEMO_DEVICES},NoSuchCamera\n", "NoSuchCamera"),
+        (f"#py pyDevice,Cam,{DEMO_DEVICES},DemoCamera\nProperty,Cam,NoSuchProp,1\n", "line 2"),
+    ],
+    ids=["unknown-command", "unknown-class", "unknown-property"],
+)
+def test_malformed_config_gives_one_line_error(tmp_path, text, expected):
+    cfg = tmp_path / "bad.cfg"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        build_core(cfg)
+    assert expected in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_config_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        build_core(tmp_path / "nope.cfg")
+
+
+def test_core_role_properties_accept_python_devices(demo_core):
+    demo_core.setProperty("Core", "XYStage", "XYStage")
+    assert demo_core.getProperty("Core", "XYStage") == "XYStage"
+    assert demo_core.getProperty("Core", "Camera") == "Camera"
+
+
+def test_cfg_default_is_the_demo_microscope():
+    assert Path(DEMO_CONFIG).name == "demo.cfg"
+    assert build_core().getCameraDevice() == "Camera"

@@ -1,0 +1,34 @@
+"""Shared fixtures: the demo microscope, small and deterministic."""
+
+from __future__ import annotations
+
+import os
+
+# Qt tests run offscreen; set before anything imports Qt.
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+from collections.abc import Iterator
+
+import pytest
+
+from acquisition.hardware import CordScopeCore, build_core
+
+TEST_SENSOR_PX = 512
+
+
+def make_demo_core(*, sensor_px: int = TEST_SENSOR_PX, noise: bool = True, seed: int = 7) -> CordScopeCore:
+    """A demo core with a small sensor and seeded noise."""
+    core = build_core()
+    core.setProperty("Camera", "SensorWidth", sensor_px)
+    core.setProperty("Camera", "SensorHeight", sensor_px)
+    core.setProperty("Camera", "Noise", "On" if noise else "Off")
+    core.setProperty("Camera", "NoiseSeed", seed)
+    return core
+
+
+@pytest.fixture
+def demo_core() -> Iterator[CordScopeCore]:
+    """A fresh demo core (512×512 sensor, seeded noise), unloaded afterwards."""
+    core = make_demo_core()
+    yield core
+    core.unloadAllDevices()
