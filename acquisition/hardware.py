@@ -13,15 +13,18 @@ their hub) so that the rest of CordScope sees one ordinary core.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import re
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from pymmcore_plus import DeviceType, PropertyType, find_micromanager
+import pymmcore
+from pymmcore_plus import CMMCorePlus, DeviceType, PropertyType, find_micromanager
 from pymmcore_plus.experimental.unicore import HubDevice, UniMMCore
 
 from .errors import CordScopeError
@@ -84,9 +87,7 @@ class ConfigDevices:
 
 
 _DEVICE_LINE = re.compile(r"^\s*Device\s*,\s*([^,]+?)\s*,\s*([^,]+?)\s*,\s*([^,]+?)\s*$")
-_PY_DEVICE_LINE = re.compile(
-    r"^\s*#py\s+pyDevice\s*,\s*([^,]+?)\s*,\s*([^,]+?)\s*,\s*([^,]+?)\s*$"
-)
+_PY_DEVICE_LINE = re.compile(r"^\s*#py\s+pyDevice\s*,\s*([^,]+?)\s*,\s*([^,]+?)\s*,\s*([^,]+?)\s*$")
 
 
 def scan_config_text(text: str) -> ConfigDevices:
@@ -157,6 +158,19 @@ class CordScopeCore(UniMMCore):
         with _quiet_mm_discovery():
             super().__init__(*args, **kwargs)
         self.events.systemConfigurationLoaded.connect(self._on_config_loaded)
+        _LIVE_CORES.add(self)
+
+    def close(self) -> None:
+        """Unload every device and stop the core's C++ callbacks.
+
+        Use when done with a core (tests, scripts). Exiting Python right after
+        ``unloadAllDevices`` while MMCore's callback thread is still calling
+        into Python aborted the process here ("exception not rethrown",
+        pymmcore-plus #570); detaching the callback first avoids it.
+        """
+        with contextlib.suppress(Exception):
+            self.unloadAllDevices()
+        _detach_callback(self)
 
     # ---------------------------------------------------------------- loading
 
@@ -403,6 +417,21 @@ class CordScopeCore(UniMMCore):
             self._do_shutter_open(shutter, False)
 
 
+_LIVE_CORES: weakref.WeakSet[CordScopeCore] = weakref.WeakSet()
+
+
+def _detach_callback(core: CordScopeCore) -> None:
+    with contextlib.suppress(Exception):
+        pymmcore.CMMCore.registerCallback(core, None)
+
+
+@atexit.register
+def _detach_all_callbacks() -> None:
+    # Runs before interpreter finalisation, while Python can still take calls.
+    for core in list(_LIVE_CORES):
+        _detach_callback(core)
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     # UniMMCore wraps errors as "Error in configuration file ... at line N: ...\n<cause>"
@@ -467,7 +496,7 @@ class HardwareSummary:
     image_height_px: int
 
 
-def _objective_group(core: CordScopeCore) -> str:
+def _objective_group(core: CMMCorePlus) -> str:
     for group in core.getAvailableConfigGroups():
         if group.lower().startswith("objective"):
             return str(group)
@@ -498,19 +527,21 @@ def describe_hardware(core: CordScopeCore) -> HardwareSummary:
         channel_presets=list(core.getAvailableConfigs(channel_group)) if channel_group else [],
         objective_group=objective_group,
         objective_presets=list(core.getAvailableConfigs(objective_group)) if objective_group else [],
-        pixel_sizes_um={str(c): float(core.getPixelSizeUmByID(c)) for c in core.getAvailablePixelSizeConfigs()},
+        pixel_sizes_um={
+            str(c): float(core.getPixelSizeUmByID(c)) for c in core.getAvailablePixelSizeConfigs()
+        },
         pixel_size_um=core.getPixelSizeUm(),
         image_width_px=int(core.getImageWidth()),
         image_height_px=int(core.getImageHeight()),
     )
 
 
-def objective_group(core: CordScopeCore) -> str:
+def objective_group(core: CMMCorePlus) -> str:
     """Name of the configuration group that selects the objective ("" if none)."""
     return _objective_group(core)
 
 
-def config_presets(core: CordScopeCore, group: str) -> Sequence[str]:
+def config_presets(core: CMMCorePlus, group: str) -> Sequence[str]:
     """Presets of a configuration group, empty when the group does not exist."""
     if not group or group not in core.getAvailableConfigGroups():
         return ()

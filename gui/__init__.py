@@ -1,0 +1,1 @@
+"""The PyQt6 GUI of CordScope (and offline icons for pymmcore-widgets)."""

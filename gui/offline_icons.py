@@ -21,6 +21,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import material_design_icons_pack as mdi
@@ -113,7 +114,7 @@ def offline_svg(
 class OfflineIconifyAdapter(BaseAdapter):
     """A ``requests`` transport that answers the Iconify API from local icons."""
 
-    def send(self, request: requests.PreparedRequest, **kwargs: object) -> requests.Response:
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
         """Answer one request: ``/last-modified`` and ``/<prefix>/<name>.svg``."""
         parts = urlsplit(request.url or "")
         query = {k: v[0] for k, v in parse_qs(parts.query).items()}
@@ -168,7 +169,9 @@ def use_offline_icons(cache_dir: str | Path | None = None) -> Path:
     Path
         The SVG cache folder in use.
     """
-    folder = Path(cache_dir or os.environ.get("PYCONIFY_CACHE") or Path(tempfile.gettempdir()) / "cordscope-icons")
+    folder = Path(
+        cache_dir or os.environ.get("PYCONIFY_CACHE") or Path(tempfile.gettempdir()) / "cordscope-icons"
+    )
     folder.mkdir(parents=True, exist_ok=True)
     os.environ["PYCONIFY_CACHE"] = str(folder)
     import pyconify._cache as pyconify_cache

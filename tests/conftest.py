@@ -31,4 +31,4 @@ def demo_core() -> Iterator[CordScopeCore]:
     """A fresh demo core (512×512 sensor, seeded noise), unloaded afterwards."""
     core = make_demo_core()
     yield core
-    core.unloadAllDevices()
+    core.close()

@@ -21,10 +21,9 @@ import math
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-
 from pymmcore_plus.experimental.unicore import (
     HubDevice,
     ShutterDevice,
@@ -82,7 +81,9 @@ class _Peripheral:
     def hub(self) -> DemoHub:
         if self._hub is None:
             label = self.get_label() if hasattr(self, "get_label") else type(self).__name__
-            raise DemoDeviceError(f"{label}: not attached to a DemoHub (add 'Parent,{label},<hub>' to the .cfg)")
+            raise DemoDeviceError(
+                f"{label}: not attached to a DemoHub (add 'Parent,{label},<hub>' to the .cfg)"
+            )
         return self._hub
 
 
@@ -350,8 +351,18 @@ class DemoXYStage(_Peripheral, XYStageDevice):
             "PositioningErrorSeed", default_value=0, property_type=int, setter=DemoXYStage._set_error_seed
         )
         self.register_property("FailEveryNthMove", default_value=0, limits=(0, 1_000_000), property_type=int)
-        self.register_property("TrueX_um", property_type=float, getter=lambda s: s.true_position_um()[0], is_read_only=True)
-        self.register_property("TrueY_um", property_type=float, getter=lambda s: s.true_position_um()[1], is_read_only=True)
+        self.register_property(
+            "TrueX_um", property_type=float, getter=DemoXYStage._true_x_um, is_read_only=True
+        )
+        self.register_property(
+            "TrueY_um", property_type=float, getter=DemoXYStage._true_y_um, is_read_only=True
+        )
+
+    def _true_x_um(self) -> float:
+        return self.true_position_um()[0]
+
+    def _true_y_um(self) -> float:
+        return self.true_position_um()[1]
 
     def _set_error_seed(self, seed: int) -> None:
         self._error_rng = np.random.default_rng(int(float(seed)))
@@ -369,9 +380,12 @@ class DemoXYStage(_Peripheral, XYStageDevice):
             )
         self._move_count += 1
         if _every_nth(self._move_count, _int_prop(self, "FailEveryNthMove")):
-            raise DemoDeviceError(f"{label}: move {self._move_count} to ({x:.1f}, {y:.1f}) µm failed: motor stalled (injected fault)")
+            raise DemoDeviceError(
+                f"{label}: move {self._move_count} to ({x:.1f}, {y:.1f}) µm failed: "
+                "motor stalled (injected fault)"
+            )
         sigma = _float_prop(self, "PositioningError_um")
-        ex, ey = (self._error_rng.normal(0.0, sigma, 2) if sigma > 0 else (0.0, 0.0))
+        ex, ey = self._error_rng.normal(0.0, sigma, 2) if sigma > 0 else (0.0, 0.0)
         start = self.true_position_um()
         self._target_um = (px, py)
         self._move_start_um = start
@@ -445,7 +459,9 @@ class DemoZStage(_Peripheral, StageDevice):
             )
         self._move_count += 1
         if _every_nth(self._move_count, _int_prop(self, "FailEveryNthMove")):
-            raise DemoDeviceError(f"{self.get_label()}: focus move {self._move_count} failed (injected fault)")
+            raise DemoDeviceError(
+                f"{self.get_label()}: focus move {self._move_count} failed (injected fault)"
+            )
         self._z_um = z
 
     def get_position_um(self) -> float:
@@ -487,7 +503,7 @@ class DemoShutter(_Peripheral, ShutterDevice):
 class DemoFilterWheel(_Peripheral, StateDevice):
     """Simulated fluorescence filter wheel; each position images one slide channel."""
 
-    CHANNELS: dict[int, str] = {0: "DAPI", 1: "tdTomato"}
+    CHANNELS: ClassVar[dict[int, str]] = {0: "DAPI", 1: "tdTomato"}
 
     def __init__(self) -> None:
         super().__init__(self.CHANNELS)
@@ -509,9 +525,9 @@ class DemoFilterWheel(_Peripheral, StateDevice):
 class DemoObjectiveTurret(_Peripheral, StateDevice):
     """Simulated objective turret with 4x, 10x and 20x objectives."""
 
-    OBJECTIVES: dict[int, str] = {0: "4x", 1: "10x", 2: "20x"}
-    MAGNIFICATION: dict[int, float] = {0: 4.0, 1: 10.0, 2: 20.0}
-    NUMERICAL_APERTURE: dict[int, float] = {0: 0.13, 1: 0.30, 2: 0.75}
+    OBJECTIVES: ClassVar[dict[int, str]] = {0: "4x", 1: "10x", 2: "20x"}
+    MAGNIFICATION: ClassVar[dict[int, float]] = {0: 4.0, 1: 10.0, 2: 20.0}
+    NUMERICAL_APERTURE: ClassVar[dict[int, float]] = {0: 0.13, 1: 0.30, 2: 0.75}
 
     def __init__(self) -> None:
         super().__init__(self.OBJECTIVES)
