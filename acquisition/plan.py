@@ -1375,6 +1375,8 @@ def demo_plan(
     tracer_exposure_ms: float = 50.0,
     margin_um: float = 50.0,
     slide: Any = None,
+    section_ids: Sequence[str] | None = None,
+    focus: Mapping[str, Any] | None = None,
 ) -> ScanPlan:
     """Build the plan that scans every section of the demo slide.
 
@@ -1392,13 +1394,25 @@ def demo_plan(
         hull (µm), so the tissue edge is imaged.
     slide : VirtualSlide, optional
         The demo slide (default ``acquisition.demo.slide.demo_slide()``).
+    section_ids : sequence of str, optional
+        Scan only these sections (in this order); default: every section.
+    focus : mapping, optional
+        :class:`FocusSettings` fields; default: a focus map (the demo slide
+        is tilted by about 20 µm over its width, as real slides are).
     """
     if slide is None:
         from acquisition.demo.slide import demo_slide
 
         slide = demo_slide()
     sections: list[dict[str, Any]] = []
-    for truth in slide.sections:
+    truths = list(slide.sections)
+    if section_ids is not None:
+        by_id = {t.spec.section_id: t for t in truths}
+        unknown = [sid for sid in section_ids if sid not in by_id]
+        if unknown:
+            raise ValueError(f"not on the demo slide: {', '.join(unknown)} (sections: {', '.join(by_id)})")
+        truths = [by_id[sid] for sid in section_ids]
+    for truth in truths:
         spec = getattr(truth, "spec", truth)
         orientation = getattr(spec, "orientation", "coronal")
         section: dict[str, Any] = {
@@ -1410,12 +1424,11 @@ def demo_plan(
             "orientation": orientation,
             "injection_side": getattr(spec, "injection_side", None),
         }
-        epicenter = getattr(truth, "epicenter_um", None)
-        if orientation == "horizontal" and epicenter is not None:
-            section["lesion_epicenter_um"] = (round(float(epicenter[0]), 1), round(float(epicenter[1]), 1))
-            rostral = getattr(truth, "rostral_direction", None)
-            if rostral is not None:
-                section["rostral_direction_deg"] = round(math.degrees(math.atan2(rostral[1], rostral[0])), 2)
+        # The epicenter is left for the analysis to find (the cavity); the
+        # mounting direction (rostral) is what a user knows and writes down.
+        rostral = getattr(truth, "rostral_direction", None)
+        if orientation == "horizontal" and rostral is not None:
+            section["rostral_direction_deg"] = round(math.degrees(math.atan2(rostral[1], rostral[0])), 2)
         sections.append(section)
     return plan_from_dict(
         {
@@ -1428,6 +1441,7 @@ def demo_plan(
                 {"preset": "tdTomato", "exposure_ms": tracer_exposure_ms, "role": "tracer"},
             ],
             "overlap_pct": overlap_pct,
+            "focus": dict(focus) if focus is not None else {"strategy": "focus_map"},
             "sections": sections,
         },
         source="demo_plan",

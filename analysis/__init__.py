@@ -1,0 +1,1 @@
+"""Image analysis: pure functions on arrays, the streaming worker, statistics and reports."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -28,8 +27,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -39,7 +38,9 @@ ConfigOpt = Annotated[
 ]
 TrustOpt = Annotated[
     bool,
-    typer.Option("--trust-config", help="Allow the .cfg to load Python device code outside acquisition.demo."),
+    typer.Option(
+        "--trust-config", help="Allow the .cfg to load Python device code outside acquisition.demo."
+    ),
 ]
 
 
@@ -61,10 +62,10 @@ def _user_errors(func: F) -> F:
 
 @app.callback()
 def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")] = False) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    level = logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # pymmcore-plus logs at DEBUG to its own logger; keep it at our level
+    logging.getLogger("pymmcore-plus").setLevel(level)
 
 
 def _core(config: Path | None, trust_config: bool) -> Any:
@@ -107,7 +108,9 @@ def devices(config: ConfigOpt = None, trust_config: TrustOpt = False) -> None:
 @_user_errors
 def snap(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output .tif (raw 16-bit) or .png (composite).")],
-    demo: Annotated[bool, typer.Option("--demo", help="Use the demo microscope, over a demo section.")] = False,
+    demo: Annotated[
+        bool, typer.Option("--demo", help="Use the demo microscope, over a demo section.")
+    ] = False,
     config: ConfigOpt = None,
     trust_config: TrustOpt = False,
     channel: Annotated[
@@ -142,8 +145,9 @@ def snap(
     path = save_channel_image(out, result.images, result.channel_names, pixel_size_um=result.pixel_size_um)
     x, y = result.center_xy_um
     console.print(
-        f"wrote {path} ({', '.join(result.channel_names)}; {result.images.shape[2]}×{result.images.shape[1]} px "
-        f"at {result.pixel_size_um:g} µm/px; stage {x:.0f}, {y:.0f} µm)"
+        f"wrote {path} ({', '.join(result.channel_names)}; "
+        f"{result.images.shape[2]}×{result.images.shape[1]} px at {result.pixel_size_um:g} µm/px; "
+        f"stage {x:.0f}, {y:.0f} µm)"
     )
 
 
@@ -166,15 +170,185 @@ def _demo_snap_position(core: Any) -> tuple[float, float]:
 
 @app.command()
 @_user_errors
+def plan(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Plan file to write (.yaml).")] = Path(
+        "demo-plan.yaml"
+    ),
+    demo: Annotated[bool, typer.Option("--demo", help="The demo slide's plan (every section).")] = False,
+    scan_file: Annotated[
+        Path | None,
+        typer.Option("--scan-file", help="Scan file the plan writes to (default: beside the plan)."),
+    ] = None,
+    objective: Annotated[str, typer.Option(help="Objective preset.")] = "10x",
+) -> None:
+    """Write a scan plan (for now: the demo slide's; see also ``overview``)."""
+    from acquisition.plan import demo_plan, save_plan
+
+    if not demo:
+        raise ValueError("only --demo plans are written directly; use `cordscope overview` for a real slide")
+    output = scan_file or out.with_suffix(".h5")
+    the_plan = demo_plan(output=output, objective=objective)
+    save_plan(the_plan, out)
+    n = len(the_plan.sections)
+    console.print(f"wrote {out}: {n} sections of the demo slide at {objective}, scanning to {output}")
+
+
+@app.command()
+@_user_errors
+def overview(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Plan file to write (.yaml).")],
+    config: ConfigOpt = None,
+    trust_config: TrustOpt = False,
+    anatomy_channel: Annotated[str, typer.Option(help="Channel preset of the counterstain.")] = "DAPI",
+    tracer_channel: Annotated[str, typer.Option(help="Channel preset of the tracer.")] = "tdTomato",
+    objective: Annotated[str, typer.Option(help="Objective preset of the overview.")] = "4x",
+    scan_objective: Annotated[str, typer.Option(help="Objective preset the plan scans with.")] = "10x",
+    exposure_ms: Annotated[float, typer.Option(help="Overview exposure (ms).")] = 20.0,
+    region_um: Annotated[
+        tuple[float, float, float, float],
+        typer.Option(help="Slide area to survey: x0 y0 x1 y1 in stage µm (default: all but the label end)."),
+    ] = (20_000.0, 0.0, 75_000.0, 25_000.0),
+) -> None:
+    """Survey the slide at low magnification, find the sections, write a plan for them."""
+    from cordscope.overview_plan import overview_to_plan
+
+    the_plan, tif, found = overview_to_plan(
+        console,
+        _core(config, trust_config),
+        out=out,
+        config=config,
+        anatomy_channel=anatomy_channel,
+        tracer_channel=tracer_channel,
+        objective=objective,
+        scan_objective=scan_objective,
+        exposure_ms=exposure_ms,
+        region_um=region_um,
+    )
+    table = Table("section", "centre x µm", "centre y µm", "area mm²", title=f"{len(found)} sections found")
+    for section, f in zip(the_plan.sections, found, strict=True):
+        table.add_row(
+            section.id, f"{f.centroid_um[0]:.0f}", f"{f.centroid_um[1]:.0f}", f"{f.area_um2 / 1e6:.2f}"
+        )
+    console.print(table)
+    console.print(
+        f"wrote {out} and the overview image {tif}; fill in animal, group, level and injection side"
+    )
+
+
+@app.command()
+@_user_errors
+def validate(
+    plan_file: Annotated[Path, typer.Argument(help="Plan (.yaml) to check.")],
+    config: ConfigOpt = None,
+    trust_config: TrustOpt = False,
+    overwrite: Annotated[bool, typer.Option(help="An existing output file will be replaced.")] = False,
+) -> None:
+    """Check a plan against its hardware config without moving anything."""
+    from acquisition.plan import load_plan, validate_plan
+
+    the_plan = load_plan(plan_file)
+    core = _core(config or the_plan.hardware_config, trust_config)
+    summary = validate_plan(the_plan, core, overwrite=overwrite)
+    console.print(f"[green]ok[/]: {plan_file}")
+    _print_plan_summary(summary)
+
+
+def _print_plan_summary(summary: Any) -> None:
+    table = Table("section", "tiles", title="Plan")
+    for sid, n in summary.tiles_per_section.items():
+        table.add_row(sid, str(n))
+    console.print(table)
+    w, h = summary.tile_size_um
+    console.print(
+        f"{summary.total_tiles} tiles of {w:.0f} × {h:.0f} µm at {summary.pixel_size_um:g} µm/px, "
+        f"{summary.total_images} images, about {summary.estimated_bytes / 1e9:.2f} GB"
+    )
+
+
+@app.command()
+@_user_errors
+def scan(
+    plan_file: Annotated[Path | None, typer.Argument(help="Plan (.yaml) to scan.")] = None,
+    demo: Annotated[bool, typer.Option("--demo", help="Scan the demo slide on the demo microscope.")] = False,
+    resume: Annotated[
+        Path | None,
+        typer.Option("--resume", help="Continue an interrupted scan file (.h5) from its stored plan."),
+    ] = None,
+    config: ConfigOpt = None,
+    trust_config: TrustOpt = False,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Scan file to write (overrides the plan).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing scan file.")] = False,
+    sensor_px: Annotated[
+        int | None, typer.Option(help="Demo camera sensor size (px); --demo uses 512 to be quick.")
+    ] = None,
+) -> None:
+    """Tile every section of a plan into one HDF5 file, with progress and a summary.
+
+    Exits with code 1 when tiles failed or the scan stopped early (it is then
+    resumable with --resume).
+    """
+    from cordscope.scanning import run_scan_cli
+
+    code = run_scan_cli(
+        console,
+        plan_file=plan_file,
+        demo=demo,
+        resume=resume,
+        config=config,
+        trust_config=trust_config,
+        out=out,
+        overwrite=overwrite,
+        sensor_px=sensor_px,
+    )
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command()
+@_user_errors
+def info(scan_file: Annotated[Path, typer.Argument(help="Scan file (.h5).")]) -> None:
+    """Summarise a scan file: sections, tiles done/failed/pending, size, duration."""
+    from acquisition.storage import ScanFile
+
+    with ScanFile.open(scan_file) as scan_data:
+        summary = scan_data.summary()
+        attrs = {sid: scan_data.section(sid).attrs for sid in scan_data.section_ids}
+    console.print(f"[bold]{summary.path}[/]  format v{summary.format_version}, created {summary.created}")
+    table = Table("section", "animal", "group", "level", "orientation", "done", "failed", "pending", "tiles")
+    for sid, s in summary.sections.items():
+        a = attrs[sid]
+        table.add_row(
+            sid,
+            str(a.get("animal") or "—"),
+            str(a.get("group") or "—"),
+            str(a.get("level") or "—"),
+            str(a.get("orientation") or "—"),
+            str(s.done),
+            str(s.failed),
+            str(s.pending),
+            str(s.n_tiles),
+        )
+    console.print(table)
+    duration = f"{summary.duration_s:.1f} s" if summary.duration_s is not None else "—"
+    state = "complete" if summary.complete else "incomplete (resume with: cordscope scan --resume FILE)"
+    console.print(
+        f"{summary.done}/{summary.n_tiles} tiles, {summary.file_size_bytes / 1e6:.1f} MB, {duration}; {state}"
+    )
+
+
+@app.command()
+@_user_errors
 def demo(
     out_dir: Annotated[Path, typer.Option("--out-dir", help="Where to write the demo's files.")] = Path(
         "demo-output"
     ),
 ) -> None:
-    """Run the demo on the simulated microscope (what ``make demo`` runs)."""
+    """Run the demo on the simulated microscope (what ``make demo`` runs): scan the demo slide."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    for suffix in (".tif", ".png"):
-        snap(out=out_dir / f"demo-snap{suffix}", demo=True)
+    snap(out=out_dir / "demo-snap.png", demo=True)
+    scan(demo=True, out=out_dir / "demo-scan.h5", overwrite=True)
 
 
 def main() -> None:
@@ -183,4 +357,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 # Qt tests run offscreen; set before anything imports Qt.
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -32,3 +33,23 @@ def demo_core() -> Iterator[CordScopeCore]:
     core = make_demo_core()
     yield core
     core.close()
+
+
+@pytest.fixture
+def wait_until():
+    """Poll a condition (outside Qt) until it holds, optionally for ``stable_s`` seconds."""
+
+    def wait(condition, *, timeout_s: float = 30.0, stable_s: float = 0.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        held_since = None
+        while time.monotonic() < deadline:
+            if condition():
+                held_since = held_since or time.monotonic()
+                if time.monotonic() - held_since >= stable_s:
+                    return
+            else:
+                held_since = None
+            time.sleep(0.02)
+        raise AssertionError(f"condition not met within {timeout_s} s")
+
+    return wait

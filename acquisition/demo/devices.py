@@ -138,6 +138,10 @@ class DemoHub(HubDevice):
             ("DemoObjectiveTurret", "Simulated objective turret (4x, 10x, 20x)"),
         ]
 
+    def initialize(self) -> None:
+        """Build the virtual slide now, as hardware initialises, not on the first snap."""
+        _ = self.slide
+
     def _set_seed(self, value: int) -> None:
         with self._slide_lock:
             self._slide = None  # rebuilt lazily with the new seed

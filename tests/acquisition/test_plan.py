@@ -962,11 +962,9 @@ def test_demo_plan_covers_the_demo_slide(
             truth.spec.level,
         )
         assert section.injection_side == truth.spec.injection_side
+        assert section.lesion_epicenter_um is None  # left for the analysis to find
         if section.orientation == "horizontal":
-            assert section.lesion_epicenter_um == pytest.approx(truth.epicenter_um, abs=0.1)
             assert math.cos(math.radians(section.rostral_direction_deg)) < -0.95  # rostral is -x
-        else:
-            assert section.lesion_epicenter_um is None
     summary = validate_plan(plan, core, disk_free_bytes=plenty_of_disk)
     assert summary.total_tiles == sum(summary.tiles_per_section.values()) > len(plan.sections)
     assert plan_from_yaml(plan.to_yaml()) == plan

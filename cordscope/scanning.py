@@ -1,0 +1,157 @@
+"""``cordscope scan``: build the core and plan, run the controller, show progress."""
+
+from __future__ import annotations
+
+import signal
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from acquisition.controller import ScanController, ScanProgress, ScanResult
+from acquisition.hardware import CordScopeCore, build_core
+from acquisition.plan import demo_plan, load_plan
+
+DEMO_SENSOR_PX = 512
+#: What ``cordscope scan --demo`` scans: one animal of each group at C5, Th7 and
+#: L2, and one lesion section (about 1,000 tiles at 10x with a 512² sensor).
+DEMO_SCAN_SECTIONS = (
+    "rat01-C5",
+    "rat01-Th7",
+    "rat01-L2",
+    "rat03-C5",
+    "rat03-Th7",
+    "rat03-L2",
+    "rat05-C5",
+    "rat05-Th7",
+    "rat05-L2",
+    "rat03-lesion",
+)
+
+
+def _demo_core(sensor_px: int) -> CordScopeCore:
+    core = build_core()
+    core.setProperty("Camera", "SensorWidth", sensor_px)
+    core.setProperty("Camera", "SensorHeight", sensor_px)
+    return core
+
+
+def run_scan_cli(
+    console: Console,
+    *,
+    plan_file: Path | None,
+    demo: bool,
+    resume: Path | None,
+    config: Path | None,
+    trust_config: bool,
+    out: Path | None,
+    overwrite: bool,
+    sensor_px: int | None,
+) -> int:
+    """Run one scan from the command line; return the exit code (0 = all tiles done)."""
+    chosen = sum(x is not None and x is not False for x in (plan_file, resume)) + int(demo)
+    if chosen != 1:
+        raise ValueError("give exactly one of: a PLAN.yaml, --demo, or --resume FILE.h5")
+    if demo:
+        core = _demo_core(sensor_px or DEMO_SENSOR_PX)
+        output = out or Path(tempfile.gettempdir()) / "cordscope-demo-scan.h5"
+        the_plan = demo_plan(output=output, section_ids=DEMO_SCAN_SECTIONS)
+        controller = ScanController(core, the_plan, overwrite=overwrite)
+    elif resume is not None:
+        from acquisition.plan import plan_from_yaml
+        from acquisition.storage import ScanFile
+
+        with ScanFile.open(resume) as scan_file:
+            stored = plan_from_yaml(scan_file.plan_yaml, source=f"{resume.name}:/plan")
+        core = build_core(config or stored.hardware_config, trust_config=trust_config)
+        if sensor_px and core.hasProperty(core.getCameraDevice(), "SensorWidth"):
+            core.setProperty(core.getCameraDevice(), "SensorWidth", sensor_px)
+            core.setProperty(core.getCameraDevice(), "SensorHeight", sensor_px)
+        controller = ScanController.resume(resume, core)
+    else:
+        assert plan_file is not None
+        the_plan = load_plan(plan_file)
+        if out is not None:
+            the_plan = the_plan.model_copy(update={"output": out})
+        core = build_core(config or the_plan.hardware_config, trust_config=trust_config)
+        if sensor_px and core.hasProperty(core.getCameraDevice(), "SensorWidth"):
+            core.setProperty(core.getCameraDevice(), "SensorWidth", sensor_px)
+            core.setProperty(core.getCameraDevice(), "SensorHeight", sensor_px)
+        controller = ScanController(core, the_plan, overwrite=overwrite)
+    result = _run_with_progress(console, controller)
+    _print_summary(console, result)
+    return 0 if result.complete else 1
+
+
+def _run_with_progress(console: Console, controller: ScanController) -> ScanResult:
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("tiles"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    lock = threading.Lock()
+    with Progress(*columns, console=console, transient=False) as bar:
+        overall = bar.add_task("scan", total=None)
+        section_tasks: dict[str, Any] = {}
+
+        def on_progress(p: ScanProgress) -> None:
+            with lock:
+                bar.update(overall, total=p.tiles_total, completed=p.tiles_done + p.tiles_failed)
+                for sid, s in p.sections.items():
+                    if sid not in section_tasks:
+                        section_tasks[sid] = bar.add_task(f"  {sid}", total=s.total)
+                    bar.update(section_tasks[sid], completed=s.done + s.failed)
+                state = p.state if p.current_section is None else f"{p.state}: {p.current_section}"
+                bar.update(overall, description=f"scan ({state})")
+
+        controller.events.progress.connect(on_progress)
+        controller.events.message.connect(
+            lambda level, text: (
+                console.print(f"[{'yellow' if level == 'warning' else 'red'}]{text}")
+                if level != "info"
+                else None
+            )
+        )
+        previous = signal.getsignal(signal.SIGINT)
+
+        def on_interrupt(signum: int, frame: Any) -> None:
+            console.print("[yellow]interrupted: stopping after the current image (Ctrl-C again to force)")
+            controller.abort("interrupted from the keyboard")
+            signal.signal(signal.SIGINT, previous)
+
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, on_interrupt)
+        try:
+            controller.start()
+            return controller.wait()
+        finally:
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, previous)
+
+
+def _print_summary(console: Console, result: ScanResult) -> None:
+    table = Table("section", "done", "failed", "tiles", title=f"Scan {result.state}")
+    for sid, s in result.sections.items():
+        table.add_row(sid, str(s.done), str(s.failed) if not s.failed else f"[red]{s.failed}", str(s.total))
+    console.print(table)
+    console.print(
+        f"{result.path}: {result.tiles_done}/{result.tiles_total} tiles done, {result.tiles_failed} failed, "
+        f"{result.file_size_bytes / 1e6:.1f} MB, {result.elapsed_s:.1f} s"
+    )
+    if result.message:
+        console.print(f"[yellow]{result.message}")
