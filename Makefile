@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 
 ## make demo: scan the demo slide on the simulated microscope
 demo: $(STAMP)
-	$(VENV)/bin/cordscope demo
+	$(VENV)/bin/cordscope demo --out-dir demo-output
 
 ## make test: lint, type-check, then the whole test suite (offscreen Qt)
 test: $(STAMP) lint typecheck

@@ -64,8 +64,9 @@ def _user_errors(func: F) -> F:
 def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")] = False) -> None:
     level = logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # pymmcore-plus logs at DEBUG to its own logger; keep it at our level
-    logging.getLogger("pymmcore-plus").setLevel(level)
+    # pymmcore-plus logs every MDA start/cancel with the whole sequence; its
+    # warnings repeat what CordScope reports in one line, so show only errors.
+    logging.getLogger("pymmcore-plus").setLevel(logging.INFO if verbose else logging.ERROR)
 
 
 def _core(config: Path | None, trust_config: bool) -> Any:
