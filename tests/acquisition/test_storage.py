@@ -715,31 +715,9 @@ def test_a_writer_is_used_by_one_thread_at_a_time(tmp_path: Path, monkeypatch: p
 # ------------------------------------------------------------- MDA output
 
 
-class _Slide:
-    """Stand-in virtual slide: a pattern that depends on position, channel and focus."""
-
-    def render(
-        self,
-        *,
-        center_um: tuple[float, float],
-        pixel_size_um: float,
-        shape: tuple[int, int],
-        channel: str,
-        z_um: float,
-    ) -> np.ndarray:
-        rows, cols = np.indices(shape, dtype=np.float32)
-        base = 20.0 if channel == "DAPI" else 5.0
-        return (base + (rows + cols + center_um[0] / 10.0) % 17.0 + abs(z_um)).astype(np.float32)
-
-    def focal_plane_z_um(self, x: float, y: float) -> float:
-        return 0.0
-
-
 def _demo_slide() -> Any:
-    try:
-        from acquisition.demo.slide import SectionSpec, make_slide
-    except ImportError:
-        return _Slide()
+    from acquisition.demo.slide import SectionSpec, make_slide
+
     spec = SectionSpec("rat01-C5", "rat01", "intact", "C5", "coronal", "left", (30_000.0, 10_000.0))
     return make_slide([spec], seed=1)
 
