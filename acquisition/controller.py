@@ -62,6 +62,7 @@ __all__ = [
     "ScanProgress",
     "ScanResult",
     "SectionProgress",
+    "read_stored_plan",
 ]
 
 logger = logging.getLogger(__name__)
@@ -141,8 +142,8 @@ class ScanResult:
 
     @property
     def complete(self) -> bool:
-        """True when every tile is done."""
-        return self.tiles_done == self.tiles_total
+        """True when the scan finished with every tile done."""
+        return self.state == "finished" and self.tiles_done == self.tiles_total
 
 
 class ScanEvents(SignalGroup):
@@ -947,6 +948,20 @@ class ScanController:
             file_size_bytes=size,
             message=message,
         )
+
+
+def read_stored_plan(path: str | os.PathLike[str]) -> ScanPlan:
+    """The plan stored in a scan file, with ``output`` set to that file.
+
+    The file is first repaired as for resuming (what a crash or a full disk
+    left behind), so a file that needs repair can still be resumed.
+    """
+    file = Path(path)
+    ScanWriter.open_for_resume(file).close()
+    with ScanFile.open(file) as scan:
+        plan_text = scan.plan_yaml
+    plan = plan_from_yaml(plan_text, source=f"{file.name}:/plan")
+    return plan.model_copy(update={"output": file})
 
 
 def _core_state(core: CMMCorePlus) -> dict[str, Any]:

@@ -48,6 +48,7 @@ from shapely import Polygon
 from shapely.validation import explain_validity
 
 from .errors import CordScopeError
+from .hardware import DEMO_CONFIG
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -1369,7 +1370,7 @@ def demo_plan(
     output: Path,
     objective: str = "10x",
     name: str = "demo-slide",
-    hardware_config: Path = DEFAULT_HARDWARE_CONFIG,
+    hardware_config: Path | None = None,
     overlap_pct: float = 10.0,
     anatomy_exposure_ms: float = 20.0,
     tracer_exposure_ms: float = 50.0,
@@ -1433,7 +1434,8 @@ def demo_plan(
     return plan_from_dict(
         {
             "name": name,
-            "hardware_config": hardware_config,
+            # absolute, so the plan file works from any folder
+            "hardware_config": hardware_config if hardware_config is not None else DEMO_CONFIG,
             "output": output,
             "objective": objective,
             "channels": [

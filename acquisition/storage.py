@@ -579,8 +579,11 @@ class ScanWriter:
                 f"scan file {path} already exists; resume it (ScanWriter.open_for_resume) "
                 "or pass overwrite=True to replace it and lose its tiles"
             )
+        # Built under a temporary name and moved into place once complete, so a
+        # crash while creating leaves no half-made scan file at `path`.
+        tmp = path.with_name(f".{path.name}.creating-{os.getpid()}")
         try:
-            f = h5py.File(path, "w" if overwrite else "w-")
+            f = h5py.File(tmp, "w")
         except OSError as e:
             raise StorageError(f"cannot create scan file {path}: {e}") from e
         try:
@@ -601,11 +604,23 @@ class ScanWriter:
             f.flush()
         except (OSError, TypeError) as e:
             f.close()
+            tmp.unlink(missing_ok=True)
             raise StorageError(f"cannot create scan file {path}: {e}") from e
         except BaseException:
             f.close()
+            tmp.unlink(missing_ok=True)
             raise
-        return cls(f, path)
+        f.close()
+        try:
+            if overwrite:
+                os.replace(tmp, path)
+            else:
+                os.link(tmp, path)  # refuses to replace a file that appeared meanwhile
+                tmp.unlink()
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise StorageError(f"cannot create scan file {path}: {e}") from e
+        return cls(_open_h5(path, "r+"), path)
 
     @classmethod
     def open_for_resume(cls, path: str | os.PathLike[str]) -> ScanWriter:

@@ -16,7 +16,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from acquisition.errors import CordScopeError
 
@@ -63,7 +63,11 @@ def _user_errors(func: F) -> F:
 @app.callback()
 def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")] = False) -> None:
     level = logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Importing pymmcore-plus sets the root logger to DEBUG; filter at our handler.
+    handler = logging.StreamHandler()
+    handler.setLevel(level)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
     # pymmcore-plus logs every MDA start/cancel with the whole sequence; its
     # warnings repeat what CordScope reports in one line, so show only errors.
     logging.getLogger("pymmcore-plus").setLevel(logging.INFO if verbose else logging.ERROR)
@@ -262,7 +266,7 @@ def _print_plan_summary(summary: Any) -> None:
     w, h = summary.tile_size_um
     console.print(
         f"{summary.total_tiles} tiles of {w:.0f} × {h:.0f} µm at {summary.pixel_size_um:g} µm/px, "
-        f"{summary.total_images} images, about {summary.estimated_bytes / 1e9:.2f} GB"
+        f"{summary.n_images} images, about {summary.estimated_bytes / 1e9:.2f} GB"
     )
 
 
@@ -317,7 +321,9 @@ def info(scan_file: Annotated[Path, typer.Argument(help="Scan file (.h5).")]) ->
         summary = scan_data.summary()
         attrs = {sid: scan_data.section(sid).attrs for sid in scan_data.section_ids}
     console.print(f"[bold]{summary.path}[/]  format v{summary.format_version}, created {summary.created}")
-    table = Table("section", "animal", "group", "level", "orientation", "done", "failed", "pending", "tiles")
+    width = max((len(sid) for sid in summary.sections), default=7)
+    table = Table("animal", "group", "level", "orientation", "done", "failed", "pending", "tiles")
+    table.columns.insert(0, Column("section", no_wrap=True, min_width=width))
     for sid, s in summary.sections.items():
         a = attrs[sid]
         table.add_row(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import tempfile
 import threading
@@ -19,9 +20,10 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from acquisition.controller import ScanController, ScanProgress, ScanResult
+from acquisition.controller import ScanController, ScanProgress, ScanResult, read_stored_plan
+from acquisition.errors import CordScopeError
 from acquisition.hardware import CordScopeCore, build_core
-from acquisition.plan import demo_plan, load_plan
+from acquisition.plan import demo_plan, load_plan, validate_plan
 
 DEMO_SENSOR_PX = 512
 #: What ``cordscope scan --demo`` scans: one animal of each group at C5, Th7 and
@@ -69,11 +71,7 @@ def run_scan_cli(
         the_plan = demo_plan(output=output, section_ids=DEMO_SCAN_SECTIONS)
         controller = ScanController(core, the_plan, overwrite=overwrite)
     elif resume is not None:
-        from acquisition.plan import plan_from_yaml
-        from acquisition.storage import ScanFile
-
-        with ScanFile.open(resume) as scan_file:
-            stored = plan_from_yaml(scan_file.plan_yaml, source=f"{resume.name}:/plan")
+        stored = read_stored_plan(resume)
         core = build_core(config or stored.hardware_config, trust_config=trust_config)
         if sensor_px and core.hasProperty(core.getCameraDevice(), "SensorWidth"):
             core.setProperty(core.getCameraDevice(), "SensorWidth", sensor_px)
@@ -84,12 +82,19 @@ def run_scan_cli(
         the_plan = load_plan(plan_file)
         if out is not None:
             the_plan = the_plan.model_copy(update={"output": out})
+        if config is not None:  # stored with the plan, so --resume uses the same microscope
+            the_plan = the_plan.model_copy(update={"hardware_config": config})
         core = build_core(config or the_plan.hardware_config, trust_config=trust_config)
         if sensor_px and core.hasProperty(core.getCameraDevice(), "SensorWidth"):
             core.setProperty(core.getCameraDevice(), "SensorWidth", sensor_px)
             core.setProperty(core.getCameraDevice(), "SensorHeight", sensor_px)
         controller = ScanController(core, the_plan, overwrite=overwrite)
+    # bad input is reported before a progress bar appears (the controller checks again)
+    validate_plan(controller.plan, controller.core, overwrite=overwrite, resume=resume is not None)
     result = _run_with_progress(console, controller)
+    if result.state == "failed" and result.tiles_total == 0:
+        # nothing was scanned: the plan or file could not be used (already reported)
+        raise CordScopeError(result.message)
     _print_summary(console, result)
     return 0 if result.complete else 1
 
@@ -120,13 +125,14 @@ def _run_with_progress(console: Console, controller: ScanController) -> ScanResu
                 bar.update(overall, description=f"scan ({state})")
 
         controller.events.progress.connect(on_progress)
-        controller.events.message.connect(
-            lambda level, text: (
-                console.print(f"[{'yellow' if level == 'warning' else 'red'}]{text}")
-                if level != "info"
-                else None
-            )
-        )
+
+        # Warnings (failed tiles, retries) print as they happen; errors end the
+        # scan and are printed once, with the result.
+        def on_message(level: str, text: str) -> None:
+            if level == "warning":
+                console.print(f"[yellow]{text}", highlight=False)
+
+        controller.events.message.connect(on_message)
         previous = signal.getsignal(signal.SIGINT)
 
         def on_interrupt(signum: int, frame: Any) -> None:
@@ -136,10 +142,15 @@ def _run_with_progress(console: Console, controller: ScanController) -> ScanResu
 
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, on_interrupt)
+        # the controller's log lines repeat its messages: keep the terminal to one of each
+        controller_logger = logging.getLogger("acquisition.controller")
+        previous_level = controller_logger.level
+        controller_logger.setLevel(logging.CRITICAL)
         try:
             controller.start()
             return controller.wait()
         finally:
+            controller_logger.setLevel(previous_level)
             if threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGINT, previous)
 
