@@ -248,3 +248,26 @@ def test_scan_with_failing_tiles_exits_1_and_prints_failed_counts(tmp_path: Path
     why = rf"^tile {SECTION}/\d+ failed after 0 retries: XYStage: move \d+ .* motor stalled"
     assert len(re.findall(why, result.output, re.M)) == s.failed, result.output
     assert "Traceback" not in result.output
+
+
+def test_overview_writes_a_plan_of_every_demo_section(tmp_path):
+    from shapely.geometry import Point, Polygon
+
+    from acquisition.demo.slide import demo_slide
+    from acquisition.overview import load_overview
+    from acquisition.plan import load_plan
+
+    out = tmp_path / "slide.yaml"
+    result = runner.invoke(app, ["overview", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    plan = load_plan(out)
+    truth = demo_slide().sections
+    assert [s.id for s in plan.sections] == [f"S{i:02d}" for i in range(1, len(truth) + 1)]
+    assert all(s.animal == "" and s.group == "" for s in plan.sections)  # for the user to fill in
+    polygons = [Polygon(s.polygon_um) for s in plan.sections]
+    for section in truth:  # every section found exactly once, and no false ones
+        centre = Point(section.outline.mean(axis=0))
+        assert sum(p.contains(centre) for p in polygons) == 1, section.section_id
+    overview = load_overview(tmp_path / "slide-overview.tif")
+    assert overview.objective == "4x" and overview.image.ndim == 2
+    assert plan.objective == "10x" and plan.output == out.with_suffix(".h5")
