@@ -13,49 +13,16 @@ Run: ``.venv/bin/python benchmarks/bench_tile_analysis.py [rounds]``
 
 from __future__ import annotations
 
-import os
+import json
+import sys
+import time
 
-# one thread for every numerical library, before numpy is imported
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
-    os.environ[_var] = "1"
+from _one_core import CPU  # pins the process and sets one thread: before numpy
 
-import json  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
+# isort: split
+import numpy as np
 
-
-def _idle_ticks() -> dict[int, int]:
-    ticks = {}
-    with open("/proc/stat") as f:
-        for line in f:
-            name, *fields = line.split()
-            if name.startswith("cpu") and name != "cpu":
-                ticks[int(name[3:])] = int(fields[3]) + int(fields[4])  # idle + iowait
-    return ticks
-
-
-def _pin_to_one_core() -> int | None:
-    """Pin this process to the idlest CPU it may use; return it (None where unsupported)."""
-    if not hasattr(os, "sched_setaffinity"):
-        return None
-    allowed = sorted(os.sched_getaffinity(0))
-    cpu = allowed[-1]
-    try:
-        before = _idle_ticks()
-        time.sleep(0.3)
-        after = _idle_ticks()
-        cpu = max(allowed, key=lambda c: after.get(c, 0) - before.get(c, 0))
-    except OSError:
-        pass
-    os.sched_setaffinity(0, {cpu})
-    return cpu
-
-
-CPU = _pin_to_one_core()
-
-import numpy as np  # noqa: E402
-
-from analysis.tile import correct_tile, normalise_flat_field, segment_axons  # noqa: E402
+from analysis.tile import correct_tile, normalise_flat_field, segment_axons
 
 TARGET_P95_MS = 30.0
 SENSOR_PX = 2048
