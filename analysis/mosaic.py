@@ -407,7 +407,7 @@ def solve_positions(
     m = len(pr)
     wt = np.ones(m) if weights is None else np.asarray(weights, dtype=np.float64)
     used = np.isfinite(sh).all(axis=1) & (wt > 0)
-    corr = np.zeros((n_tiles, 2))
+    corr: np.ndarray = np.zeros((n_tiles, 2))
     resid = np.full(m, np.nan)
     reg = 1e-6  # weak pull to the requested position: fixes each group's mean (minimum norm)
     while True:
