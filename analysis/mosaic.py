@@ -429,7 +429,7 @@ def solve_positions(
         if resid[worst] <= max_residual_px:
             break
         used[worst] = False
-    return corr, used, resid
+    return np.asarray(corr, dtype=np.float64), used, np.asarray(resid, dtype=np.float64)
 
 
 def register_tiles(
