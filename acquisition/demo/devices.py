@@ -531,7 +531,6 @@ class DemoObjectiveTurret(_Peripheral, StateDevice):
 
     OBJECTIVES: ClassVar[dict[int, str]] = {0: "4x", 1: "10x", 2: "20x"}
     MAGNIFICATION: ClassVar[dict[int, float]] = {0: 4.0, 1: 10.0, 2: 20.0}
-    NUMERICAL_APERTURE: ClassVar[dict[int, float]] = {0: 0.13, 1: 0.30, 2: 0.75}
 
     def __init__(self) -> None:
         super().__init__(self.OBJECTIVES)
