@@ -415,6 +415,18 @@ def _copy_accumulator(acc: SectionAccumulator) -> SectionAccumulator:
     return out
 
 
+def _results_of(sections: Mapping[str, SectionAnalysis]) -> dict[str, SectionResults]:
+    """Each section's results; a section with no tissue imaged yet is left out, with a warning."""
+    results = {}
+    for sid, sec in sections.items():
+        try:
+            results[sid] = sec.results()
+        except ValueError as e:  # e.g. no tissue in the tiles imaged so far
+            n = len(sec.tiles_added)
+            logger.warning("section %s: no analysis (%s) from %d analysed tiles", sid, e, n)
+    return results
+
+
 def _write_outputs(
     path: Path, sections: Mapping[str, SectionAnalysis], results: Mapping[str, SectionResults]
 ) -> None:
@@ -591,7 +603,7 @@ class AnalysisWorker:
                         self._sections[sid] = self._new_section(scan.section(sid), plan_yaml)
             finally:
                 self._scan = None
-        results = {sid: self._sections[sid].results() for sid in self._sections}
+        results = _results_of(self._sections)
         _write_outputs(self.scan_path, self._sections, results)
         self._finalized = results
         self.events.finished.emit()
@@ -767,6 +779,6 @@ def analyze_scan(
                     sec.add_tile(reader.read_tile(int(t)), tile_index=int(t))
                 except Exception:
                     logger.exception("analysis of tile %s/%s failed", sid, int(t))
-    results = {sid: sec.results() for sid, sec in sections.items()}
+    results = _results_of(sections)
     _write_outputs(path, sections, results)
     return {sid: r.table for sid, r in results.items()}

@@ -347,6 +347,47 @@ def info(scan_file: Annotated[Path, typer.Argument(help="Scan file (.h5).")]) ->
 
 @app.command()
 @_user_errors
+def analyze(
+    scan_files: Annotated[list[Path], typer.Argument(help="Finished scan file(s) (.h5).")],
+    dark_offset_adu: Annotated[
+        float, typer.Option(help="Camera dark offset subtracted from every tile (ADU).")
+    ] = 100.0,
+    bin_um: Annotated[float, typer.Option(help="Heatmap bin size (µm).")] = 50.0,
+) -> None:
+    """Rerun the regional analysis of scan files offline (same code as the live run).
+
+    Writes each section's ``analysis/`` group into the file and a
+    ``<scan>.regions.csv`` beside it, and prints the region tables.
+    """
+    from analysis.worker import analyze_scan, region_csv_path
+
+    for path in scan_files:
+        tables = analyze_scan(path, dark_offset_adu=dark_offset_adu, bin_um=bin_um)
+        for sid, rows in tables.items():
+            table = Table(
+                Column("region", no_wrap=True),
+                "area mm²",
+                "axon area µm²",
+                "% axonal area",
+                "mean tracer",
+                "imaged",
+                title=f"{path.name}: {sid}",
+            )
+            for r in rows:
+                table.add_row(
+                    r.region,
+                    f"{r.area_um2 / 1e6:.3f}",
+                    f"{r.axon_area_um2:.0f}",
+                    f"{r.pct_axonal_area:.3f}",
+                    f"{r.mean_tracer_intensity:.1f}",
+                    f"{100 * r.imaged_fraction:.0f} %",
+                )
+            console.print(table)
+        console.print(f"wrote the analysis into {path} and {region_csv_path(path)}")
+
+
+@app.command()
+@_user_errors
 def demo(
     out_dir: Annotated[Path, typer.Option("--out-dir", help="Where to write the demo's files.")] = Path(
         "demo-output"

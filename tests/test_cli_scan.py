@@ -271,3 +271,30 @@ def test_overview_writes_a_plan_of_every_demo_section(tmp_path):
     overview = load_overview(tmp_path / "slide-overview.tif")
     assert overview.objective == "4x" and overview.image.ndim == 2
     assert plan.objective == "10x" and plan.output == out.with_suffix(".h5")
+
+
+def test_analyze_reruns_the_analysis_and_writes_the_csv(tmp_path):
+    import csv
+
+    import h5py
+
+    from acquisition.plan import demo_plan, save_plan
+
+    plan_path = tmp_path / "plan.yaml"
+    scan_path = tmp_path / "scan.h5"
+    plan = demo_plan(output=scan_path, section_ids=["rat05-Th7"], focus={"strategy": "fixed", "z_um": 0.0})
+    save_plan(plan, plan_path)
+    assert runner.invoke(app, ["scan", str(plan_path), "--sensor-px", "512"]).exit_code == 0
+    result = runner.invoke(app, ["analyze", str(scan_path)])
+    assert result.exit_code == 0, result.output
+    for region in ("section", "white_matter", "gray_matter", "rubrospinal_territory"):
+        assert region in result.output
+    csv_path = tmp_path / "scan.regions.csv"
+    with csv_path.open() as f:
+        rows = list(csv.DictReader(f))
+    by_region = {r["region"]: r for r in rows if r["section_id"] == "rat05-Th7"}
+    assert float(by_region["rubrospinal_territory"]["pct_axonal_area"]) > float(
+        by_region["section"]["pct_axonal_area"]
+    )
+    with h5py.File(scan_path, "r") as f:
+        assert "analysis" in f["sections/rat05-Th7"]
