@@ -564,6 +564,11 @@ class ScanController:
         return self._state
 
     @property
+    def extra_outputs(self) -> tuple[Any, ...]:
+        """The extra runner outputs (e.g. the live analysis) given at creation."""
+        return tuple(self._extra_outputs)
+
+    @property
     def output_path(self) -> Path:
         """The scan file."""
         return Path(self.plan.output)

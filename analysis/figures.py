@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["CHANNEL_COLORS", "composite_rgb", "save_channel_image"]
+__all__ = ["CHANNEL_COLORS", "composite_rgb", "save_channel_image", "save_section_figure"]
 
 #: Display colour (RGB, 0–1) of each fluorophore channel.
 CHANNEL_COLORS: dict[str, tuple[float, float, float]] = {
@@ -103,4 +103,68 @@ def save_channel_image(
         imsave(out, composite_rgb(images, channel_names), check_contrast=False)
     else:
         raise ValueError(f"unsupported image file type {suffix!r} for {out.name}: use .tif or .png")
+    return out
+
+
+def save_section_figure(
+    path: str | Path,
+    *,
+    anatomy_mosaic: np.ndarray,
+    mosaic_origin_um: Sequence[float],
+    mosaic_pixel_um: float,
+    pct_axonal_area_map: np.ndarray,
+    map_origin_um: Sequence[float],
+    map_bin_um: float,
+    title: str,
+) -> Path:
+    """Write a PNG of a section's anatomy mosaic with its % axonal area heatmap.
+
+    Parameters
+    ----------
+    path : str or Path
+        PNG file to write.
+    anatomy_mosaic : (H, W) float array
+        Anatomy-channel mosaic; NaN where not imaged.
+    mosaic_origin_um, mosaic_pixel_um :
+        Stage position (µm) of the mosaic's top-left corner and its pixel size.
+    pct_axonal_area_map : (ny, nx) float array
+        % axonal area per bin; NaN outside imaged tissue.
+    map_origin_um, map_bin_um :
+        Stage position (µm) of the map's top-left corner and its bin size.
+    title : str
+        Figure title (section, animal, group, level).
+
+    Returns
+    -------
+    Path
+        The file written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    h, w = anatomy_mosaic.shape
+    x0, y0 = (v / 1000.0 for v in mosaic_origin_um)
+    extent = (x0, x0 + w * mosaic_pixel_um / 1000.0, y0 + h * mosaic_pixel_um / 1000.0, y0)
+    finite = anatomy_mosaic[np.isfinite(anatomy_mosaic)]
+    lo, hi = np.percentile(finite, [1, 99.5]) if finite.size else (0.0, 1.0)
+    ny, nx = pct_axonal_area_map.shape
+    mx0, my0 = (v / 1000.0 for v in map_origin_um)
+    map_extent = (mx0, mx0 + nx * map_bin_um / 1000.0, my0 + ny * map_bin_um / 1000.0, my0)
+    fig, ax = plt.subplots(figsize=(8, 6), dpi=120)
+    ax.set_facecolor("black")
+    ax.imshow(anatomy_mosaic, cmap="gray", vmin=lo, vmax=hi, extent=extent, interpolation="nearest")
+    heat = np.ma.masked_invalid(pct_axonal_area_map)
+    vmax = float(np.nanpercentile(pct_axonal_area_map, 99)) if np.isfinite(pct_axonal_area_map).any() else 1.0
+    im = ax.imshow(heat, cmap="magma", alpha=0.65, vmin=0.0, vmax=max(vmax, 0.1), extent=map_extent)
+    fig.colorbar(im, ax=ax, label=f"% axonal area ({map_bin_um:.0f} µm bins)")
+    ax.set_xlabel("stage x (mm)")
+    ax.set_ylabel("stage y (mm)")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
     return out

@@ -609,6 +609,10 @@ class AnalysisWorker:
         self.events.finished.emit()
         return {sid: r.table for sid, r in results.items()}
 
+    def section(self, section_id: str) -> SectionAnalysis:
+        """The running analysis of one section (its mosaic, accumulator, settings)."""
+        return self._sections[section_id]
+
     def results(self) -> dict[str, SectionResults]:
         """Results per section (the final ones after :meth:`finalize`, else computed now)."""
         if self._finalized is not None:

@@ -288,6 +288,12 @@ def scan(
     sensor_px: Annotated[
         int | None, typer.Option(help="Demo camera sensor size (px); --demo uses 512 to be quick.")
     ] = None,
+    analysis: Annotated[
+        bool, typer.Option("--analysis/--no-analysis", help="Analyse tiles live; print the region tables.")
+    ] = True,
+    figures: Annotated[
+        Path | None, typer.Option(help="Folder for a PNG per section: mosaic with its heatmap.")
+    ] = None,
 ) -> None:
     """Tile every section of a plan into one HDF5 file, with progress and a summary.
 
@@ -306,6 +312,8 @@ def scan(
         out=out,
         overwrite=overwrite,
         sensor_px=sensor_px,
+        analysis=analysis,
+        figures=figures,
     )
     if code:
         raise typer.Exit(code)
@@ -360,29 +368,11 @@ def analyze(
     ``<scan>.regions.csv`` beside it, and prints the region tables.
     """
     from analysis.worker import analyze_scan, region_csv_path
+    from cordscope.tables import print_region_tables
 
     for path in scan_files:
         tables = analyze_scan(path, dark_offset_adu=dark_offset_adu, bin_um=bin_um)
-        for sid, rows in tables.items():
-            table = Table(
-                Column("region", no_wrap=True),
-                "area mm²",
-                "axon area µm²",
-                "% axonal area",
-                "mean tracer",
-                "imaged",
-                title=f"{path.name}: {sid}",
-            )
-            for r in rows:
-                table.add_row(
-                    r.region,
-                    f"{r.area_um2 / 1e6:.3f}",
-                    f"{r.axon_area_um2:.0f}",
-                    f"{r.pct_axonal_area:.3f}",
-                    f"{r.mean_tracer_intensity:.1f}",
-                    f"{100 * r.imaged_fraction:.0f} %",
-                )
-            console.print(table)
+        print_region_tables(console, path.name, tables)
         console.print(f"wrote the analysis into {path} and {region_csv_path(path)}")
 
 
@@ -396,7 +386,7 @@ def demo(
     """Run the demo on the simulated microscope (what ``make demo`` runs): scan the demo slide."""
     out_dir.mkdir(parents=True, exist_ok=True)
     snap(out=out_dir / "demo-snap.png", demo=True)
-    scan(demo=True, out=out_dir / "demo-scan.h5", overwrite=True)
+    scan(demo=True, out=out_dir / "demo-scan.h5", overwrite=True, figures=out_dir)
 
 
 def main() -> None:

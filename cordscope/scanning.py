@@ -24,6 +24,9 @@ from acquisition.controller import ScanController, ScanProgress, ScanResult, rea
 from acquisition.errors import CordScopeError
 from acquisition.hardware import CordScopeCore, build_core
 from acquisition.plan import demo_plan, load_plan, validate_plan
+from analysis.figures import save_section_figure
+from analysis.worker import AnalysisWorker, region_csv_path
+from cordscope.tables import print_region_tables
 
 DEMO_SENSOR_PX = 512
 #: What ``cordscope scan --demo`` scans: one animal of each group at C5, Th7 and
@@ -60,8 +63,15 @@ def run_scan_cli(
     out: Path | None,
     overwrite: bool,
     sensor_px: int | None,
+    analysis: bool = True,
+    figures: Path | None = None,
 ) -> int:
-    """Run one scan from the command line; return the exit code (0 = all tiles done)."""
+    """Run one scan from the command line; return the exit code (0 = all tiles done).
+
+    With ``analysis`` the tiles stream into the live analysis worker; at the
+    end the region tables are printed, written into the file's ``analysis/``
+    groups and a CSV beside it, and (with ``figures``) a PNG per section.
+    """
     chosen = sum(x is not None and x is not False for x in (plan_file, resume)) + int(demo)
     if chosen != 1:
         raise ValueError("give exactly one of: a PLAN.yaml, --demo, or --resume FILE.h5")
@@ -69,14 +79,16 @@ def run_scan_cli(
         core = _demo_core(sensor_px or DEMO_SENSOR_PX)
         output = out or Path(tempfile.gettempdir()) / "cordscope-demo-scan.h5"
         the_plan = demo_plan(output=output, section_ids=DEMO_SCAN_SECTIONS)
-        controller = ScanController(core, the_plan, overwrite=overwrite)
+        controller = ScanController(
+            core, the_plan, overwrite=overwrite, extra_outputs=_worker(analysis, output)
+        )
     elif resume is not None:
         stored = read_stored_plan(resume)
         core = build_core(config or stored.hardware_config, trust_config=trust_config)
         if sensor_px and core.hasProperty(core.getCameraDevice(), "SensorWidth"):
             core.setProperty(core.getCameraDevice(), "SensorWidth", sensor_px)
             core.setProperty(core.getCameraDevice(), "SensorHeight", sensor_px)
-        controller = ScanController.resume(resume, core)
+        controller = ScanController.resume(resume, core, extra_outputs=_worker(analysis, resume))
     else:
         assert plan_file is not None
         the_plan = load_plan(plan_file)
@@ -88,7 +100,9 @@ def run_scan_cli(
         if sensor_px and core.hasProperty(core.getCameraDevice(), "SensorWidth"):
             core.setProperty(core.getCameraDevice(), "SensorWidth", sensor_px)
             core.setProperty(core.getCameraDevice(), "SensorHeight", sensor_px)
-        controller = ScanController(core, the_plan, overwrite=overwrite)
+        controller = ScanController(
+            core, the_plan, overwrite=overwrite, extra_outputs=_worker(analysis, Path(the_plan.output))
+        )
     # bad input is reported before a progress bar appears (the controller checks again)
     validate_plan(controller.plan, controller.core, overwrite=overwrite, resume=resume is not None)
     result = _run_with_progress(console, controller)
@@ -96,7 +110,42 @@ def run_scan_cli(
         # nothing was scanned: the plan or file could not be used (already reported)
         raise CordScopeError(result.message)
     _print_summary(console, result)
+    workers = [o for o in controller.extra_outputs if isinstance(o, AnalysisWorker)]
+    if workers and result.tiles_done:
+        _finish_analysis(console, workers[0], figures)
     return 0 if result.complete else 1
+
+
+def _worker(analysis: bool, scan_path: Path) -> list[AnalysisWorker]:
+    return [AnalysisWorker(scan_path)] if analysis else []
+
+
+def _finish_analysis(console: Console, worker: AnalysisWorker, figures: Path | None) -> None:
+    """Final analysis after the scan closed its file: tables, file, CSV, figures."""
+    tables = worker.finalize()
+    print_region_tables(console, worker.scan_path.name, tables)
+    console.print(f"region tables: {region_csv_path(worker.scan_path)} and the file's analysis groups")
+    if figures is None:
+        return
+    for section_id, res in worker.results().items():
+        section = worker.section(section_id)
+        attrs = section.attrs
+        title = " · ".join(
+            str(v)
+            for v in (section_id, attrs.get("group"), attrs.get("level"), attrs.get("orientation"))
+            if v
+        )
+        png = save_section_figure(
+            figures / f"{worker.scan_path.stem}-{section_id}.png",
+            anatomy_mosaic=section.mosaic.image(section.anatomy_channel),
+            mosaic_origin_um=tuple(section.mosaic.origin_um),
+            mosaic_pixel_um=section.mosaic.pixel_size_um,
+            pct_axonal_area_map=res.maps.pct_axonal_area,
+            map_origin_um=tuple(res.maps.origin_um),
+            map_bin_um=res.maps.bin_um,
+            title=title,
+        )
+        console.print(f"figure: {png}")
 
 
 def _run_with_progress(console: Console, controller: ScanController) -> ScanResult:

@@ -144,7 +144,8 @@ def test_validate_line_number_points_at_the_bad_field(tmp_path: Path) -> None:
 def scanned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """A finished one-section scan: the plan's path and what ``cordscope scan`` printed."""
     plan_file = _one_section_plan(tmp_path_factory.mktemp("scan"))
-    result = runner.invoke(app, ["scan", str(plan_file), "--sensor-px", SENSOR_PX], env=WIDE)
+    # the scan alone; its live analysis is tested in test_scan_analyses_live_and_analyze_reruns
+    result = runner.invoke(app, ["scan", str(plan_file), "--sensor-px", SENSOR_PX, "--no-analysis"], env=WIDE)
     assert result.exit_code == 0, result.output
     return plan_file, result.output
 
@@ -238,7 +239,8 @@ def test_scan_with_failing_tiles_exits_1_and_prints_failed_counts(tmp_path: Path
         hardware_config=faulty,
         reliability=base.reliability.model_copy(update={"max_retries": 0}),
     )
-    result = runner.invoke(app, ["scan", str(plan_file), "--sensor-px", SENSOR_PX], env=WIDE)
+    # the scan alone; its live analysis is tested in test_scan_analyses_live_and_analyze_reruns
+    result = runner.invoke(app, ["scan", str(plan_file), "--sensor-px", SENSOR_PX, "--no-analysis"], env=WIDE)
     assert result.exit_code == 1, result.output
     with ScanFile.open(tmp_path / "faulty.h5") as scan:
         s = scan.summary().sections[SECTION]
@@ -273,7 +275,7 @@ def test_overview_writes_a_plan_of_every_demo_section(tmp_path):
     assert plan.objective == "10x" and plan.output == out.with_suffix(".h5")
 
 
-def test_analyze_reruns_the_analysis_and_writes_the_csv(tmp_path):
+def test_scan_analyses_live_and_analyze_reruns(tmp_path):
     import csv
 
     import h5py
@@ -284,7 +286,14 @@ def test_analyze_reruns_the_analysis_and_writes_the_csv(tmp_path):
     scan_path = tmp_path / "scan.h5"
     plan = demo_plan(output=scan_path, section_ids=["rat05-Th7"], focus={"strategy": "fixed", "z_um": 0.0})
     save_plan(plan, plan_path)
-    assert runner.invoke(app, ["scan", str(plan_path), "--sensor-px", "512"]).exit_code == 0
+    figures = tmp_path / "figures"
+    scanned = runner.invoke(
+        app, ["scan", str(plan_path), "--sensor-px", "512", "--figures", str(figures)], env=WIDE
+    )
+    assert scanned.exit_code == 0, scanned.output
+    assert "rubrospinal_territory" in scanned.output and "% axonal area" in scanned.output
+    assert (figures / "scan-rat05-Th7.png").is_file()
+    live = (tmp_path / "scan.regions.csv").read_text()
     result = runner.invoke(app, ["analyze", str(scan_path)])
     assert result.exit_code == 0, result.output
     for region in ("section", "white_matter", "gray_matter", "rubrospinal_territory"):
@@ -296,5 +305,6 @@ def test_analyze_reruns_the_analysis_and_writes_the_csv(tmp_path):
     assert float(by_region["rubrospinal_territory"]["pct_axonal_area"]) > float(
         by_region["section"]["pct_axonal_area"]
     )
+    assert csv_path.read_text() == live  # offline gives the live numbers
     with h5py.File(scan_path, "r") as f:
         assert "analysis" in f["sections/rat05-Th7"]

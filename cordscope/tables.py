@@ -1,0 +1,34 @@
+"""Region tables on the terminal."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Column, Table
+
+
+def print_region_tables(console: Console, name: str, tables: Mapping[str, Sequence[Any]]) -> None:
+    """Print one table per section: area, axon area, % axonal area, mean tracer, imaged fraction."""
+    for section_id, rows in tables.items():
+        width = max((len(r.region) for r in rows), default=6)
+        table = Table(
+            Column("region", no_wrap=True, min_width=width),
+            "area mm²",
+            "axon area µm²",
+            "% axonal area",
+            "mean tracer",
+            "imaged",
+            title=f"{name}: {section_id}",
+        )
+        for r in rows:
+            table.add_row(
+                r.region,
+                f"{r.area_um2 / 1e6:.3f}",
+                f"{r.axon_area_um2:.0f}",
+                f"{r.pct_axonal_area:.3f}",
+                f"{r.mean_tracer_intensity:.1f}",
+                f"{100 * r.imaged_fraction:.0f} %",
+            )
+        console.print(table)
