@@ -36,8 +36,7 @@ import numpy as np
 import useq
 from psygnal import Signal, SignalGroup
 from pymmcore_plus import CMMCorePlus
-from pymmcore_plus.mda import MDAEngine
-from pymmcore_plus.mda._runner import SkipEvent
+from pymmcore_plus.mda import MDAEngine, SkipEvent
 from pymmcore_plus.metadata import summary_metadata
 
 from .errors import CordScopeError
@@ -382,28 +381,17 @@ class ScanOutput:
         on_storage_error: Callable[[StorageError], None],
     ) -> None:
         self._writer = writer
-        self._writer_output = MDAWriterOutput(writer, on_error=on_storage_error)
+        self._writer_output = MDAWriterOutput(
+            writer, on_error=on_storage_error, on_tile_done=lambda sid, t: on_tile_done(TileRef(sid, t))
+        )
         self._extra = list(extra_outputs)
-        self._on_tile_done = on_tile_done
         self._failures: queue.SimpleQueue[tuple[TileRef, str, Mapping[str, Any]]] = queue.SimpleQueue()
-        self._events: queue.SimpleQueue[tuple[str, dict[str, Any]]] = queue.SimpleQueue()
 
     def report_failure(self, tile: TileRef, reason: str, meta: Mapping[str, Any]) -> None:
         """Queue a failed tile (from any thread) to be written in order."""
         self._failures.put((tile, reason, meta))
 
-    def log_event(self, kind: str, **fields: Any) -> None:
-        """Queue an event-log entry (from any thread)."""
-        self._events.put((kind, fields))
-
     def _drain(self) -> None:
-        while True:
-            try:
-                kind, fields = self._events.get_nowait()
-            except queue.Empty:
-                break
-            with contextlib.suppress(StorageError):
-                self._writer.log_event(kind, **fields)
         while True:
             try:
                 tile, reason, meta = self._failures.get_nowait()
@@ -431,12 +419,8 @@ class ScanOutput:
         self._drain()
 
     def frameReady(self, img: np.ndarray, event: useq.MDAEvent, meta: Mapping[str, Any]) -> None:
-        """Write the frame; report the tile once it is complete."""
-        ref = _tile_ref_from_name(event)
-        was_done = self._writer.tile_status(ref.section_id, ref.tile_index) == TileStatus.DONE
+        """Write the frame (the writer reports the tile once it is complete)."""
         self._writer_output.frameReady(img, event, meta)
-        if not was_done and self._writer.tile_status(ref.section_id, ref.tile_index) == TileStatus.DONE:
-            self._on_tile_done(ref)
         self._each_extra("frameReady", img, event, meta)
         self._drain()
 
@@ -582,8 +566,10 @@ class ScanController:
         return self._thread
 
     def _run_catching(self) -> None:
-        with contextlib.suppress(Exception):  # the result and error are delivered by signals
+        try:
             self.run()
+        except Exception:  # already reported: events.message and events.finished carry it
+            logger.debug("scan thread ended with an error", exc_info=True)
 
     def wait(self, timeout_s: float | None = None) -> ScanResult:
         """Wait for a started scan to end and return its result."""

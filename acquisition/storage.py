@@ -962,8 +962,8 @@ def _read_strings(ds: h5py.Dataset) -> tuple[list[str | None], bool]:
     """
     try:
         return list(ds.asstr()[()]), True
-    except (OSError, RuntimeError):
-        pass
+    except (OSError, RuntimeError) as e:
+        logger.info("%s: some entries are unreadable (%s); reading them one by one", ds.name, e)
     values: list[str | None] = []
     for i in range(ds.shape[0]):
         try:
@@ -1148,11 +1148,20 @@ class MDAWriterOutput:
         Open writer; the caller closes it after the run.
     on_error : callable, optional
         Called with each :class:`StorageError` (from the runner's relay thread).
+    on_tile_done : callable, optional
+        ``f(section_id, tile_index)``, called once a tile is complete on disk.
     """
 
-    def __init__(self, writer: ScanWriter, *, on_error: Callable[[StorageError], None] | None = None) -> None:
+    def __init__(
+        self,
+        writer: ScanWriter,
+        *,
+        on_error: Callable[[StorageError], None] | None = None,
+        on_tile_done: Callable[[str, int], None] | None = None,
+    ) -> None:
         self._writer = writer
         self._on_error = on_error
+        self._on_tile_done = on_tile_done
         self._tiles: list[tuple[str, int, float, float]] | None = None
         self._sequence_uid: str | None = None
         self._mapping_error: StorageError | None = None
@@ -1298,6 +1307,8 @@ class MDAWriterOutput:
             "frames": frames,
         }
         self._writer.complete_tile(sid, tile, z_um=float(np.mean(first_z)), meta=tile_meta)
+        if self._on_tile_done is not None:
+            self._on_tile_done(sid, tile)
 
 
 # ------------------------------------------------------------------------ reader

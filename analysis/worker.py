@@ -641,13 +641,16 @@ class AnalysisWorker:
                 key, tile = item
                 self._analyse(key, lambda tile=tile: tile)
                 self._publish()
-            while self._reread_one():
-                pass
+            self._reread_all()
             self._publish()
         finally:
             if self._scan is not None:
                 self._scan.close()
                 self._scan = None
+
+    def _reread_all(self) -> None:
+        while self._to_reread:
+            self._reread_one()
 
     def _reread_one(self) -> bool:
         with self._reread_lock:

@@ -29,14 +29,13 @@ def pin_to_one_core() -> int | None:
     if not hasattr(os, "sched_setaffinity"):
         return None
     allowed = sorted(os.sched_getaffinity(0))
-    cpu = allowed[-1]
     try:
         before = _idle_ticks()
         time.sleep(0.3)
         after = _idle_ticks()
         cpu = max(allowed, key=lambda c: after.get(c, 0) - before.get(c, 0))
-    except OSError:
-        pass
+    except OSError:  # no /proc/stat: any allowed CPU will do
+        cpu = allowed[-1]
     os.sched_setaffinity(0, {cpu})
     return cpu
 

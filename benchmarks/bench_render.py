@@ -108,42 +108,25 @@ def main(n_positions: int = 30) -> dict[str, object]:
                 z_um=focus(xy) + dz,
             )
         )
-    other: dict[str, list[float]] = {"4x": [], "20x": [], "glass": []}
+    # (name, pixel size µm, over glass?) of the cases reported at p50 only
+    cases = (("4x", 1.625, False), ("20x", 0.325, False), ("glass", 0.65, True))
+    other: dict[str, list[float]] = {name: [] for name, _, _ in cases}
     for xy in positions[:8]:
         for channel in CHANNELS:
-            other["4x"].append(
-                _time_ms(
-                    slide,
-                    out,
-                    center_um=xy,
-                    pixel_size_um=1.625,
-                    shape=SHAPE,
-                    channel=channel,
-                    z_um=focus(xy),
+            for name, pixel_um, glass in cases:
+                centre = (10_000.0, xy[1]) if glass else xy
+                z = 0.0 if glass else focus(xy)
+                other[name].append(
+                    _time_ms(
+                        slide,
+                        out,
+                        center_um=centre,
+                        pixel_size_um=pixel_um,
+                        shape=SHAPE,
+                        channel=channel,
+                        z_um=z,
+                    )
                 )
-            )
-            other["20x"].append(
-                _time_ms(
-                    slide,
-                    out,
-                    center_um=xy,
-                    pixel_size_um=0.325,
-                    shape=SHAPE,
-                    channel=channel,
-                    z_um=focus(xy),
-                )
-            )
-            other["glass"].append(
-                _time_ms(
-                    slide,
-                    out,
-                    center_um=(10_000.0, xy[1]),
-                    pixel_size_um=0.65,
-                    shape=SHAPE,
-                    channel=channel,
-                    z_um=0.0,
-                )
-            )
     all_focus = np.concatenate([np.asarray(v) for v in in_focus.values()])
     camera = _camera_frames_ms(positions[:10], focus)
 
