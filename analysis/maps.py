@@ -74,8 +74,10 @@ from numpy.typing import ArrayLike, NDArray
 __all__ = [
     "Heatmaps",
     "RegionRow",
+    "SavedAnalysis",
     "SectionAccumulator",
     "heatmaps",
+    "read_analysis",
     "region_table",
     "write_analysis",
     "write_region_csv",
@@ -525,6 +527,10 @@ def write_analysis(
     accumulator: SectionAccumulator | None = None,
     grid_origin_um: ArrayLike | None = None,
     grid_cell_um: float | None = None,
+    mosaic: ArrayLike | None = None,
+    mosaic_origin_um: ArrayLike | None = None,
+    mosaic_pixel_um: float | None = None,
+    channel_names: Sequence[str] = (),
 ) -> None:
     """Write a section's maps, region masks, region table and parameters into its ``analysis/`` group.
 
@@ -541,6 +547,8 @@ def write_analysis(
         regions_table_csv            the same as CSV text
         parameters_json              JSON text of ``parameters``
         grid/imaged_area_um2, grid/axon_area_um2, grid/tracer_sum   (with ``accumulator``)
+        mosaic                       float32 (C, rows, cols), NaN where not imaged
+                                     attrs origin_um, pixel_um, channel_names  (with ``mosaic``)
 
     Parameters
     ----------
@@ -555,6 +563,10 @@ def write_analysis(
         Also write its per-cell grids (and take the mask geometry from it).
     grid_origin_um, grid_cell_um : optional
         Geometry of the mask grid when no accumulator is given.
+    mosaic : (C, rows, cols) array, optional
+        The reduced section mosaic (corrected values), one plane per channel.
+    mosaic_origin_um, mosaic_pixel_um, channel_names : optional
+        Its top-left corner (stage µm), pixel size (µm) and channel names.
     """
     common = {"origin_um": maps.origin_um, "bin_um": maps.bin_um}
     for name, data, units in (
@@ -591,6 +603,97 @@ def write_analysis(
         gg.create_dataset("imaged_area_um2", data=accumulator.imaged_area_um2, compression="gzip")
         gg.create_dataset("axon_area_um2", data=accumulator.axon_area_um2, compression="gzip")
         gg.create_dataset("tracer_sum", data=accumulator.tracer_sum, compression="gzip")
+    if mosaic is not None:
+        if mosaic_origin_um is None or mosaic_pixel_um is None:
+            raise ValueError("a mosaic needs mosaic_origin_um and mosaic_pixel_um")
+        ds = _replace(h5_group, "mosaic", np.asarray(mosaic, dtype=np.float32), compression="gzip")
+        ds.attrs["origin_um"] = np.asarray(mosaic_origin_um, dtype=np.float64)
+        ds.attrs["pixel_um"] = float(mosaic_pixel_um)
+        ds.attrs["channel_names"] = json.dumps(list(channel_names))
+        ds.attrs["units"] = "corrected ADU (dark offset subtracted), mean over each mosaic pixel"
+
+
+@dataclasses.dataclass(frozen=True)
+class SavedAnalysis:
+    """A section's analysis as written by :func:`write_analysis`, read back.
+
+    Attributes
+    ----------
+    maps : Heatmaps
+    masks : dict of region name → (rows, cols) bool on the analysis grid
+    mask_origin_um : (2,) float64 or None
+        Stage (x, y) of the mask grid's top-left corner.
+    mask_cell_um : float or None
+    table : list of RegionRow
+    parameters : dict
+    mosaic : (C, rows, cols) float32 or None
+    mosaic_origin_um : (2,) float64 or None
+    mosaic_pixel_um : float or None
+    channel_names : tuple of str
+    """
+
+    maps: Heatmaps
+    masks: dict[str, NDArray[np.bool_]]
+    mask_origin_um: F64 | None
+    mask_cell_um: float | None
+    table: list[RegionRow]
+    parameters: dict[str, Any]
+    mosaic: F32 | None = None
+    mosaic_origin_um: F64 | None = None
+    mosaic_pixel_um: float | None = None
+    channel_names: tuple[str, ...] = ()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def read_analysis(h5_group: h5py.Group) -> SavedAnalysis:
+    """Read a section's ``analysis/`` group (as written by :func:`write_analysis`).
+
+    Raises
+    ------
+    KeyError
+        If the group lacks the maps or the region table (no analysis written).
+    """
+    pct = h5_group["pct_axonal_area_map"]
+    maps = Heatmaps(
+        pct_axonal_area=pct[()],
+        mean_tracer=h5_group["mean_tracer_map"][()],
+        imaged_tissue_fraction=h5_group["imaged_tissue_fraction_map"][()],
+        origin_um=np.asarray(pct.attrs["origin_um"], dtype=np.float64),
+        bin_um=float(pct.attrs["bin_um"]),
+        cells_per_bin=0,
+    )
+    mg = h5_group["masks"]
+    masks = {name: mg[name][()].astype(bool) for name in mg}
+    origin = mg.attrs.get("origin_um")
+    cell = mg.attrs.get("cell_um")
+    if cell is not None:
+        maps = dataclasses.replace(maps, cells_per_bin=max(1, round(maps.bin_um / float(cell))))
+    rec = h5_group["regions_table"][()]
+    table = [RegionRow(_text(r["region"]), *(float(r[k]) for k in REGION_COLUMNS[1:])) for r in rec]
+    params = json.loads(_text(h5_group["parameters_json"][()]))
+    mosaic = mosaic_origin = mosaic_pixel = None
+    names: tuple[str, ...] = ()
+    if "mosaic" in h5_group:
+        ds = h5_group["mosaic"]
+        mosaic = ds[()]
+        mosaic_origin = np.asarray(ds.attrs["origin_um"], dtype=np.float64)
+        mosaic_pixel = float(ds.attrs["pixel_um"])
+        names = tuple(json.loads(_text(ds.attrs.get("channel_names", "[]"))))
+    return SavedAnalysis(
+        maps=maps,
+        masks=masks,
+        mask_origin_um=None if origin is None else np.asarray(origin, dtype=np.float64),
+        mask_cell_um=None if cell is None else float(cell),
+        table=table,
+        parameters=params,
+        mosaic=mosaic,
+        mosaic_origin_um=mosaic_origin,
+        mosaic_pixel_um=mosaic_pixel,
+        channel_names=names,
+    )
 
 
 def write_region_csv(path: str | Path, section_rows: Mapping[str, Sequence[RegionRow]]) -> Path:

@@ -200,6 +200,8 @@ class SectionAnalysis:
         Target analysis-grid cell (µm).
     bin_um : float
         Heatmap bin (µm).
+    channel_names : sequence of str
+        Channel (preset) names, in tile order.
     """
 
     def __init__(
@@ -217,8 +219,10 @@ class SectionAnalysis:
         dark_offset_adu: float = 100.0,
         mosaic_pixel_um: float = 4.0,
         bin_um: float = 50.0,
+        channel_names: Sequence[str] = (),
     ) -> None:
         self.section_id = str(section_id)
+        self.channel_names = tuple(str(c) for c in channel_names)
         self.tile_xy_um = np.asarray(tile_xy_um, dtype=np.float64)
         self.tile_shape_px = (int(tile_shape_px[0]), int(tile_shape_px[1]))
         self.pixel_size_um = float(pixel_size_um)
@@ -272,6 +276,7 @@ class SectionAnalysis:
             settings=settings,
             dark_offset_adu=dark_offset_adu,
             bin_um=bin_um,
+            channel_names=section.channel_names,
         )
 
     def parameters(self) -> dict[str, Any]:
@@ -389,6 +394,7 @@ class SectionAnalysis:
         """Write ``results`` into a section's ``analysis`` group (open for writing)."""
         with self._lock:
             acc = _copy_accumulator(self.accumulator)
+            mosaic = np.stack([self.mosaic.image(c) for c in range(self.n_channels)])
         write_analysis(
             h5_group,
             maps=results.maps,
@@ -396,7 +402,75 @@ class SectionAnalysis:
             table=results.table,
             parameters={**self.parameters(), "n_tiles_analysed": results.n_tiles_analysed},
             accumulator=acc,
+            mosaic=mosaic,
+            mosaic_origin_um=self.mosaic.origin_um,
+            mosaic_pixel_um=self.mosaic.pixel_size_um,
+            channel_names=self.channel_names,
         )
+
+    def snapshot(self, regions: SectionRegions | None = None) -> LiveSnapshot:
+        """A consistent copy of the section's state now, safe to use from another thread.
+
+        Parameters
+        ----------
+        regions : SectionRegions, optional
+            Region masks to compute the table and the tissue-restricted heatmap
+            on; without them the table is empty and the heatmap counts every
+            imaged cell.
+        """
+        with self._lock:
+            anatomy = self.mosaic.image(self.anatomy_channel)
+            tracer = self.mosaic.image(self.tracer_channel)
+            tissue = None if regions is None else regions.masks.get("section")
+            maps = heatmaps(self.accumulator, bin_um=self.bin_um, tissue_mask=tissue)
+            table = [] if regions is None else region_table(self.accumulator, regions.masks)
+            n = len(self.tiles_added)
+        return LiveSnapshot(
+            section_id=self.section_id,
+            anatomy_mosaic=anatomy,
+            tracer_mosaic=tracer,
+            mosaic_origin_um=self.mosaic.origin_um.copy(),
+            mosaic_pixel_um=self.mosaic.pixel_size_um,
+            maps=maps,
+            regions=regions,
+            table=table,
+            n_tiles_analysed=n,
+            n_tiles=len(self.tile_xy_um),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class LiveSnapshot:
+    """A section's live analysis state, copied (see :meth:`AnalysisWorker.snapshot`).
+
+    Attributes
+    ----------
+    section_id : str
+    anatomy_mosaic, tracer_mosaic : (rows, cols) float32
+        Reduced mosaics (corrected values), NaN where nothing is imaged yet.
+    mosaic_origin_um : (2,) float64
+        Stage (x, y) of the mosaics' top-left corner.
+    mosaic_pixel_um : float
+        Mosaic pixel size (µm); the region masks use the same grid.
+    maps : Heatmaps
+        % axonal area and mean tracer per bin (NaN where nothing imaged).
+    regions : SectionRegions or None
+        The latest live region masks (None before the first could be computed).
+    table : list of RegionRow
+        Region table on those masks (empty without masks).
+    n_tiles_analysed, n_tiles : int
+    """
+
+    section_id: str
+    anatomy_mosaic: NDArray[np.float32]
+    tracer_mosaic: NDArray[np.float32]
+    mosaic_origin_um: NDArray[np.float64]
+    mosaic_pixel_um: float
+    maps: Heatmaps
+    regions: SectionRegions | None
+    table: list[RegionRow]
+    n_tiles_analysed: int
+    n_tiles: int
 
 
 def _copy_accumulator(acc: SectionAccumulator) -> SectionAccumulator:
@@ -612,6 +686,29 @@ class AnalysisWorker:
     def section(self, section_id: str) -> SectionAnalysis:
         """The running analysis of one section (its mosaic, accumulator, settings)."""
         return self._sections[section_id]
+
+    @property
+    def section_ids(self) -> list[str]:
+        """Sections with at least one tile analysed (or all of them, after :meth:`finalize`)."""
+        return list(self._sections)
+
+    def snapshot(self, section_id: str) -> LiveSnapshot | None:
+        """A thread-safe copy of one section's live mosaic, heatmap, region masks and table.
+
+        For a viewer polling on a timer (e.g. the GUI at a few Hz, from its own
+        thread): mosaics and maps are copies, the masks are the latest live ones
+        (or the final ones after :meth:`finalize`). Costs a few ms for a coronal
+        section. Returns None if no tile of the section was analysed yet.
+        """
+        section = self._sections.get(section_id)
+        if section is None:
+            return None
+        if self._finalized is not None and section_id in self._finalized:
+            regions: SectionRegions | None = self._finalized[section_id].regions
+        else:
+            live = self._live_regions.get(section_id)
+            regions = None if live is None else live[0]
+        return section.snapshot(regions)
 
     def results(self) -> dict[str, SectionResults]:
         """Results per section (the final ones after :meth:`finalize`, else computed now)."""

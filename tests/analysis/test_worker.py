@@ -15,6 +15,7 @@ from acquisition.controller import ScanController
 from acquisition.plan import demo_plan
 from acquisition.storage import ScanFile
 from analysis import worker as worker_module
+from analysis.results import load_scan_results
 from analysis.worker import MIN_UPDATE_INTERVAL_S, AnalysisWorker, analyze_scan, region_csv_path
 from tests.conftest import make_demo_core
 
@@ -112,6 +113,39 @@ def test_offline_rerun_gives_the_same_table_and_writes_the_outputs(live):
         assert "dark_offset_adu" in g["parameters_json"][()].decode()
     csv_text = region_csv_path(live.path).read_text()
     assert csv_text.startswith("section_id,region") and csv_text.count(SECTION) == len(offline[SECTION])
+
+
+def test_saved_results_read_back_with_mosaic_and_labels(live):
+    saved = load_scan_results(live.path)
+    assert list(saved) == [SECTION]
+    sec = saved[SECTION]
+    assert sec.attrs["level"] == "Th7" and sec.attrs["group"] == "intact"
+    assert sec.analysis is not None
+    assert as_tuples(sec.analysis.table) == as_tuples(live.tables[SECTION])
+    live_section = live.worker.section(SECTION)
+    assert sec.analysis.channel_names == ("DAPI", "tdTomato")
+    assert sec.analysis.mosaic is not None and sec.analysis.mosaic.shape == (2, *live_section.mosaic.shape)
+    np.testing.assert_array_equal(
+        sec.analysis.mosaic[live_section.anatomy_channel],
+        live_section.mosaic.image(live_section.anatomy_channel),
+    )
+    assert sec.analysis.mosaic_pixel_um == pytest.approx(live_section.mosaic.pixel_size_um)
+    assert set(sec.analysis.masks) >= {"section", "gray_matter", "rubrospinal_territory"}
+    assert sec.analysis.mask_cell_um == pytest.approx(live_section.accumulator.cell_um)
+
+
+def test_snapshot_is_a_copy_matching_the_final_results(live):
+    assert live.worker.snapshot("no-such-section") is None
+    snap = live.worker.snapshot(SECTION)
+    assert snap is not None and snap.n_tiles_analysed == snap.n_tiles == 66
+    final = live.worker.results()[SECTION]
+    assert as_tuples(snap.table) == as_tuples(final.table)
+    np.testing.assert_array_equal(snap.maps.pct_axonal_area, final.maps.pct_axonal_area)
+    snap.anatomy_mosaic[...] = -1  # a copy: the worker's mosaic is untouched
+    section = live.worker.section(SECTION)
+    np.testing.assert_array_equal(
+        live.worker.snapshot(SECTION).anatomy_mosaic, section.mosaic.image(section.anatomy_channel)
+    )
 
 
 def test_slow_analysis_with_a_tiny_queue_rereads_skipped_tiles(live, tmp_path, monkeypatch):
