@@ -283,6 +283,31 @@ class SectionAccumulator:
             raise ValueError(
                 f"pixel size {pixel_size_um} µm differs from the accumulator's {self.tile_pixel_size_um} µm"
             )
+        contribution = self.tile_contribution(mask, tracer, center_um=center_um, tile_index=tile_index)
+        self.n_tiles_added += 1
+        if contribution is None:
+            return
+        at, imaged, axon, signal = contribution
+        self.imaged_px[at] += imaged
+        self.axon_px[at] += axon
+        self.tracer_sum[at] += signal
+
+    def tile_contribution(
+        self,
+        axon_mask: NDArray[np.bool_],
+        tracer_corrected: NDArray[Any],
+        *,
+        center_um: tuple[float, float],
+        tile_index: int | None = None,
+    ) -> tuple[tuple[slice, slice], F64, F64, F64] | None:
+        """What one tile adds to the grid, without adding it (see :meth:`add_tile`).
+
+        Returns
+        -------
+        (rows, cols) slices of the grid, and the imaged-pixel, axon-pixel and tracer sums
+        on those cells; None if the tile lies outside the grid.
+        """
+        mask, tracer = axon_mask, tracer_corrected
         idx = self.tile_index_of(center_um) if tile_index is None else int(tile_index)
         if not 0 <= idx < len(self.tile_centres_um):
             raise ValueError(f"tile_index {idx} outside 0..{len(self.tile_centres_um) - 1}")
@@ -291,22 +316,26 @@ class SectionAccumulator:
         row_cell = np.floor((y - self.origin_um[1]) / self.cell_um).astype(np.int64)
         cols = np.flatnonzero((col_cell >= 0) & (col_cell < self.shape[1]))
         rows = np.flatnonzero((row_cell >= 0) & (row_cell < self.shape[0]))
-        self.n_tiles_added += 1
         if len(cols) == 0 or len(rows) == 0:
-            return
+            return None
         rs, cs = slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
         rc, cc = row_cell[rs], col_cell[cs]
-        # cell indices are monotone along rows/columns: where each cell's pixels start
+        # cell indices are monotone (and, cells being ≥ a pixel, consecutive) along rows/columns
         r_start = np.flatnonzero(np.r_[True, rc[1:] != rc[:-1]])
         c_start = np.flatnonzero(np.r_[True, cc[1:] != cc[:-1]])
         r_cells, c_cells = rc[r_start], cc[c_start]
+        if np.any(np.diff(r_cells) != 1) or np.any(np.diff(c_cells) != 1):
+            raise ValueError("grid cells must be at least one tile pixel wide")
         own = owned[rs, cs]
         axon = np.where(mask[rs, cs], own, np.float32(0))
         signal = own * tracer[rs, cs].astype(np.float32, copy=False)
-        at = np.ix_(r_cells, c_cells)
-        self.imaged_px[at] += _block_sums(own, r_start, c_start)
-        self.axon_px[at] += _block_sums(axon, r_start, c_start)
-        self.tracer_sum[at] += _block_sums(signal, r_start, c_start)
+        at = (slice(int(r_cells[0]), int(r_cells[-1]) + 1), slice(int(c_cells[0]), int(c_cells[-1]) + 1))
+        return (
+            at,
+            _block_sums(own, r_start, c_start),
+            _block_sums(axon, r_start, c_start),
+            _block_sums(signal, r_start, c_start),
+        )
 
 
 def _regular_run(starts: NDArray[np.intp], n: int) -> int | None:

@@ -22,7 +22,9 @@ keeps placement a block-mean plus a slice-add (≈ 4 ms per channel of a 2048² 
 and keeps exactly aligned tiles exact. Overlaps are blended by feathering:
 each reduced pixel is weighted by its distance to the nearest tile edge (in
 reduced pixels, ``0.5`` at the border), and the mosaic keeps the weighted
-sum and the sum of weights, so the blend does not depend on tile order.
+sum and the sum of weights; each weighted contribution is rounded to a
+dyadic grid (2⁻¹⁶) so the float64 sums are exact and the blend does not
+depend on tile order, to the last bit.
 
 Registration (:func:`register_tiles`)
 -------------------------------------
@@ -71,6 +73,7 @@ __all__ = [
     "measure_pair_shift",
     "mosaic_reduction_factor",
     "register_tiles",
+    "registration_from_pairs",
     "solve_positions",
 ]
 
@@ -95,6 +98,10 @@ def mosaic_reduction_factor(tile_pixel_size_um: float, target_pixel_um: float = 
     if tile_pixel_size_um <= 0 or target_pixel_um <= 0:
         raise ValueError("pixel sizes must be positive")
     return max(1, round(target_pixel_um / tile_pixel_size_um))
+
+
+_MOSAIC_QUANTUM = 2.0**-16
+_MOSAIC_QUANTUM_INV = 2.0**16
 
 
 def _feather(n_rows: int, n_cols: int) -> NDArray[np.float32]:
@@ -205,10 +212,16 @@ class SectionMosaic:
         if key not in self._feathers:
             self._feathers[key] = _feather(nh, nw)
         wt = self._feathers[key][tr, tc]
-        self._weight[rr0:rr1, cc0:cc1] += wt
+        self._weight[rr0:rr1, cc0:cc1] += wt  # half-integers: exact in float64
         for ch in range(self.n_channels):
             small = block_reduce_mean(imgs[ch, fr, fc], f)
-            self._sum[ch, rr0:rr1, cc0:cc1] += small * wt
+            # rounded to a dyadic grid, so the float64 sums are exact and the blend does not
+            # depend on the order tiles arrive in (live and offline mosaics are identical)
+            part = np.multiply(small, wt, dtype=np.float64)
+            part *= _MOSAIC_QUANTUM_INV
+            np.round(part, out=part)
+            part *= _MOSAIC_QUANTUM
+            self._sum[ch, rr0:rr1, cc0:cc1] += part
 
     @property
     def coverage(self) -> NDArray[np.bool_]:
@@ -499,12 +512,54 @@ def register_tiles(
                 shifts.append(ps.offset_um / pixel_size_um - d)
                 nccs.append(ps.ncc)
                 npx.append(ps.n_px)
+    return registration_from_pairs(
+        req,
+        pairs,
+        shifts,
+        nccs,
+        npx,
+        pixel_size_um=pixel_size_um,
+        min_ncc=min_ncc,
+        max_residual_px=max_residual_px,
+    )
+
+
+def registration_from_pairs(
+    requested_xy_um: ArrayLike,
+    pairs: ArrayLike,
+    pair_shift_px: ArrayLike,
+    pair_ncc: ArrayLike,
+    pair_n_px: ArrayLike,
+    *,
+    pixel_size_um: float,
+    min_ncc: float = 0.3,
+    max_residual_px: float = 1.0,
+) -> Registration:
+    """Solve tile positions from measured pairs (as :func:`register_tiles` does after measuring).
+
+    Parameters
+    ----------
+    requested_xy_um : (n, 2) float
+        Requested tile centres (µm).
+    pairs : (m, 2) int
+        (i, j) with i < j.
+    pair_shift_px : (m, 2) float
+        Measured offset of j from i minus the requested offset (x, y px); NaN if not measured.
+    pair_ncc : (m,) float
+        NCC of each aligned pair (NaN if not measured).
+    pair_n_px : (m,) int
+        Pixels compared per pair.
+    pixel_size_um, min_ncc, max_residual_px : as for :func:`register_tiles`
+    """
+    req = np.asarray(requested_xy_um, dtype=np.float64).reshape(-1, 2)
+    n = len(req)
     pr = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-    sh = np.asarray(shifts, dtype=np.float64).reshape(-1, 2)
-    ncc = np.asarray(nccs, dtype=np.float64)
+    sh = np.asarray(pair_shift_px, dtype=np.float64).reshape(-1, 2)
+    ncc = np.asarray(pair_ncc, dtype=np.float64).reshape(-1)
+    npx = np.asarray(pair_n_px, dtype=np.float64).reshape(-1)
     good = np.nan_to_num(ncc, nan=0.0) >= min_ncc
     # weight ∝ compared pixels (a corner overlap counts far less than an edge strip) × NCC
-    weights = np.where(good, np.nan_to_num(ncc) * np.asarray(npx, dtype=np.float64), 0.0)
+    weights = np.where(good, np.nan_to_num(ncc) * npx, 0.0)
     if weights.size and weights.max() > 0:
         weights /= weights.max()
     corr_px, used, resid = solve_positions(n, pr, sh, weights=weights, max_residual_px=max_residual_px)

@@ -23,8 +23,10 @@ from rich.table import Table
 from acquisition.controller import ScanController, ScanProgress, ScanResult, read_stored_plan
 from acquisition.errors import CordScopeError
 from acquisition.hardware import CordScopeCore, build_core
-from acquisition.plan import demo_plan, load_plan, validate_plan
+from acquisition.plan import ScanPlan, demo_plan, load_plan, validate_plan
 from analysis.figures import save_section_figure
+from analysis.results import load_scan_results
+from analysis.settings import analysis_settings_from_plan, load_flat_fields
 from analysis.worker import AnalysisWorker, region_csv_path
 from cordscope.tables import print_region_tables
 
@@ -104,6 +106,8 @@ def run_scan_cli(
             core, the_plan, overwrite=overwrite, extra_outputs=_worker(analysis, Path(the_plan.output))
         )
     # bad input is reported before a progress bar appears (the controller checks again)
+    if analysis:
+        check_analysis_settings(controller.plan, controller.core)
     validate_plan(controller.plan, controller.core, overwrite=overwrite, resume=resume is not None)
     result = _run_with_progress(console, controller)
     if result.state == "failed" and result.tiles_total == 0:
@@ -127,25 +131,41 @@ def _finish_analysis(console: Console, worker: AnalysisWorker, figures: Path | N
     console.print(f"region tables: {region_csv_path(worker.scan_path)} and the file's analysis groups")
     if figures is None:
         return
-    for section_id, res in worker.results().items():
-        section = worker.section(section_id)
-        attrs = section.attrs
+    for section_id, saved in load_scan_results(worker.scan_path).items():
+        res = saved.analysis
+        if res is None or res.mosaic is None or res.mosaic_origin_um is None or res.mosaic_pixel_um is None:
+            continue
+        attrs = saved.attrs
         title = " · ".join(
             str(v)
             for v in (section_id, attrs.get("group"), attrs.get("level"), attrs.get("orientation"))
             if v
         )
+        anatomy = int(res.parameters["anatomy_channel"])
         png = save_section_figure(
             figures / f"{worker.scan_path.stem}-{section_id}.png",
-            anatomy_mosaic=section.mosaic.image(section.anatomy_channel),
-            mosaic_origin_um=tuple(section.mosaic.origin_um),
-            mosaic_pixel_um=section.mosaic.pixel_size_um,
+            anatomy_mosaic=res.mosaic[anatomy],
+            mosaic_origin_um=(float(res.mosaic_origin_um[0]), float(res.mosaic_origin_um[1])),
+            mosaic_pixel_um=res.mosaic_pixel_um,
             pct_axonal_area_map=res.maps.pct_axonal_area,
-            map_origin_um=tuple(res.maps.origin_um),
+            map_origin_um=(float(res.maps.origin_um[0]), float(res.maps.origin_um[1])),
             map_bin_um=res.maps.bin_um,
             title=title,
         )
         console.print(f"figure: {png}")
+
+
+def check_analysis_settings(plan: ScanPlan, core: Any) -> None:
+    """Check the plan's ``analysis:`` settings (and flat-field images) before anything moves."""
+    settings = analysis_settings_from_plan(plan.analysis)
+    if settings.flat_fields:
+        shape = (int(core.getImageHeight()), int(core.getImageWidth()))
+        load_flat_fields(
+            settings,
+            tuple(c.preset for c in plan.channels),
+            tile_shape=shape,
+            base_dir=Path(plan.output).parent,
+        )
 
 
 def _run_with_progress(console: Console, controller: ScanController) -> ScanResult:

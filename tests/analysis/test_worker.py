@@ -31,6 +31,7 @@ class LiveRun:
     tables: dict
     update_times: list
     update_rows: list
+    snapshots: list
 
 
 def run_scan(path, **worker_options) -> LiveRun:
@@ -40,10 +41,12 @@ def run_scan(path, **worker_options) -> LiveRun:
         worker = AnalysisWorker(path, **worker_options)
         times: list[float] = []
         rows: list = []
+        snapshots: list = []
 
         def on_update(section_id, table_rows):
             times.append(time.monotonic())
             rows.append((section_id, table_rows))
+            snapshots.append(worker.snapshot(section_id))
 
         worker.events.maps_updated.connect(on_update)
         t0 = time.perf_counter()
@@ -52,7 +55,7 @@ def run_scan(path, **worker_options) -> LiveRun:
         tables = worker.finalize(timeout_s=60)
     finally:
         core.close()
-    return LiveRun(path, worker, result, scan_s, tables, times, rows)
+    return LiveRun(path, worker, result, scan_s, tables, times, rows, snapshots)
 
 
 def done_tiles(path) -> set[tuple[str, int]]:
@@ -122,30 +125,36 @@ def test_saved_results_read_back_with_mosaic_and_labels(live):
     assert sec.attrs["level"] == "Th7" and sec.attrs["group"] == "intact"
     assert sec.analysis is not None
     assert as_tuples(sec.analysis.table) == as_tuples(live.tables[SECTION])
-    live_section = live.worker.section(SECTION)
     assert sec.analysis.channel_names == ("DAPI", "tdTomato")
-    assert sec.analysis.mosaic is not None and sec.analysis.mosaic.shape == (2, *live_section.mosaic.shape)
-    np.testing.assert_array_equal(
-        sec.analysis.mosaic[live_section.anatomy_channel],
-        live_section.mosaic.image(live_section.anatomy_channel),
-    )
-    assert sec.analysis.mosaic_pixel_um == pytest.approx(live_section.mosaic.pixel_size_um)
+    mosaic = sec.analysis.mosaic
+    assert mosaic is not None and mosaic.shape[0] == 2 and mosaic.dtype == np.float32
+    assert sec.analysis.mosaic_pixel_um == pytest.approx(3.9)
+    # the mosaic and the masks share one grid
+    assert mosaic.shape[1:] == sec.analysis.masks["section"].shape
+    assert sec.analysis.mask_cell_um == pytest.approx(sec.analysis.mosaic_pixel_um)
     assert set(sec.analysis.masks) >= {"section", "gray_matter", "rubrospinal_territory"}
-    assert sec.analysis.mask_cell_um == pytest.approx(live_section.accumulator.cell_um)
+    tissue = sec.analysis.masks["section"]
+    dapi = mosaic[sec.analysis.parameters["anatomy_channel"]]
+    assert np.nanmean(dapi[tissue]) > 3 * np.nanmean(dapi[~tissue])  # DAPI is brighter in tissue
 
 
-def test_snapshot_is_a_copy_matching_the_final_results(live):
+def test_snapshots_live_and_after_finalize(live):
     assert live.worker.snapshot("no-such-section") is None
-    snap = live.worker.snapshot(SECTION)
-    assert snap is not None and snap.n_tiles_analysed == snap.n_tiles == 66
-    final = live.worker.results()[SECTION]
-    assert as_tuples(snap.table) == as_tuples(final.table)
-    np.testing.assert_array_equal(snap.maps.pct_axonal_area, final.maps.pct_axonal_area)
-    snap.anatomy_mosaic[...] = -1  # a copy: the worker's mosaic is untouched
-    section = live.worker.section(SECTION)
-    np.testing.assert_array_equal(
-        live.worker.snapshot(SECTION).anatomy_mosaic, section.mosaic.image(section.anatomy_channel)
-    )
+    mid = live.snapshots[len(live.snapshots) // 2]
+    assert 0 < mid.n_tiles_analysed < mid.n_tiles == 66
+    assert np.isnan(mid.anatomy_mosaic).any()  # still growing
+    final = live.worker.snapshot(SECTION)  # after finalize: read from the file
+    assert final is not None and final.n_tiles_analysed == 66
+    assert as_tuples(final.table) == as_tuples(live.tables[SECTION])
+    assert final.regions is not None and set(final.masks) == {r.region for r in final.table}
+    saved = load_scan_results(live.path)[SECTION].analysis
+    np.testing.assert_array_equal(final.maps.pct_axonal_area, saved.maps.pct_axonal_area)
+    # a live snapshot is a copy: writing into it changes nothing in the worker
+    before = live.worker.snapshot(SECTION).anatomy_mosaic
+    mid.anatomy_mosaic[...] = 1e9
+    final.anatomy_mosaic[...] = 1e9
+    np.testing.assert_array_equal(live.worker.snapshot(SECTION).anatomy_mosaic, before)
+    assert np.nanmax(live.snapshots[-1].anatomy_mosaic) < 1e9
 
 
 def test_slow_analysis_with_a_tiny_queue_rereads_skipped_tiles(live, tmp_path, monkeypatch):
