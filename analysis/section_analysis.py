@@ -21,10 +21,10 @@ Registration
 Tiles are placed at their planned positions as they arrive. At
 :meth:`SectionAnalysis.results` the measured pairs are solved for the tile
 positions (least squares, zero mean correction, outliers dropped). If some
-tile moves by more than half a tile pixel (an inaccurate stage), the section
+tile moves by more than one tile pixel (an inaccurate stage), the section
 is rebuilt once from the file with every tile at its registered position
 (mosaic, region masks and sums alike); otherwise the planned positions
-stand (they are then within half a pixel). Positions and pair measurements
+stand (they are then within a pixel). Positions and pair measurements
 are written with the results.
 
 State
@@ -85,8 +85,9 @@ _SIGNAL_QUANTUM = 2.0**-16
 
 #: Pairs whose planned overlap is narrower than this (px, either direction) are not measured.
 _OVERLAP_MIN_PX = 16
-#: A section is rebuilt at registered positions when a tile moves by more than this (tile px).
-_REBUILD_CORRECTION_PX = 0.5
+#: A section is rebuilt at registered positions when a tile moves by more than this (tile px);
+#: below, placement at the planned positions is as good as the measurement.
+_REBUILD_CORRECTION_PX = 1.0
 
 
 def channel_roles(plan_yaml: str, channel_names: Sequence[str]) -> tuple[int, int]:
@@ -485,6 +486,8 @@ class SectionAnalysis:
         h, w = self.tile_shape_px
         d = np.abs(self.tile_xy_um[:, None, :] - self.tile_xy_um[None, :, :]) / self.pixel_size_um
         ok = (w - d[..., 0] >= _OVERLAP_MIN_PX) & (h - d[..., 1] >= _OVERLAP_MIN_PX)
+        # edge neighbours only: a corner overlap is small, weak and as costly to measure
+        ok &= (d[..., 0] < w / 2) | (d[..., 1] < h / 2)
         np.fill_diagonal(ok, False)
         return {i: [int(j) for j in np.flatnonzero(ok[i])] for i in range(self.n_tiles)}
 
@@ -588,7 +591,7 @@ class SectionAnalysis:
             return region_table(self.accumulator, regions.masks)
 
     def final(self) -> tuple[SectionAnalysis, Registration | None]:
-        """The section to report: itself, or its rebuild at registered positions (stage off by > ½ px)."""
+        """The section to report: itself, or its rebuild at registered positions (stage off by > 1 px)."""
         reg = self.registration()
         if reg is None or self.rebuilt or self.read_tile is None:
             return self, reg
@@ -611,7 +614,7 @@ class SectionAnalysis:
         """Regions, region table and heatmaps of what was added so far.
 
         With ``final`` (the default), registration is solved and the section
-        rebuilt at the registered positions if a tile moved by more than half a
+        rebuilt at the registered positions if a tile moved by more than a
         pixel; without, the live state as it is (no registration).
         """
         section, reg = self.final() if final else (self, None)
