@@ -1,0 +1,113 @@
+"""Analysis settings from the plan: validated once, named when wrong, used by the live and offline runs."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import h5py
+import numpy as np
+import pytest
+import tifffile
+from typer.testing import CliRunner
+
+from acquisition.controller import ScanController
+from acquisition.plan import demo_plan, save_plan
+from analysis.settings import (
+    AnalysisSettings,
+    AnalysisSettingsError,
+    analysis_settings_from_plan,
+    load_flat_fields,
+)
+from analysis.worker import AnalysisWorker, analyze_scan
+from cordscope.cli import app
+from tests.conftest import make_demo_core
+
+
+def test_defaults_when_the_plan_has_no_analysis_settings():
+    assert analysis_settings_from_plan(None) == AnalysisSettings()
+    assert analysis_settings_from_plan({}) == AnalysisSettings()
+    assert analysis_settings_from_plan("name: x\noutput: x.h5\n") == AnalysisSettings()
+    s = analysis_settings_from_plan("analysis:\n  heatmap_bin_um: 100\n  threshold_method: fixed\n")
+    assert s.heatmap_bin_um == 100 and s.segmentation().threshold_method == "fixed"
+
+
+@pytest.mark.parametrize(
+    ("analysis", "message"),
+    [
+        ({"heatmap_bin_um": 0}, "plan analysis.heatmap_bin_um: Input should be greater than 0"),
+        ({"treshold_method": "auto"}, "plan analysis.treshold_method: unknown setting"),
+        ({"threshold_method": "otsu"}, "plan analysis.threshold_method: Input should be 'auto' or 'fixed'"),
+        ({"edge_fraction": 1.5}, "plan analysis.edge_fraction: Input should be less than 1"),
+        (["bin"], "plan analysis: expected a mapping of settings, got list"),
+    ],
+    ids=["zero-bin", "typo", "unknown-method", "edge-fraction", "not-a-mapping"],
+)
+def test_bad_settings_name_the_key(analysis, message):
+    with pytest.raises(AnalysisSettingsError) as info:
+        analysis_settings_from_plan(analysis)
+    assert message in str(info.value)
+
+
+def test_flat_fields_are_read_normalised_and_checked(tmp_path):
+    blank = np.full((8, 6), 1100, dtype=np.uint16)
+    blank[:, :3] = 600  # half as bright on the left (after the 100 ADU offset: 1000 vs 500)
+    tifffile.imwrite(tmp_path / "flat.tif", blank)
+    settings = AnalysisSettings(flat_fields={"tdTomato": "flat.tif"})
+    flats = load_flat_fields(settings, ("DAPI", "tdTomato"), tile_shape=(8, 6), base_dir=tmp_path)
+    assert flats[0] is None
+    assert flats[1].mean() == pytest.approx(1.0)
+    assert flats[1][0, 0] == pytest.approx(2 / 3) and flats[1][0, -1] == pytest.approx(4 / 3)
+    with pytest.raises(AnalysisSettingsError, match=r"flat_fields.tdTomato: .*flat.tif is \(6, 8\) px"):
+        load_flat_fields(settings, ("DAPI", "tdTomato"), tile_shape=(16, 16), base_dir=tmp_path)
+    with pytest.raises(AnalysisSettingsError, match="no channel 'tdTomato' in the scan"):
+        load_flat_fields(settings, ("DAPI", "GFP"), tile_shape=(8, 6), base_dir=tmp_path)
+    with pytest.raises(AnalysisSettingsError, match="cannot read"):
+        load_flat_fields(settings, ("DAPI", "tdTomato"), tile_shape=(8, 6), base_dir=tmp_path / "nowhere")
+
+
+def test_the_plans_settings_drive_live_and_offline_analysis(tmp_path):
+    logging.getLogger("pymmcore-plus").setLevel(logging.ERROR)
+    path = tmp_path / "s.h5"
+    plan = demo_plan(output=path, section_ids=["rat01-Th7"], focus={"strategy": "fixed", "z_um": 0.0})
+    # a fixed threshold no axon reaches, 100 µm bins, registration off
+    plan = plan.model_copy(
+        update={
+            "analysis": {
+                "threshold_method": "fixed",
+                "threshold_adu": 60000,
+                "heatmap_bin_um": 100,
+                "register_tiles": False,
+            }
+        }
+    )
+    core = make_demo_core(sensor_px=256)
+    try:
+        worker = AnalysisWorker(path)
+        ScanController(core, plan, extra_outputs=[worker]).run()
+        tables = worker.finalize()
+    finally:
+        core.close()
+    rows = {r.region: r for r in tables["rat01-Th7"]}
+    assert rows["rubrospinal_territory"].pct_axonal_area == 0.0
+    with h5py.File(path, "r") as f:
+        g = f["sections/rat01-Th7/analysis"]
+        assert g["pct_axonal_area_map"].attrs["bin_um"] == pytest.approx(101.4)  # 26 cells of 3.9 µm
+        params = json.loads(g["parameters_json"][()])
+        assert "registration" not in g
+    assert (
+        params["settings"]["threshold_adu"] == 60000 and params["segmentation"]["threshold_method"] == "fixed"
+    )
+    # offline: the plan's settings again, or explicit ones
+    assert analyze_scan(path)["rat01-Th7"] == tables["rat01-Th7"]
+    normal = {r.region: r for r in analyze_scan(path, settings=AnalysisSettings())["rat01-Th7"]}
+    assert normal["rubrospinal_territory"].pct_axonal_area > 1.0
+
+
+def test_validate_names_a_bad_analysis_setting_before_loading_hardware(tmp_path):
+    plan = demo_plan(output=tmp_path / "s.h5", section_ids=["rat01-Th7"])
+    plan = plan.model_copy(update={"analysis": {"heatmap_bin_um": -5}})
+    save_plan(plan, tmp_path / "plan.yaml")
+    result = CliRunner().invoke(app, ["validate", str(tmp_path / "plan.yaml")])
+    assert result.exit_code == 2
+    assert "plan analysis.heatmap_bin_um: Input should be greater than 0" in " ".join(result.output.split())
