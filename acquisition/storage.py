@@ -21,10 +21,27 @@ metadata, plus a log of events (start, pause, retry, fault, finish)::
 
 Everything is plain datasets and JSON / YAML text, so a reader needs nothing
 but h5py. The file uses HDF5's default (oldest compatible) format, not SWMR:
-a SWMR file killed mid-write cannot be opened by plain h5py, whereas a default
-one survives ``SIGKILL`` with every done tile intact, given the write order
-that :class:`ScanWriter` keeps: *pixels and metadata, flush, then status,
-flush*. A tile counts as acquired only once its status is 1.
+a SWMR file killed mid-write is left flagged "open for write" and plain
+``h5py.File(path, "r")`` refuses it until the flag is cleared, whereas a
+default one survives ``SIGKILL`` with every done tile intact and opens as it
+is, given the write order that :class:`ScanWriter` keeps: *pixels and
+metadata, flush, then status, flush*. A tile counts as acquired only once its
+status is 1.
+
+Reading while a scan writes (another process: the GUI, napari,
+``cordscope info``): the writer holds HDF5's exclusive file lock, so
+:meth:`ScanFile.open` opens such a file *live*: read-only, without taking a
+lock (the writer is never blocked or disturbed) and with HDF5's raw-data
+caches off, so every read of ``tile_status`` and of pixels goes to the file.
+That is safe without SWMR because everything a reader needs to find a tile
+is fixed when the file is created: the tile datasets' chunks are allocated
+up front (uncompressed scans, the default), so writing pixels and statuses
+only overwrites raw bytes at fixed places, and a status reads 1 only after
+the tile's pixels were flushed. A live reader therefore never sees a
+half-written tile. What does change during a scan (``tile_meta`` strings and
+``/events``) is read as of opening (:meth:`ScanFile.refresh` reopens); an
+entry caught mid-write reads as missing, never as wrong data. Compressed
+scans allocate chunks as they go and are readable only once closed.
 
 Crash safety in detail:
 
@@ -60,6 +77,7 @@ import platform
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -121,6 +139,10 @@ _STR = h5py.string_dtype("utf-8")
 
 class StorageError(CordScopeError):
     """A scan file cannot be created, opened, read or written; the message says which and why."""
+
+
+class _FileLocked(StorageError):
+    """The file is locked by a writer (another process has it open for writing)."""
 
 
 class TileStatus(IntEnum):
@@ -228,16 +250,53 @@ def _check_format(f: h5py.File, path: Path) -> int:
     return version
 
 
+#: Attempts (and pause between them) to open a file live: an open may meet the
+#: writer in the middle of a flush (e.g. the superblock half rewritten) and fail.
+_LIVE_OPEN_ATTEMPTS = 20
+_LIVE_OPEN_RETRY_S = 0.05
+
+
+def _open_live(path: Path) -> h5py.File:
+    """Open a file that another process is writing: read-only, no lock, no raw-data caches.
+
+    Without the sieve buffer and the chunk cache, every read of a status or a
+    tile goes to the file instead of returning bytes cached before the writer
+    changed them.
+    """
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_file_locking(False, True)
+    fapl.set_sieve_buf_size(0)
+    fapl.set_cache(0, 0, 0, 0.75)
+    last: Exception | None = None
+    for attempt in range(_LIVE_OPEN_ATTEMPTS):
+        try:
+            return h5py.File(h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDONLY, fapl=fapl))
+        except OSError as e:
+            last = e
+            time.sleep(_LIVE_OPEN_RETRY_S * (attempt > 0))
+    raise StorageError(
+        f"cannot open {path} while it is being written: {_first_line(last or OSError('unknown'))}"
+    )
+
+
+_WRITER_CACHE: dict[str, int] = {"rdcc_nbytes": 0}
+
+
 def _open_h5(path: Path, mode: str) -> h5py.File:
     if not path.is_file():
         raise StorageError(f"scan file not found: {path}")
     try:
-        return h5py.File(path, mode)
+        # a writer writes each tile as one whole chunk: HDF5's chunk cache would only hold
+        # copies of written tiles (1 MB per section's dataset)
+        return h5py.File(path, mode, **({} if mode == "r" else _WRITER_CACHE))
     except BlockingIOError as e:
-        raise StorageError(
+        raise _FileLocked(
             f"cannot open {path}: it is locked, probably open for writing by a running scan ({e})"
         ) from e
     except OSError as e:
+        if "file locking flag values don't match" in str(e):
+            # this process already has the file open live (see _open_live)
+            raise _FileLocked(f"cannot open {path}: it is open live in this process") from e
         stored_eof = _superblock_eof(path)
         if stored_eof is not None and stored_eof > path.stat().st_size:
             raise StorageError(
@@ -245,6 +304,16 @@ def _open_h5(path: Path, mode: str) -> h5py.File:
                 "write that failed (e.g. on a full disk); ScanWriter.open_for_resume repairs it"
             ) from e
         raise StorageError(f"cannot open {path}: not a readable HDF5 file ({_first_line(e)})") from e
+
+
+def _check_live_readable(f: h5py.File, path: Path) -> None:
+    """Refuse live reading of compressed tiles: their chunks are allocated as written."""
+    for sid, g in f["sections"].items():
+        if g["tiles"].compression is not None:
+            raise StorageError(
+                f"cannot read {path} while it is being written: its tiles are compressed "
+                f"({g['tiles'].compression}, section {sid}); open it once the scan has finished"
+            )
 
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -583,7 +652,7 @@ class ScanWriter:
         # crash while creating leaves no half-made scan file at `path`.
         tmp = path.with_name(f".{path.name}.creating-{os.getpid()}")
         try:
-            f = h5py.File(tmp, "w")
+            f = h5py.File(tmp, "w", **_WRITER_CACHE)
         except OSError as e:
             raise StorageError(f"cannot create scan file {path}: {e}") from e
         try:
@@ -1369,8 +1438,9 @@ def _decode_attr(value: Any) -> Any:
 class SectionReader:
     """Read access to one section of a scan file."""
 
-    def __init__(self, group: h5py.Group) -> None:
+    def __init__(self, group: h5py.Group, *, live: bool = False) -> None:
         self._group = group
+        self._live = live
         self.section_id: str = group.name.rsplit("/", 1)[-1]
 
     @property
@@ -1439,6 +1509,11 @@ class SectionReader:
         try:
             text = self._group["tile_meta"].asstr()[tile_index]
         except (OSError, RuntimeError) as e:
+            if self._live:
+                raise StorageError(
+                    f"{self._group.file.filename}: metadata of tile {self.section_id}/{tile_index} was "
+                    "written after the file was opened while the scan runs; ScanFile.refresh() reads it"
+                ) from e
             if self._group["tile_status"][tile_index] == TileStatus.DONE:
                 raise StorageError(
                     f"{self._group.file.filename}: metadata of done tile {self.section_id}/{tile_index} "
@@ -1456,6 +1531,12 @@ class SectionReader:
                 f"{self._group.file.filename}: cannot read tile {self.section_id}/{tile_index}: "
                 f"{_first_line(e)}"
             ) from e
+
+    @property
+    def analysis_group(self) -> h5py.Group | None:
+        """The section's ``analysis`` group (read-only h5py group), ``None`` if absent."""
+        group = self._group.get("analysis")
+        return group if isinstance(group, h5py.Group) else None
 
     def done_indices(self) -> np.ndarray:
         """Return the indices of done tiles."""
@@ -1475,32 +1556,54 @@ class SectionReader:
 
 
 class ScanFile:
-    """A scan file opened read-only. Use :meth:`open`; a context manager."""
+    """A scan file opened read-only. Use :meth:`open`; a context manager.
 
-    def __init__(self, file: h5py.File, path: Path, format_version: int) -> None:
+    A file that another process is writing (a running scan) opens *live*
+    (:attr:`live`): tile statuses and pixels are read from the file at each
+    call, so done tiles appear as the scan completes them, and a tile reads
+    as done only once its pixels are complete on disk. Tile metadata and
+    events are read as of opening; :meth:`refresh` reopens.
+    """
+
+    def __init__(self, file: h5py.File, path: Path, format_version: int, *, live: bool = False) -> None:
         """Wrap an open file; use :meth:`open` instead."""
         self._file = file
         self.path = path
         self.format_version = format_version
+        self.live = live
+        """Whether the file was open for writing by another process when opened (see the class docstring)."""
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> ScanFile:
-        """Open a scan file for reading.
+        """Open a scan file for reading, also while another process writes it.
 
         Raises
         ------
         StorageError
-            If the file is missing, not HDF5, not a CordScope scan, or of a
-            newer format version than this CordScope reads.
+            If the file is missing, not HDF5, not a CordScope scan, of a
+            newer format version than this CordScope reads, or a compressed
+            scan that is being written (readable once the scan closes it).
         """
         path = Path(path)
-        f = _open_h5(path, "r")
+        live = False
+        try:
+            f = _open_h5(path, "r")
+        except _FileLocked:
+            f, live = _open_live(path), True
         try:
             version = _check_format(f, path)
+            if live:
+                _check_live_readable(f, path)
         except BaseException:
             f.close()
             raise
-        return cls(f, path, version)
+        return cls(f, path, version, live=live)
+
+    def refresh(self) -> None:
+        """Reopen the file to see what a running scan wrote since (metadata and events included)."""
+        self.close()  # first: HDF5 would hand back the same open file, with its cached metadata
+        reopened = ScanFile.open(self.path)
+        self._file, self.format_version, self.live = reopened._file, reopened.format_version, reopened.live
 
     @property
     def created(self) -> str:
@@ -1540,7 +1643,7 @@ class ScanFile:
     def section(self, section_id: str) -> SectionReader:
         """One section."""
         try:
-            return SectionReader(self._file["sections"][section_id])
+            return SectionReader(self._file["sections"][section_id], live=self.live)
         except KeyError:
             raise StorageError(
                 f"{self.path} has no section {section_id!r} (sections: {', '.join(self.section_ids)})"

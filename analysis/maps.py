@@ -365,8 +365,11 @@ def _block_sums(a: F32, r_start: NDArray[np.intp], c_start: NDArray[np.intp]) ->
     nr, nc = len(r_start), len(c_start)
     padded = np.zeros((nr * rr, nc * rc), dtype=np.float32)
     padded[r_pad : r_pad + a.shape[0], c_pad : c_pad + a.shape[1]] = a
-    # within-cell sums in float32 (≤ a few hundred values), then float64
-    return padded.reshape(nr, rr, nc, rc).sum(axis=3).sum(axis=1, dtype=np.float64)
+    # within-cell sums in float32 (≤ a few hundred values), then float64; rows of a cell first
+    # (contiguous vector adds), then the columns of the 1/rr as large result: several times
+    # faster than reducing the short last axis of the whole tile first
+    rows_summed = padded.reshape(nr, rr, nc * rc).sum(axis=1)
+    return rows_summed.reshape(nr, nc, rc).sum(axis=2, dtype=np.float64)
 
 
 # ---------------------------------------------------------------- region table

@@ -100,7 +100,7 @@ MIN_UPDATE_INTERVAL_S = 0.1
 REGIONS_REFRESH_S = 1.0
 
 #: Sections kept in memory at once by the live worker (the others are set aside on disk).
-SECTIONS_IN_MEMORY = 2
+SECTIONS_IN_MEMORY = 1
 
 TileKey = tuple[str, int]
 

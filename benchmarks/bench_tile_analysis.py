@@ -8,6 +8,14 @@ sections. Then times ``correct_tile`` + ``segment_axons`` on each, several
 rounds, pinned to one CPU. Prints one JSON line; the machine may be shared,
 so the numbers are what was measured, not a bound.
 
+Also times the whole per-tile step of the live analysis
+(``SectionAnalysis.add_tile``: both channels corrected, the tracer
+segmented, the tile placed in the mosaic and the regional sums, and
+registered against its already analysed neighbours) on a 3 × 3 grid of
+two-channel 2048² tiles with 10 % overlap over a C5 section, in scan order
+(``add_tile_p50_ms`` / ``add_tile_p95_ms``; not part of the 30 ms target,
+which is for correction + segmentation).
+
 Run: ``.venv/bin/python benchmarks/bench_tile_analysis.py [rounds]``
 """
 
@@ -88,6 +96,64 @@ def _snap_tiles() -> tuple[list[tuple[str, np.ndarray]], float]:
         core.close()
 
 
+def _grid_tiles() -> tuple[np.ndarray, list[np.ndarray]]:
+    """A 3 × 3 serpentine grid of (DAPI, tdTomato) 2048² tiles over rat01-C5, 10 % overlap."""
+    from acquisition.demo import find_demo_hub
+    from acquisition.hardware import build_core
+
+    core = build_core()
+    try:
+        core.setProperty("Camera", "SensorWidth", SENSOR_PX)
+        core.setProperty("Camera", "SensorHeight", SENSOR_PX)
+        slide = find_demo_hub(core).slide
+        sec = next(s for s in slide.sections if s.spec.section_id == "rat01-C5")
+        cx, cy = np.asarray(sec.midline_point_um, dtype=np.float64)
+        step = 0.9 * SENSOR_PX * PIXEL_UM
+        xy = [
+            (cx + (j - 1) * step, cy + (i - 1) * step)
+            for i in range(3)
+            for j in (range(3) if i % 2 == 0 else reversed(range(3)))
+        ]
+        core.setConfig("Objective", "10x")
+        tiles = []
+        for x, y in xy:
+            core.setXYPosition(x, y)
+            core.setPosition(float(slide.focal_plane_z_um(x, y)))
+            frames = []
+            for channel, exposure in (("DAPI", 20.0), ("tdTomato", EXPOSURE_MS)):
+                core.setConfig("Channel", channel)
+                core.setExposure(exposure)
+                core.snapImage()
+                frames.append(core.getImage().copy())
+            tiles.append(np.stack(frames))
+        return np.asarray(xy), tiles
+    finally:
+        core.close()
+
+
+def _add_tile_ms(rounds: int) -> list[float]:
+    from analysis.section_analysis import SectionAnalysis
+
+    xy, tiles = _grid_tiles()
+    times = []
+    for _ in range(rounds):
+        section = SectionAnalysis(
+            section_id="bench",
+            tile_xy_um=xy,
+            tile_shape_px=(SENSOR_PX, SENSOR_PX),
+            pixel_size_um=PIXEL_UM,
+            n_channels=2,
+            tracer_channel=1,
+            anatomy_channel=0,
+            channel_names=("DAPI", "tdTomato"),
+        )
+        for t, tile in enumerate(tiles):
+            t0 = time.perf_counter()
+            section.add_tile(tile, tile_index=t)
+            times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
 def _analyse_ms(image: np.ndarray, dark: float, flat: np.ndarray | None = None) -> tuple[float, float, int]:
     t0 = time.perf_counter()
     corrected = correct_tile(image, dark_offset_adu=dark, flat_field=flat)
@@ -118,6 +184,7 @@ def main(rounds: int = 5) -> dict[str, object]:
     flat = normalise_flat_field(dark + 1000.0 * (1.0 - 0.8 * (xx**2 + yy**2)), dark_offset_adu=dark)
     with_flat = [_analyse_ms(image, dark, flat)[0] for kind, image in tiles if kind == "axons"]
     p95 = float(np.percentile(total, 95))
+    add_tile = _add_tile_ms(max(1, rounds // 2))
     return {
         "benchmark": "tile_analysis_2048",
         "p50_ms": round(float(np.percentile(total, 50)), 2),
@@ -129,6 +196,8 @@ def main(rounds: int = 5) -> dict[str, object]:
         "axon_free_p50_ms": round(float(np.percentile(by_kind["no_axons"], 50)), 2),
         "correct_p50_ms": round(float(np.percentile(correct, 50)), 2),
         "with_flat_field_p50_ms": round(float(np.percentile(with_flat, 50)), 2),
+        "add_tile_p50_ms": round(float(np.percentile(add_tile, 50)), 2),
+        "add_tile_p95_ms": round(float(np.percentile(add_tile, 95)), 2),
         "n_tiles": len(tiles),
         "n_timings": len(total),
         "max_axon_fraction": round(float(max(axon_fraction)), 4),

@@ -71,6 +71,9 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log mor
     # pymmcore-plus logs every MDA start/cancel with the whole sequence; its
     # warnings repeat what CordScope reports in one line, so show only errors.
     logging.getLogger("pymmcore-plus").setLevel(logging.INFO if verbose else logging.ERROR)
+    from cordscope.memory import release_large_arrays
+
+    release_large_arrays()
 
 
 def _core(config: Path | None, trust_config: bool) -> Any:
@@ -250,8 +253,10 @@ def validate(
 ) -> None:
     """Check a plan against its hardware config without moving anything."""
     from acquisition.plan import load_plan, validate_plan
+    from analysis.settings import analysis_settings_from_plan
 
     the_plan = load_plan(plan_file)
+    analysis_settings_from_plan(the_plan.analysis)  # names a bad analysis: key before the hardware loads
     core = _core(config or the_plan.hardware_config, trust_config)
     summary = validate_plan(the_plan, core, overwrite=overwrite)
     console.print(f"[green]ok[/]: {plan_file}")
@@ -355,25 +360,173 @@ def info(scan_file: Annotated[Path, typer.Argument(help="Scan file (.h5).")]) ->
 
 @app.command()
 @_user_errors
+def export(
+    scan_file: Annotated[Path, typer.Argument(help="Scan file (.h5).")],
+    export_format: Annotated[
+        str, typer.Option("--format", "-f", help="bdv (Fiji BigDataViewer/BigStitcher), ome-zarr or csv.")
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Output folder (csv: a file or folder; default beside the scan)."),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier export of this scan in --out.")] = False,
+) -> None:
+    """Export a scan for other tools: Fiji BigStitcher (bdv), OME-Zarr viewers, spreadsheets (csv)."""
+    from cordscope.export_cli import run_export
+
+    for path in run_export(scan_file, export_format, out, overwrite=overwrite, console=console):
+        console.print(f"wrote {path}")
+
+
+@app.command()
+@_user_errors
+def view(
+    scan_file: Annotated[Path, typer.Argument(help="Scan file (.h5).")],
+    tiles: Annotated[bool, typer.Option(help="Also add every done tile at full resolution.")] = False,
+) -> None:
+    """Open a scan's section mosaics, heatmaps (and tiles) as napari layers (needs cordscope[napari])."""
+    from gui.napari_view import NapariMissingError, view_scan
+
+    try:
+        view_scan(scan_file, tiles=tiles)
+    except NapariMissingError as e:
+        err_console.print(str(e), highlight=False, markup=False)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+@_user_errors
 def analyze(
     scan_files: Annotated[list[Path], typer.Argument(help="Finished scan file(s) (.h5).")],
     dark_offset_adu: Annotated[
-        float, typer.Option(help="Camera dark offset subtracted from every tile (ADU).")
-    ] = 100.0,
-    bin_um: Annotated[float, typer.Option(help="Heatmap bin size (µm).")] = 50.0,
+        float | None,
+        typer.Option(help="Camera dark offset subtracted from every tile (ADU); default: the plan's (100)."),
+    ] = None,
+    bin_um: Annotated[
+        float | None, typer.Option(help="Heatmap bin size (µm); default: the plan's (50).")
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Analyse the files in parallel on a local Dask cluster of N worker processes."),
+    ] = None,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            help="Analyse the files on an existing Dask cluster (scheduler address, e.g. tcp://host:8786)."
+        ),
+    ] = None,
 ) -> None:
     """Rerun the regional analysis of scan files offline (same code as the live run).
 
     Writes each section's ``analysis/`` group into the file and a
-    ``<scan>.regions.csv`` beside it, and prints the region tables.
+    ``<scan>.regions.csv`` beside it, and prints the region tables. With
+    ``--workers N`` or ``--scheduler ADDRESS`` the files are analysed in
+    parallel with Dask, one file per task (identical results).
     """
     from analysis.worker import analyze_scan, region_csv_path
     from cordscope.tables import print_region_tables
 
-    for path in scan_files:
-        tables = analyze_scan(path, dark_offset_adu=dark_offset_adu, bin_um=bin_um)
+    overrides = {
+        k: v for k, v in (("dark_offset_adu", dark_offset_adu), ("heatmap_bin_um", bin_um)) if v is not None
+    }
+    if workers is None and scheduler is None:
+        for path in scan_files:
+            settings = None
+            if overrides:
+                from acquisition.storage import ScanFile
+                from analysis.settings import AnalysisSettings, analysis_settings_from_plan
+
+                with ScanFile.open(path) as scan:
+                    stored = analysis_settings_from_plan(scan.plan_yaml).model_dump()
+                settings = AnalysisSettings.model_validate({**stored, **overrides})
+            tables = analyze_scan(path, settings=settings)
+            print_region_tables(console, path.name, tables)
+            console.print(f"wrote the analysis into {path} and {region_csv_path(path)}")
+        return
+    if overrides:
+        raise ValueError(
+            "--dark-offset-adu and --bin-um apply to serial runs; with --workers/--scheduler set them "
+            "in the plan's analysis: settings"
+        )
+    from analysis.distributed import analyze_many
+
+    missing = [str(p) for p in scan_files if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"no such scan file: {', '.join(missing)}")
+    # analyze_scan's own defaults (the plan's analysis settings stored in each file)
+    results = analyze_many(
+        scan_files,
+        workers=workers,
+        scheduler=scheduler,
+        on_file=lambda p, _: console.print(f"analysed {p.name}"),
+    )
+    for path, tables in results.items():
         print_region_tables(console, path.name, tables)
         console.print(f"wrote the analysis into {path} and {region_csv_path(path)}")
+
+
+@app.command()
+@_user_errors
+def study(
+    scan_files: Annotated[list[Path], typer.Argument(help="Analysed scan file(s) (.h5) of the study.")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder for the study's tables, figures and report.")
+    ],
+    alpha: Annotated[float, typer.Option(help="Significance level.")] = 0.05,
+) -> None:
+    """Compare groups: per-animal table, statistics per level × region, figures and an HTML report.
+
+    Sections of the same animal and level are averaged; files or sections that
+    cannot be used (no analysis, no group or level) and groups with fewer than
+    two animals are left out and listed.
+    """
+    from cordscope.study_cli import print_study_summary, run_study
+
+    print_study_summary(console, run_study(scan_files, out, alpha=alpha))
+
+
+@app.command()
+@_user_errors
+def gui(config: ConfigOpt = None, trust_config: TrustOpt = False) -> None:
+    """Open the CordScope window (default: on the demo microscope)."""
+    from gui.app import main as gui_main  # Qt only when the window is wanted
+
+    raise typer.Exit(gui_main(config, trust_config=trust_config))
+
+
+@app.command("demo-cohort")
+@_user_errors
+def demo_cohort(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the scan files (one per animal).")],
+    animals_per_group: Annotated[int, typer.Option(help="Animals in each of intact, vehicle, treated.")] = 5,
+    seed: Annotated[int, typer.Option(help="Seed of the virtual slides and the camera noise.")] = 2026,
+    sensor_px: Annotated[int, typer.Option(help="Demo camera sensor size (px).")] = 512,
+    objective: Annotated[
+        str, typer.Option(help="Objective preset (4x is fast; 10x resolves axons better).")
+    ] = "4x",
+) -> None:
+    """Scan a virtual cohort on the demo microscope: C5, Th7 and L2 of every animal, one file per animal.
+
+    Writes ``<animal>.h5`` with the live analysis and ``cohort-truth.csv``
+    (the slides' true numbers per animal, level and region).
+    """
+    from cordscope.cohort import scan_demo_cohort
+
+    def done(slide: Any, path: Path, tiles: int, seconds: float) -> None:
+        console.print(f"{slide.animal} ({slide.group}): {tiles} tiles in {seconds:.1f} s → {path}")
+
+    result = scan_demo_cohort(
+        out,
+        animals_per_group=animals_per_group,
+        seed=seed,
+        sensor_px=sensor_px,
+        objective=objective,
+        on_slide=done,
+    )
+    console.print(
+        f"scanned {len(result.scan_files)} animals ({result.tiles} tiles) in {result.elapsed_s:.0f} s; "
+        f"truth: {result.truth_csv}"
+    )
 
 
 @app.command()

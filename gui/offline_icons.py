@@ -182,6 +182,8 @@ def use_offline_icons(cache_dir: str | Path | None = None) -> Path:
     pyconify_cache.CACHE_DISABLED = False
     pyconify_cache._SVG_CACHE = pyconify_cache._SVGCache(folder / "svg_cache")
     pyconify_api.last_modified.cache_clear()
+    # svg_path() remembers the files it wrote: in the previous folder, which may be gone
+    pyconify_api.svg_path.cache_clear()
     session = pyconify_api._session()
     session.mount(ICONIFY_API, OfflineIconifyAdapter())
     return folder

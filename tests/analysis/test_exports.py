@@ -1,0 +1,343 @@
+"""Exports round-trip through readers other than the writers: npy2bdv's reader + XML, zarr + JSON, csv."""
+
+from __future__ import annotations
+
+import csv
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from acquisition.storage import ScanFile, ScanWriter, SectionLayout
+from analysis.exports import (
+    ExportError,
+    ExportProgress,
+    export_bdv,
+    export_csv,
+    export_ome_zarr,
+    tile_positions_um,
+)
+from analysis.maps import Heatmaps, RegionRow, write_analysis, write_region_csv
+from analysis.results import load_scan_results
+
+PIXEL_UM = 0.5
+H, W = 32, 48  # not square: a swapped axis shows
+CHANNELS = ("DAPI", "tdTomato")
+PENDING = 4  # tile of S1 left pending
+# S2's registered positions: whole-pixel shifts (µm) for tiles 0 and 2; tile 1 not registered (NaN)
+REGISTERED_SHIFT_UM = {0: (1.5, -1.0), 2: (-2.0, 0.5)}
+
+
+def _grid(x0: float, y0: float) -> np.ndarray:
+    # 3 columns × 2 rows, overlapping by 8 px in x and 4 px in y
+    step_x, step_y = (W - 8) * PIXEL_UM, (H - 4) * PIXEL_UM
+    return np.array([[x0 + i * step_x, y0 + j * step_y] for j in range(2) for i in range(3)])
+
+
+def _pixels(section: int, tile: int) -> np.ndarray:
+    rng = np.random.default_rng(1000 * section + tile)
+    return rng.integers(0, 65536, size=(len(CHANNELS), 1, H, W), dtype=np.uint16)
+
+
+def _heatmaps() -> Heatmaps:
+    pct = np.array([[1.5, 2.5, np.nan], [0.0, 10.0, 4.25]], dtype=np.float32)
+    return Heatmaps(
+        pct_axonal_area=pct,
+        mean_tracer=pct * 10,
+        imaged_tissue_fraction=np.ones_like(pct),
+        origin_um=np.array([1000.0, 2000.0]),
+        bin_um=25.0,
+        cells_per_bin=5,
+    )
+
+
+ROWS = [
+    RegionRow("section", 12000.0, 600.0, 5.0, 321.5, 1.0),
+    RegionRow("white_matter", 8000.0, 480.0, 6.0, float("nan"), 0.75),
+]
+
+
+@pytest.fixture(scope="module")
+def scan_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("exports") / "slide.h5"
+    layouts = [
+        SectionLayout(sid, _grid(x0, y0), CHANNELS, 1, (H, W), PIXEL_UM, (W * PIXEL_UM, H * PIXEL_UM))
+        for sid, x0, y0 in (("S1", 1000.0, 2000.0), ("S2", 5000.5, 2000.0))
+    ]
+    with ScanWriter.create(
+        path, plan_yaml="name: t\n", sections=layouts, config_path="demo.cfg", config_text="", core_state={}
+    ) as writer:
+        for s, sid in enumerate(("S1", "S2")):
+            for t in range(6):
+                if sid == "S1" and t == PENDING:
+                    continue
+                for c in range(len(CHANNELS)):
+                    writer.write_image(sid, t, c, 0, _pixels(s, t)[c, 0])
+                writer.complete_tile(sid, t, z_um=0.0, meta={})
+    with h5py.File(path, "r+") as f:
+        g = f["sections/S1/analysis"]
+        write_analysis(g, maps=_heatmaps(), masks={}, table=ROWS, parameters={"bin_um": 25.0})
+        registered = np.full((6, 2), np.nan)
+        planned = f["sections/S2/tile_xy_um"][()]
+        for t, (dx, dy) in REGISTERED_SHIFT_UM.items():
+            registered[t] = planned[t] + (dx, dy)
+        f["sections/S2/analysis"].create_dataset("registered_tile_xy_um", data=registered)
+    return path
+
+
+def _centres(sid: str) -> np.ndarray:
+    planned = _grid(1000.0, 2000.0) if sid == "S1" else _grid(5000.5, 2000.0)
+    if sid == "S2":
+        for t, (dx, dy) in REGISTERED_SHIFT_UM.items():
+            planned[t] = planned[t] + (dx, dy)
+    return planned
+
+
+def test_tile_positions_use_registered_where_finite(scan_path: Path) -> None:
+    with ScanFile.open(scan_path) as scan:
+        np.testing.assert_array_equal(tile_positions_um(scan.section("S1")), _grid(1000.0, 2000.0))
+        got = tile_positions_um(scan.section("S2"))
+    np.testing.assert_array_equal(got, _centres("S2"))
+    assert got[1].tolist() == _grid(5000.5, 2000.0)[1].tolist()  # NaN: the planned position
+
+
+# ----------------------------------------------------------------------- BDV
+
+
+def test_bdv_round_trips_with_npy2bdv_reader(scan_path: Path, tmp_path: Path) -> None:
+    import npy2bdv
+
+    steps: list[ExportProgress] = []
+    xml_path = export_bdv(scan_path, tmp_path / "bdv", progress=steps.append)
+    assert xml_path == tmp_path / "bdv" / "slide.xml" and (tmp_path / "bdv" / "slide.h5").is_file()
+    assert [s.done for s in steps] == list(range(1, 12)) and steps[-1].total == 11
+
+    root = ET.parse(xml_path).getroot()
+    setups = {int(v.findtext("id")): v for v in root.iterfind("./SequenceDescription/ViewSetups/ViewSetup")}
+    assert len(setups) == 11 * 2
+    tiles = [e.findtext("name") for e in root.iterfind(".//Attributes[@name='tile']/Tile")]
+    assert tiles == [f"S{s}/{t}" for s in (1, 2) for t in range(6)]
+    channels = [e.findtext("name") for e in root.iterfind(".//Attributes[@name='channel']/Channel")]
+    assert channels == list(CHANNELS)
+    missing = {int(m.get("setup")) for m in root.iterfind(".//MissingViews/MissingView")}
+    assert missing == {PENDING, 12 + PENDING}
+
+    editor = npy2bdv.BdvEditor(str(xml_path), mode="r")
+    try:
+        assert editor.dtype == np.uint16  # from the dataType attribute
+        for s, sid in enumerate(("S1", "S2")):
+            centres = _centres(sid)
+            for t in range(6):
+                if sid == "S1" and t == PENDING:
+                    continue
+                tile = 6 * s + t
+                for c, channel in enumerate(CHANNELS):
+                    view = editor.read_view(channel=c, tile=tile)
+                    np.testing.assert_array_equal(view, _pixels(s, t)[c], err_msg=f"{sid}/{t} {channel}")
+                    affine = editor.read_affine(channel=c, tile=tile, index=0)
+                    # pixel (r, c) lands at its stage position / pixel size
+                    expected = [
+                        centres[t, 0] / PIXEL_UM + 0.5 - W / 2,
+                        centres[t, 1] / PIXEL_UM + 0.5 - H / 2,
+                        0.0,
+                    ]
+                    np.testing.assert_allclose(affine[:, 3], expected, atol=1e-6)
+                    np.testing.assert_array_equal(affine[:, :3], np.eye(3))
+                    setup = setups[c * 12 + tile]
+                    assert setup.findtext("name") == f"{sid} tile {t} {channel}"
+                    assert setup.findtext("voxelSize/size") == f"{PIXEL_UM} {PIXEL_UM} {PIXEL_UM}"
+                    assert setup.findtext("size") == f"{W} {H} 1"
+        # downsampled level for BigStitcher's fast browsing
+        assert editor.read_view(channel=0, tile=0, ilevel=1).shape == (1, H // 2, W // 2)
+    finally:
+        editor.finalize()
+    with h5py.File(tmp_path / "bdv" / "slide.h5", "r") as f:
+        assert f["s00"].attrs["dataType"] == b"uint16"
+        raw = f["t00000/s00/0/cells"]
+        assert raw.dtype == np.int16  # BDV's storage type; dataType says how to read it
+        assert (raw[()].astype(np.uint16) == _pixels(0, 0)[0]).all()
+        assert (_pixels(0, 0)[0] > 32767).any()
+
+
+def test_bdv_refuses_to_overwrite(scan_path: Path, tmp_path: Path) -> None:
+    export_bdv(scan_path, tmp_path)
+    with pytest.raises(ExportError, match=r"already holds slide\.xml.*--overwrite"):
+        export_bdv(scan_path, tmp_path)
+    export_bdv(scan_path, tmp_path, overwrite=True)
+
+
+# ------------------------------------------------------------------ OME-Zarr
+
+
+def _read_image(path: Path) -> tuple[dict, list[np.ndarray], dict]:
+    """Read an OME-Zarr v0.5 image with zarr and the spec's JSON (not yaozarrs, which wrote it)."""
+    import zarr
+
+    meta = json.loads((path / "zarr.json").read_text())
+    ome = meta["attributes"]["ome"]
+    assert ome["version"] == "0.5"
+    multiscale = ome["multiscales"][0]
+    group = zarr.open_group(str(path), mode="r")
+    levels = [group[d["path"]] for d in multiscale["datasets"]]
+    return multiscale, levels, ome
+
+
+def _transforms(dataset: dict) -> tuple[list[float], list[float]]:
+    kinds = {t["type"]: t for t in dataset["coordinateTransformations"]}
+    return kinds["scale"]["scale"], kinds["translation"]["translation"]
+
+
+def test_ome_zarr_mosaic_round_trips_with_zarr(scan_path: Path, tmp_path: Path) -> None:
+    steps: list[ExportProgress] = []
+    written = export_ome_zarr(scan_path, tmp_path, progress=steps.append)
+    assert [p.name for p in written] == ["S1.ome.zarr", "S1_pct_axonal_area.ome.zarr", "S2.ome.zarr"]
+    assert {s.section_id for s in steps} == {"S1", "S2"} and steps[-1].done == steps[-1].total
+    import yaozarrs
+
+    for path in written:  # conformance to OME-NGFF 0.5 (metadata and arrays agree)
+        yaozarrs.validate_zarr_store(path)
+
+    for s, sid in enumerate(("S1", "S2")):
+        multiscale, levels, ome = _read_image(tmp_path / f"{sid}.ome.zarr")
+        assert [a["name"] for a in multiscale["axes"]] == ["c", "y", "x"]
+        assert [a.get("unit") for a in multiscale["axes"]] == [None, "micrometer", "micrometer"]
+        assert [c["label"] for c in ome["omero"]["channels"]] == list(CHANNELS)
+        scale, (_, ty, tx) = _transforms(multiscale["datasets"][0])
+        assert scale == [1.0, PIXEL_UM, PIXEL_UM]
+        done = [t for t in range(6) if not (sid == "S1" and t == PENDING)]
+        centres = _centres(sid)
+        # independent of the writer: the stage extent of the done tiles
+        left = min(centres[t, 0] - W / 2 * PIXEL_UM for t in done)
+        top = min(centres[t, 1] - H / 2 * PIXEL_UM for t in done)
+        right = max(centres[t, 0] + W / 2 * PIXEL_UM for t in done)
+        bottom = max(centres[t, 1] + H / 2 * PIXEL_UM for t in done)
+        assert (tx, ty) == pytest.approx((left + PIXEL_UM / 2, top + PIXEL_UM / 2))
+        level0 = levels[0]
+        assert level0.dtype == np.uint16
+        assert level0.shape == (2, round((bottom - top) / PIXEL_UM), round((right - left) / PIXEL_UM))
+        mosaic = level0[...]
+
+        def at(
+            x_um: float, y_um: float, c: int, *, mosaic: np.ndarray = mosaic, tx: float = tx, ty: float = ty
+        ) -> int:
+            return int(mosaic[c, round((y_um - ty) / PIXEL_UM), round((x_um - tx) / PIXEL_UM)])
+
+        for t in done:
+            pixels = _pixels(s, t)
+            x_t, y_t = centres[t]
+            later = [u for u in done if u > t]
+            for r, col in ((0, 0), (H - 1, W - 1), (H // 2, W // 2), (3, W - 5)):
+                x = x_t + (col + 0.5 - W / 2) * PIXEL_UM
+                y = y_t + (r + 0.5 - H / 2) * PIXEL_UM
+                covered_later = any(
+                    abs(x - centres[u, 0]) < W / 2 * PIXEL_UM and abs(y - centres[u, 1]) < H / 2 * PIXEL_UM
+                    for u in later
+                )
+                if covered_later:
+                    continue
+                for c in range(2):
+                    assert at(x, y, c) == pixels[c, 0, r, col], f"{sid}/{t} ({r}, {col}) c{c}"
+        assert len(levels) == 1  # fits in one 512² chunk: no pyramid needed
+        if sid == "S1":  # the middle of the pending tile, where no neighbour reaches, is 0
+            x, y = centres[PENDING] + PIXEL_UM / 2
+            assert at(x, y, 0) == 0 and at(x, y, 1) == 0
+
+    # a large mosaic gets a pyramid: exercise it with S2 forced through the block mean
+    from analysis import exports
+
+    monkey_chunk = exports.ZARR_CHUNK_PX
+    try:
+        exports.ZARR_CHUNK_PX = 32
+        out = tmp_path / "small-chunks"
+        export_ome_zarr(scan_path, out)
+    finally:
+        exports.ZARR_CHUNK_PX = monkey_chunk
+    multiscale, levels, _ = _read_image(out / "S2.ome.zarr")
+    assert len(levels) >= 3
+    full = levels[0][...].astype(np.float64)
+    _, t0 = _transforms(multiscale["datasets"][0])
+    for k in (1, 2):
+        f = 2**k
+        scale, shift = _transforms(multiscale["datasets"][k])
+        assert scale == [1.0, PIXEL_UM * f, PIXEL_UM * f]
+        # centre of level-k pixel 0 = centre of the f × f full-res pixels it averages
+        assert shift[1:] == pytest.approx([t0[1] + (f - 1) / 2 * PIXEL_UM, t0[2] + (f - 1) / 2 * PIXEL_UM])
+        level = levels[k][...]
+        expected_shape = full.shape[1:]
+        for _ in range(k):
+            expected_shape = ((expected_shape[0] + 1) // 2, (expected_shape[1] + 1) // 2)
+        assert level.shape == (2, *expected_shape)
+    level1 = levels[1][...]
+    for r, c in ((0, 0), (5, 7), (10, 20)):
+        block = full[:, 2 * r : 2 * r + 2, 2 * c : 2 * c + 2].mean(axis=(1, 2))
+        np.testing.assert_allclose(level1[:, r, c], np.rint(block), atol=0.5)
+
+
+def test_ome_zarr_heatmap_in_stage_coordinates(scan_path: Path, tmp_path: Path) -> None:
+    export_ome_zarr(scan_path, tmp_path)
+    multiscale, levels, _ = _read_image(tmp_path / "S1_pct_axonal_area.ome.zarr")
+    assert [a["name"] for a in multiscale["axes"]] == ["y", "x"]
+    scale, shift = _transforms(multiscale["datasets"][0])
+    maps = _heatmaps()
+    assert scale == [maps.bin_um, maps.bin_um]
+    assert shift == [maps.origin_um[1] + maps.bin_um / 2, maps.origin_um[0] + maps.bin_um / 2]
+    np.testing.assert_array_equal(levels[0][...], maps.pct_axonal_area)
+    assert not (tmp_path / "S2_pct_axonal_area.ome.zarr").exists()  # S2 has no analysis
+
+
+# ----------------------------------------------------------------------- CSV
+
+
+def test_csv_has_the_numbers_of_the_analysis_group(scan_path: Path, tmp_path: Path) -> None:
+    out = export_csv(scan_path, tmp_path / "tables")
+    assert out == tmp_path / "tables" / "slide.regions.csv"
+    with out.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["section_id"], r["region"]) for r in rows] == [("S1", "section"), ("S1", "white_matter")]
+    assert float(rows[0]["mean_tracer_intensity"]) == 321.5 and rows[1]["mean_tracer_intensity"] == ""
+    # the same text as the CSV written from the results the file holds
+    saved = load_scan_results(scan_path)
+    reference = write_region_csv(
+        tmp_path / "reference.csv", {sid: s.analysis.table for sid, s in saved.items() if s.analysis}
+    )
+    assert out.read_text() == reference.read_text()
+
+
+def test_csv_needs_an_analysis(tmp_path: Path) -> None:
+    path = tmp_path / "raw.h5"
+    layout = SectionLayout("S1", _grid(0.0, 0.0), CHANNELS, 1, (H, W), PIXEL_UM, (24.0, 16.0))
+    ScanWriter.create(
+        path, plan_yaml="name: t\n", sections=[layout], config_path="d.cfg", config_text="", core_state={}
+    ).close()
+    with pytest.raises(ExportError, match="no analysed section; run: cordscope analyze"):
+        export_csv(path)
+    with pytest.raises(ExportError, match="no done tile"):
+        export_bdv(path, tmp_path / "bdv")
+
+
+# ----------------------------------------------------------------------- CLI
+
+
+def test_cli_export_every_format(scan_path: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cordscope.cli import app
+
+    runner = CliRunner()
+    for fmt, expected in (
+        ("bdv", "slide.xml"),
+        ("ome-zarr", "S2.ome.zarr"),
+        ("csv", "slide.regions.csv"),
+    ):
+        result = runner.invoke(app, ["export", str(scan_path), "--format", fmt, "--out", str(tmp_path / fmt)])
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / fmt / expected).exists() and f"wrote {tmp_path / fmt}" in result.output
+    again = runner.invoke(app, ["export", str(scan_path), "--format", "bdv", "--out", str(tmp_path / "bdv")])
+    assert again.exit_code == 2 and "--overwrite" in again.output
+    bad = runner.invoke(app, ["export", str(scan_path), "--format", "tiff", "--out", str(tmp_path)])
+    assert bad.exit_code == 2 and "unknown export format 'tiff'" in bad.output
+    no_out = runner.invoke(app, ["export", str(scan_path), "--format", "ome-zarr"])
+    assert no_out.exit_code == 2 and "--out DIR" in no_out.output
