@@ -398,6 +398,8 @@ class DemoXYStage(_Peripheral, XYStageDevice):
         dist = math.hypot(self._true_um[0] - start[0], self._true_um[1] - start[1])
         self._move_duration_s = dist / speed if speed > 0 else 0.0
         self._move_t0 = time.perf_counter()
+        # as a C++ stage adapter's callback does: views of the position update at once
+        self.core.events.XYStagePositionChanged.emit(self.get_label(), float(x), float(y))
 
     def _fraction_moved(self) -> float:
         if self._move_duration_s <= 0:
@@ -467,6 +469,7 @@ class DemoZStage(_Peripheral, StageDevice):
                 f"{self.get_label()}: focus move {self._move_count} failed (injected fault)"
             )
         self._z_um = z
+        self.core.events.stagePositionChanged.emit(self.get_label(), float(val))
 
     def get_position_um(self) -> float:
         """Focus position (µm)."""

@@ -261,3 +261,14 @@ def test_small_grid_runs_under_the_mda_runner(demo_core):
     assert len(frames) == 8
     assert all(img.shape == (512, 512) and img.mean() > 100 for img, _ in frames)
     assert {ev.channel.config for _, ev in frames} == {"DAPI", "tdTomato"}
+
+
+def test_stages_report_their_moves_as_core_events(demo_core):
+    """Position views (pymmcore-widgets' stage widget, the GUI) update on the move, not by polling."""
+    seen = []
+    demo_core.events.XYStagePositionChanged.connect(lambda *a: seen.append(("xy", *a)))
+    demo_core.events.stagePositionChanged.connect(lambda *a: seen.append(("z", *a)))
+    demo_core.setXYPosition(30_000.0, 10_000.0)
+    demo_core.setPosition(5.0)
+    assert ("xy", "XYStage", 30_000.0, 10_000.0) in seen
+    assert ("z", "ZStage", 5.0) in seen
