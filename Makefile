@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck bench gui screenshots clean
+.PHONY: demo demo-study test lint typecheck bench gui screenshots clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,6 +15,11 @@ $(STAMP): pyproject.toml
 ## make demo: scan the demo slide on the simulated microscope
 demo: $(STAMP)
 	$(VENV)/bin/cordscope demo --out-dir demo-output
+
+## make demo-study: scan a virtual cohort (5 rats per group) and compare the groups
+demo-study: $(STAMP)
+	$(VENV)/bin/cordscope demo-cohort --animals-per-group 5 --out demo-study-output/scans
+	$(VENV)/bin/cordscope study demo-study-output/scans/*.h5 --out demo-study-output
 
 ## make test: lint, type-check, then the whole test suite (offscreen Qt)
 test: $(STAMP) lint typecheck
@@ -35,5 +40,10 @@ bench: $(STAMP)
 gui: $(STAMP)
 	$(VENV)/bin/cordscope gui
 
+## make screenshots: run the demo in the real window under Xvfb, save PNGs into docs/screenshots
+screenshots: $(STAMP)
+	@command -v xvfb-run >/dev/null 2>&1 || { echo "install Debian's xvfb: apt-get install xvfb"; exit 1; }
+	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m gui.screenshots docs/screenshots
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache demo-output
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache demo-output demo-study-output

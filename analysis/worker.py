@@ -411,6 +411,7 @@ class AnalysisWorker:
     # ------------------------------------------------------------- the thread
 
     def _run(self) -> None:
+        _lower_this_threads_priority()
         try:
             while True:
                 try:
@@ -575,6 +576,22 @@ class AnalysisWorker:
         # the interval counts from the emission: computing the masks may have taken a while
         self._last_update = time.monotonic()
         self.events.maps_updated.emit(sid, rows)
+
+
+#: Nice value of the analysis thread (Linux: per thread): when both want the CPU, acquisition wins.
+ANALYSIS_THREAD_NICE = 10
+
+
+def _lower_this_threads_priority() -> None:
+    """Run the calling thread at :data:`ANALYSIS_THREAD_NICE` where the OS allows a per-thread nice."""
+    if not hasattr(os, "setpriority") or not hasattr(threading, "get_native_id"):
+        return
+    try:
+        tid = threading.get_native_id()
+        current = os.getpriority(os.PRIO_PROCESS, tid)
+        os.setpriority(os.PRIO_PROCESS, tid, max(current, ANALYSIS_THREAD_NICE))
+    except OSError as e:  # not permitted, or not Linux semantics: run at normal priority
+        logger.debug("analysis thread keeps its priority: %s", e)
 
 
 def _frames_per_tile(sequence: Any) -> tuple[int, int]:
