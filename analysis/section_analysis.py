@@ -460,7 +460,9 @@ class SectionAnalysis:
         if t in self._added:
             raise ValueError(f"tile {self.section_id}/{t} was already added")
         raw = self._projected(images, t)
-        corrected = np.stack([self._corrected(raw[c], c) for c in range(self.n_channels)])
+        corrected = np.empty(raw.shape, dtype=np.float32)
+        for c in range(self.n_channels):
+            corrected[c] = self._corrected(raw[c], c)
         tracer = corrected[self.tracer_channel]
         axons = segment_axons(tracer, pixel_size_um=self.pixel_size_um, settings=self.segmentation)
         cx, cy = self.positions_um[t]

@@ -29,8 +29,8 @@ import dataclasses
 import itertools
 import math
 import warnings
-from collections.abc import Mapping, Sequence
-from typing import Literal
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -305,21 +305,14 @@ def _parametric(
 ) -> GroupComparison:
     anova = stats.f_oneway(*arrays)
     tukey = stats.tukey_hsd(*arrays)
-    pairs = []
-    for i, j in itertools.combinations(range(len(kept)), 2):
-        p = float(tukey.pvalue[i, j])
-        pairs.append(
-            PairComparison(
-                group_a=kept[i].group,
-                group_b=kept[j].group,
-                mean_difference=kept[j].mean - kept[i].mean,
-                statistic=float(tukey.statistic[j, i]),
-                p_value=p,
-                effect_size=hedges_g(arrays[i], arrays[j]),
-                effect_size_name="Hedges' g",
-                significant=p < alpha,
-            )
-        )
+    pairs = _pairs(
+        kept,
+        p_value=lambda i, j: float(tukey.pvalue[i, j]),
+        statistic=lambda i, j: float(tukey.statistic[j, i]),
+        effect_size=lambda i, j: hedges_g(arrays[i], arrays[j]),
+        effect_size_name="Hedges' g",
+        alpha=alpha,
+    )
     return GroupComparison(
         groups=tuple(kept),
         left_out=left_out,
@@ -370,21 +363,14 @@ def _nonparametric(
             warnings.simplefilter("ignore", category=FutureWarning)
             warnings.simplefilter("ignore", category=DeprecationWarning)
             dunn = sp.posthoc_dunn([list(a) for a in arrays], p_adjust="holm").to_numpy()
-    pairs = []
-    for i, j in itertools.combinations(range(len(kept)), 2):
-        p = float(dunn[i, j])
-        pairs.append(
-            PairComparison(
-                group_a=kept[i].group,
-                group_b=kept[j].group,
-                mean_difference=kept[j].mean - kept[i].mean,
-                statistic=_dunn_z(arrays, i, j),
-                p_value=p,
-                effect_size=cliffs_delta(arrays[i], arrays[j]),
-                effect_size_name="Cliff's delta",
-                significant=p < alpha,
-            )
-        )
+    pairs = _pairs(
+        kept,
+        p_value=lambda i, j: float(dunn[i, j]),
+        statistic=lambda i, j: _dunn_z(arrays, i, j),
+        effect_size=lambda i, j: cliffs_delta(arrays[i], arrays[j]),
+        effect_size_name="Cliff's delta",
+        alpha=alpha,
+    )
     return GroupComparison(
         groups=tuple(kept),
         left_out=left_out,
@@ -397,3 +383,31 @@ def _nonparametric(
         reason=reason,
         alpha=alpha,
     )
+
+
+def _pairs(
+    kept: Sequence[Any],
+    *,
+    p_value: Callable[[int, int], float],
+    statistic: Callable[[int, int], float],
+    effect_size: Callable[[int, int], float],
+    effect_size_name: str,
+    alpha: float,
+) -> list[PairComparison]:
+    """One PairComparison per pair of kept groups (i < j), from the post-hoc test's accessors."""
+    pairs = []
+    for i, j in itertools.combinations(range(len(kept)), 2):
+        p = p_value(i, j)
+        pairs.append(
+            PairComparison(
+                group_a=kept[i].group,
+                group_b=kept[j].group,
+                mean_difference=kept[j].mean - kept[i].mean,
+                statistic=statistic(i, j),
+                p_value=p,
+                effect_size=effect_size(i, j),
+                effect_size_name=effect_size_name,
+                significant=p < alpha,
+            )
+        )
+    return pairs

@@ -333,6 +333,7 @@ def info(scan_file: Annotated[Path, typer.Argument(help="Scan file (.h5).")]) ->
     with ScanFile.open(scan_file) as scan_data:
         summary = scan_data.summary()
         attrs = {sid: scan_data.section(sid).attrs for sid in scan_data.section_ids}
+        being_written = scan_data.live
     console.print(f"[bold]{summary.path}[/]  format v{summary.format_version}, created {summary.created}")
     width = max((len(sid) for sid in summary.sections), default=7)
     table = Table("animal", "group", "level", "orientation", "done", "failed", "pending", "tiles")
@@ -352,7 +353,12 @@ def info(scan_file: Annotated[Path, typer.Argument(help="Scan file (.h5).")]) ->
         )
     console.print(table)
     duration = f"{summary.duration_s:.1f} s" if summary.duration_s is not None else "—"
-    state = "complete" if summary.complete else "incomplete (resume with: cordscope scan --resume FILE)"
+    if being_written:
+        state = "being written by a running scan (read without disturbing it)"
+    elif summary.complete:
+        state = "complete"
+    else:
+        state = "incomplete (resume with: cordscope scan --resume FILE)"
     console.print(
         f"{summary.done}/{summary.n_tiles} tiles, {summary.file_size_bytes / 1e6:.1f} MB, {duration}; {state}"
     )

@@ -27,7 +27,8 @@ from acquisition.plan import ScanPlan, demo_plan, load_plan, validate_plan
 from analysis.figures import save_section_figure
 from analysis.results import load_scan_results
 from analysis.settings import analysis_settings_from_plan, load_flat_fields
-from analysis.worker import AnalysisWorker, region_csv_path
+from analysis.worker import region_csv_path
+from analysis.worker_process import AnalysisProcess
 from cordscope.tables import print_region_tables
 
 DEMO_SENSOR_PX = 512
@@ -114,17 +115,17 @@ def run_scan_cli(
         # nothing was scanned: the plan or file could not be used (already reported)
         raise CordScopeError(result.message)
     _print_summary(console, result)
-    workers = [o for o in controller.extra_outputs if isinstance(o, AnalysisWorker)]
+    workers = [o for o in controller.extra_outputs if isinstance(o, AnalysisProcess)]
     if workers and result.tiles_done:
         _finish_analysis(console, workers[0], figures)
     return 0 if result.complete else 1
 
 
-def _worker(analysis: bool, scan_path: Path) -> list[AnalysisWorker]:
-    return [AnalysisWorker(scan_path)] if analysis else []
+def _worker(analysis: bool, scan_path: Path) -> list[AnalysisProcess]:
+    return [AnalysisProcess(scan_path)] if analysis else []
 
 
-def _finish_analysis(console: Console, worker: AnalysisWorker, figures: Path | None) -> None:
+def _finish_analysis(console: Console, worker: AnalysisProcess, figures: Path | None) -> None:
     """Final analysis after the scan closed its file: tables, file, CSV, figures."""
     tables = worker.finalize()
     print_region_tables(console, worker.scan_path.name, tables)

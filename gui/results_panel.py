@@ -15,7 +15,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from PyQt6 import sip
 from PyQt6.QtCore import Qt, pyqtSignal
 from PyQt6.QtWidgets import (
     QAbstractItemView,
@@ -37,7 +36,7 @@ from analysis.results import SavedSection, load_scan_results
 from analysis.worker import channel_roles
 
 from .live_view import SectionDisplay, SectionPicture, render_section
-from .workers import Job, run_in_thread
+from .workers import Job, run_for_widget
 
 logger = logging.getLogger(__name__)
 
@@ -313,20 +312,7 @@ class ResultsPanel(QWidget):
         name: str = "cordscope-job",
     ) -> Job:
         """Run ``fn`` off the Qt thread; its callbacks are dropped if this panel was deleted meanwhile."""
-
-        def guard(callback: Any) -> Any:
-            if callback is None:
-                return None
-
-            def call(value: Any) -> None:
-                if not sip.isdeleted(self):
-                    callback(value)
-
-            return call
-
-        if on_error is None:
-            on_error = lambda e: logger.error("%s failed: %s", name, e, exc_info=e)  # noqa: E731
-        return run_in_thread(fn, on_done=guard(on_done), on_error=guard(on_error), name=name)
+        return run_for_widget(self, fn, on_done=on_done, on_error=on_error, name=name)
 
     # ============================================================ public API
 

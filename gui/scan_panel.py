@@ -4,7 +4,8 @@ The panel turns its form and the slide panel's sections into a
 :class:`~acquisition.plan.ScanPlan` (``plan_from_dict``), shows each
 validation problem next to the field it concerns, and runs the plan with a
 :class:`~acquisition.controller.ScanController` whose extra output is an
-:class:`~analysis.worker.AnalysisWorker`. The controller and the worker
+:class:`~analysis.worker_process.AnalysisProcess` (the live analysis in its
+own process, so the scan keeps its speed). The controller and the analysis
 signal from their own threads; :class:`_ScanBridge` re-emits those signals
 as Qt signals, which Qt queues to the Qt thread. Nothing here waits on the
 microscope or the disk on the Qt thread: hardware validation, opening a file
@@ -21,7 +22,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-from PyQt6 import sip
 from PyQt6.QtCore import QObject, Qt, QTimer, pyqtSignal
 from PyQt6.QtWidgets import (
     QAbstractItemView,
@@ -57,10 +57,11 @@ from acquisition.plan import (
     plan_from_dict,
     validate_plan,
 )
-from analysis.worker import AnalysisWorker, LiveSnapshot
+from analysis.worker import LiveSnapshot
+from analysis.worker_process import AnalysisProcess, LiveAnalysis
 
 from .live_view import SectionDisplay, SectionPicture, render_section
-from .workers import Job, run_in_thread
+from .workers import Job, run_for_widget
 
 __all__ = ["LIVE_REFRESH_MS", "ScanPanel", "default_output_path"]
 
@@ -129,7 +130,7 @@ class _ScanBridge(QObject):
     maps_updated = pyqtSignal(str)
     tile_done = pyqtSignal(str, int)
 
-    def attach(self, controller: ScanController, worker: AnalysisWorker) -> None:
+    def attach(self, controller: ScanController, worker: LiveAnalysis) -> None:
         # psygnal keeps plain functions strongly; each one only emits a Qt signal
         ev = controller.events
         ev.state_changed.connect(lambda state: self.state_changed.emit(state))
@@ -176,7 +177,7 @@ class ScanPanel(QWidget):
         self._hardware_ok = False
         self._validation_generation = 0
         self._controller: ScanController | None = None
-        self._worker: AnalysisWorker | None = None
+        self._worker: LiveAnalysis | None = None
         self._bridge: _ScanBridge | None = None
         self._state = "idle"
         self._last_result: ScanResult | None = None
@@ -425,20 +426,7 @@ class ScanPanel(QWidget):
         name: str = "cordscope-job",
     ) -> Job:
         """Run ``fn`` off the Qt thread; its callbacks are dropped if this panel was deleted meanwhile."""
-
-        def guard(callback: Any) -> Any:
-            if callback is None:
-                return None
-
-            def call(value: Any) -> None:
-                if not sip.isdeleted(self):
-                    callback(value)
-
-            return call
-
-        if on_error is None:
-            on_error = lambda e: logger.error("%s failed: %s", name, e, exc_info=e)  # noqa: E731
-        return run_in_thread(fn, on_done=guard(on_done), on_error=guard(on_error), name=name)
+        return run_for_widget(self, fn, on_done=on_done, on_error=on_error, name=name)
 
     # ========================================================== public API
 
@@ -482,7 +470,7 @@ class ScanPanel(QWidget):
         return self._controller
 
     @property
-    def worker(self) -> AnalysisWorker | None:
+    def worker(self) -> LiveAnalysis | None:
         """The live analysis of the current or last scan."""
         return self._worker
 
@@ -840,7 +828,7 @@ class ScanPanel(QWidget):
         return True
 
     def _start_plan(self, plan: ScanPlan) -> None:
-        worker = AnalysisWorker(plan.output)
+        worker = AnalysisProcess(plan.output)
         controller = ScanController(
             self._core, plan, overwrite=self.overwrite_check.isChecked(), extra_outputs=[worker]
         )
@@ -854,12 +842,12 @@ class ScanPanel(QWidget):
         core = self._core
         self._set_state("starting")
 
-        def prepare() -> tuple[ScanPlan, ScanController, AnalysisWorker]:
+        def prepare() -> tuple[ScanPlan, ScanController, LiveAnalysis]:
             plan = read_stored_plan(file)  # repairs what a crash left behind
-            worker = AnalysisWorker(file)
+            worker = AnalysisProcess(file)
             return plan, ScanController.resume(file, core, extra_outputs=[worker]), worker
 
-        def started(result: tuple[ScanPlan, ScanController, AnalysisWorker]) -> None:
+        def started(result: tuple[ScanPlan, ScanController, LiveAnalysis]) -> None:
             plan, controller, worker = result
             self._set_state("idle")
             self.set_plan(plan)
@@ -923,7 +911,7 @@ class ScanPanel(QWidget):
             name="cordscope-save-plan",
         )
 
-    def _run(self, controller: ScanController, worker: AnalysisWorker, announcement: str) -> None:
+    def _run(self, controller: ScanController, worker: LiveAnalysis, announcement: str) -> None:
         self._scan_generation += 1
         self._controller, self._worker = controller, worker
         self._last_result = None
@@ -1143,7 +1131,7 @@ class ScanPanel(QWidget):
 
 
 def _live_picture(
-    worker: AnalysisWorker, section_id: str, caption_head: str, channel_names: tuple[str, str]
+    worker: LiveAnalysis, section_id: str, caption_head: str, channel_names: tuple[str, str]
 ) -> SectionPicture | None:
     """Snapshot and render one section (runs off the Qt thread)."""
     try:
@@ -1177,6 +1165,6 @@ def _live_picture(
     )
 
 
-def _stop_worker(worker: AnalysisWorker) -> None:
+def _stop_worker(worker: LiveAnalysis) -> None:
     worker.stop()
     worker.join(30)

@@ -161,3 +161,35 @@ def run_in_thread(
     else:
         job.failed.connect(lambda e: logger.error("%s failed: %s", name, e, exc_info=e))
     return job.start(fn)
+
+
+def run_for_widget(
+    widget: QObject,
+    fn: Callable[[], Any],
+    *,
+    on_done: Callable[[Any], None] | None = None,
+    on_error: Callable[[BaseException], None] | None = None,
+    name: str = "cordscope-job",
+) -> Job:
+    """:func:`run_in_thread` for a widget's job: callbacks are dropped if the widget was deleted meanwhile.
+
+    Without ``on_error`` a failure is logged with ``name``.
+    """
+    from PyQt6 import sip
+
+    def guard(callback: Callable[[Any], None] | None) -> Callable[[Any], None] | None:
+        if callback is None:
+            return None
+
+        def call(value: Any) -> None:
+            if not sip.isdeleted(widget):
+                callback(value)
+
+        return call
+
+    if on_error is None:
+
+        def on_error(e: BaseException) -> None:
+            logger.error("%s failed: %s", name, e, exc_info=e)
+
+    return run_in_thread(fn, on_done=guard(on_done), on_error=guard(on_error), name=name)

@@ -8,11 +8,16 @@ import time
 # Qt tests run offscreen; set before anything imports Qt.
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
+import logging
 from collections.abc import Iterator
 
 import pytest
 
 from acquisition.hardware import CordScopeCore, build_core
+
+# vispy (pymmcore-widgets' image view) warns that offscreen Qt has no OpenGL context, through a
+# handler bound to a stream pytest has closed by then: keep its logger to errors.
+logging.getLogger("vispy").setLevel(logging.ERROR)
 
 TEST_SENSOR_PX = 512
 

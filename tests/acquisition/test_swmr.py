@@ -116,6 +116,7 @@ def test_a_reader_process_polls_a_running_scan_and_never_sees_half_written_tiles
     assert reader.returncode == 0, err
     assert info.returncode == 0, info.stdout + info.stderr
     assert " tiles, " in info.stdout and "rat01-Th7" in info.stdout
+    assert "being written by a running scan" in " ".join(info.stdout.split())
     assert result.state == "finished" and result.complete
 
     lines = [json.loads(line) for line in out.splitlines() if line.strip()]
