@@ -1,28 +1,35 @@
-"""Re-analyse many scan files in parallel with Dask: one task per file, each in its own worker process.
+"""Re-analyse many scan files in parallel with Dask: one task per section, each in a worker process.
 
-:func:`analyze_many` runs :func:`analysis.worker.analyze_scan` on every file,
+:func:`analyze_many` analyses every section of every file as its own task,
 either on a local cluster it starts (``workers`` processes, one thread each)
 or on an existing Dask cluster (``scheduler`` address; its workers must see
-the files at the same paths, e.g. on a shared disk). A task opens only its
-own file, so no file is ever open in two processes, and it runs exactly the
-code of a serial ``analyze_scan`` (deterministic, tile-index order), so the
-tables, the ``analysis/`` groups and the CSVs are identical to a serial run
-(``tests/analysis/test_distributed.py`` compares them exactly).
+the files at the same paths, e.g. on a shared disk). A task opens its scan
+file read-only and writes the section's results into a file of its own
+(:func:`analysis.worker.analyze_section_into`, in a temporary folder beside
+the scan); when all sections of a file are done, this process copies them
+into the scan file and writes its CSV (:func:`analysis.worker.merge_section_results`).
+It runs exactly the code of a serial ``analyze_scan`` (deterministic,
+tile-index order), so the tables, the ``analysis/`` groups and the CSVs are
+identical to a serial run (``tests/analysis/test_distributed.py`` compares
+them exactly).
 
-Files are submitted largest first so that one big file does not finish
-last on its own; results come back in the order of ``paths``.
+Sections are submitted largest first so that one big section does not
+finish last on its own; results come back in the order of ``paths``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from acquisition.storage import ScanFile
 from analysis.maps import RegionRow
-from analysis.worker import analyze_scan
+from analysis.worker import analyze_scan, analyze_section_into, merge_section_results
 
 __all__ = ["analyze_many", "analyze_serial"]
 
@@ -33,6 +40,27 @@ FileTables = dict[str, list[RegionRow]]
 
 def _analyze_one(path: str, options: Mapping[str, Any]) -> FileTables:
     return analyze_scan(path, **options)
+
+
+def _analyze_section_task(
+    path: str, section_id: str, out_path: str, options: Mapping[str, Any]
+) -> list[RegionRow] | None:
+    return analyze_section_into(path, section_id, out_path, **options)
+
+
+def _section_sizes(path: Path) -> dict[str, int]:
+    """Section id → planned tiles, in the file's section order (read-only)."""
+    with ScanFile.open(path) as scan:
+        return {sid: scan.section(sid).n_tiles for sid in scan.section_ids}
+
+
+def _merge(
+    path: Path, order: list[str], tables: Mapping[str, list[RegionRow] | None], parts: Mapping[str, Path]
+) -> FileTables:
+    """Write the sections' results into the scan file (from this process only); return its tables."""
+    kept: FileTables = {sid: t for sid in order if (t := tables[sid]) is not None}
+    merge_section_results(path, {sid: parts[sid] if sid in kept else None for sid in order}, kept)
+    return kept
 
 
 def analyze_serial(
@@ -114,16 +142,42 @@ def analyze_many(
         client = Client(cluster)
     results: dict[Path, FileTables] = {}
     try:
-        order = sorted(resolved, key=lambda p: p.stat().st_size if p.exists() else 0, reverse=True)
-        futures = {
-            client.submit(_analyze_one, str(p), opts, key=f"analyze-{i}-{p.name}", pure=False): p
-            for i, p in enumerate(order)
+        # one task per section (45 for the demo cohort rather than 15 files: the two workers
+        # finish together); each task reads its scan read-only and writes only a file of its own
+        sections = {p: _section_sizes(p) for p in resolved}
+        parts_dirs = {
+            p: Path(tempfile.mkdtemp(prefix=f".{p.stem}.analysis-parts-", dir=p.parent)) for p in resolved
         }
-        for future in as_completed(futures):
-            path = futures[future]
-            results[path] = future.result()
-            if on_file is not None:
-                on_file(path, results[path])
+        jobs = sorted(
+            ((p, sid, n) for p, sizes in sections.items() for sid, n in sizes.items()),
+            key=lambda job: -job[2],
+        )
+        futures = {
+            client.submit(
+                _analyze_section_task,
+                str(p),
+                sid,
+                str(parts_dirs[p] / f"{i}.h5"),
+                opts,
+                key=f"analyze-{i}-{p.name}-{sid}",
+                pure=False,
+            ): (p, sid, parts_dirs[p] / f"{i}.h5")
+            for i, (p, sid, _n) in enumerate(jobs)
+        }
+        done: dict[Path, dict[str, list[RegionRow] | None]] = {p: {} for p in resolved}
+        part_files: dict[Path, dict[str, Path]] = {p: {} for p in resolved}
+        try:
+            for future in as_completed(futures):
+                path, sid, part = futures[future]
+                done[path][sid] = future.result()
+                part_files[path][sid] = part
+                if len(done[path]) == len(sections[path]):
+                    results[path] = _merge(path, list(sections[path]), done[path], part_files[path])
+                    if on_file is not None:
+                        on_file(path, results[path])
+        finally:
+            for folder in parts_dirs.values():
+                shutil.rmtree(folder, ignore_errors=True)
     finally:
         client.close()
         if cluster is not None:

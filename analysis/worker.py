@@ -57,7 +57,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +86,9 @@ __all__ = [
     "SectionAnalysis",
     "SectionResults",
     "analyze_scan",
+    "analyze_section_into",
     "channel_roles",
+    "merge_section_results",
     "region_csv_path",
 ]
 
@@ -645,3 +647,73 @@ def analyze_scan(path: str | Path, *, settings: AnalysisSettings | None = None) 
                 tables[sid] = results.table
     write_region_csv(region_csv_path(path), tables)
     return tables
+
+
+def analyze_section_into(
+    path: str | Path, section_id: str, out_path: str | Path, *, settings: AnalysisSettings | None = None
+) -> list[RegionRow] | None:
+    """Analyse one section of a finished scan, opened read-only; write its results into ``out_path``.
+
+    For parallel re-analysis (:func:`analysis.distributed.analyze_many`): the
+    scan file is only read, and the section's ``analysis`` group is written
+    into a new HDF5 file ``out_path`` (group ``/analysis``), which
+    :func:`merge_section_results` copies into the scan file. The numbers are
+    those of :func:`analyze_scan` (same code, tile-index order).
+
+    Returns
+    -------
+    The section's region table, or None (with a warning) if it shows no tissue.
+    """
+    path = Path(path)
+    with ScanFile.open(path) as scan:
+        chosen = _settings_of(scan, settings)
+        reader = scan.section(section_id)
+        sec = _new_section(
+            reader,
+            scan.plan_yaml,
+            chosen,
+            plan_dir=path.parent,
+            read_tile=_done_tile_reader(scan, section_id),
+        )
+        for t in reader.done_indices():
+            try:
+                sec.add_tile(reader.read_tile(int(t)), tile_index=int(t))
+            except Exception:
+                logger.exception("analysis of tile %s/%s failed", section_id, int(t))
+        try:
+            results = sec.results()
+        except ValueError as e:
+            logger.warning(
+                "section %s: no analysis (%s) from %d analysed tiles", section_id, e, len(sec.tiles_added)
+            )
+            return None
+    with h5py.File(out_path, "w") as out:
+        sec.write(out.create_group("analysis"), results)
+    return results.table
+
+
+def merge_section_results(
+    path: str | Path, parts: Mapping[str, Path | None], tables: Mapping[str, list[RegionRow]]
+) -> Path:
+    """Copy sections' results written by :func:`analyze_section_into` into the scan file; write its CSV.
+
+    Parameters
+    ----------
+    path : the scan file (opened for writing here, by this process only)
+    parts : section id → the file its results were written to (None: no results)
+    tables : section id → region table, in the file's section order
+
+    Returns
+    -------
+    The region CSV written beside the scan file.
+    """
+    with h5py.File(path, "r+") as f:
+        for sid, part in parts.items():
+            if part is None:
+                continue
+            group = f["sections"][sid]
+            if "analysis" in group:
+                del group["analysis"]
+            with h5py.File(part, "r") as src:
+                src.copy(src["analysis"], group, name="analysis")
+    return write_region_csv(region_csv_path(path), tables)

@@ -2,8 +2,11 @@
 
 Each size runs in a fresh process (peak RSS, ``ru_maxrss``, is per process):
 a demo scan at 10x with a 512 × 512 camera and fixed focus, the live
-:class:`~analysis.worker.AnalysisWorker` beside it, then ``finalize()``
-(final regions, tables, HDF5 analysis groups, CSV). The small scan is one
+analysis beside it as ``cordscope scan`` runs it
+(:class:`~analysis.worker_process.AnalysisProcess`, its own process), then
+``finalize()`` (final regions, tables, HDF5 analysis groups, CSV). The peak
+reported is the scan process's plus the analysis process's (an upper bound
+of what both held at once). The small scan is one
 C5 section (109 tiles), the large one the twelve coronal sections of rat01
 to rat04 (C5, Th7, L2; 1,046 tiles), so both have the same largest section
 (a C5): what is compared is the growth with the number of tiles. The
@@ -37,10 +40,7 @@ def child(n_sections: str, analysis: bool = True) -> None:
     from acquisition.controller import ScanController
     from acquisition.hardware import build_core
     from acquisition.plan import demo_plan
-    from analysis.worker import AnalysisWorker
-    from cordscope.memory import release_large_arrays
-
-    release_large_arrays()  # as the cordscope command does
+    from analysis.worker_process import AnalysisProcess
 
     logging.getLogger("pymmcore-plus").setLevel(logging.ERROR)
     sections = SMALL if n_sections == "small" else LARGE
@@ -51,7 +51,7 @@ def child(n_sections: str, analysis: bool = True) -> None:
             core.setProperty("Camera", "SensorWidth", 512)
             core.setProperty("Camera", "SensorHeight", 512)
             plan = demo_plan(output=path, section_ids=sections, focus={"strategy": "fixed", "z_um": 0.0})
-            worker = AnalysisWorker(path) if analysis else None
+            worker = AnalysisProcess(path) if analysis else None
             t0 = time.perf_counter()
             result = ScanController(core, plan, extra_outputs=[worker] if worker else []).run()
             scan_s = time.perf_counter() - t0
@@ -61,12 +61,16 @@ def child(n_sections: str, analysis: bool = True) -> None:
         finally:
             core.close()
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+    # the analysis process has ended: its peak is the largest of the waited-for children's
+    child_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(
         json.dumps(
             {
                 "tiles": result.tiles_done,
                 "sections": len(sections),
-                "peak_rss_mb": round(peak_mb, 1),
+                "peak_rss_mb": round(peak_mb + child_mb, 1),
+                "scan_process_peak_mb": round(peak_mb, 1),
+                "analysis_process_peak_mb": round(child_mb, 1),
                 "scan_s": round(scan_s, 1),
                 "total_s": round(total_s, 1),
                 "skipped": worker.skipped if worker else None,

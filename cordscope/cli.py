@@ -71,9 +71,6 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log mor
     # pymmcore-plus logs every MDA start/cancel with the whole sequence; its
     # warnings repeat what CordScope reports in one line, so show only errors.
     logging.getLogger("pymmcore-plus").setLevel(logging.INFO if verbose else logging.ERROR)
-    from cordscope.memory import release_large_arrays
-
-    release_large_arrays()
 
 
 def _core(config: Path | None, trust_config: bool) -> Any:
