@@ -1574,8 +1574,12 @@ class ScanFile:
         """Whether the file was open for writing by another process when opened (see the class docstring)."""
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> ScanFile:
+    def open(cls, path: str | os.PathLike[str], *, beside_writer: bool = False) -> ScanFile:
         """Open a scan file for reading, also while another process writes it.
+
+        With ``beside_writer`` the file is always opened the way a reader beside
+        a running scan opens it (read-only, no lock, no raw-data caches), so this
+        reader never holds a lock that a scan starting or resuming would meet.
 
         Raises
         ------
@@ -1586,10 +1590,15 @@ class ScanFile:
         """
         path = Path(path)
         live = False
-        try:
-            f = _open_h5(path, "r")
-        except _FileLocked:
+        if beside_writer:
+            if not path.is_file():
+                raise StorageError(f"scan file not found: {path}")
             f, live = _open_live(path), True
+        else:
+            try:
+                f = _open_h5(path, "r")
+            except _FileLocked:
+                f, live = _open_live(path), True
         try:
             version = _check_format(f, path)
             if live:

@@ -235,6 +235,8 @@ class AnalysisWorker:
         if sections_in_memory < 1:
             raise ValueError(f"sections_in_memory must be ≥ 1, got {sections_in_memory}")
         self.scan_path = Path(scan_path)
+        #: Open the scan file for reading as another process's reader does (no lock; see ScanFile.open).
+        self.reads_beside_writer = False
         self._given_settings = settings
         self.settings: AnalysisSettings | None = settings
         self.sections_in_memory = int(sections_in_memory)
@@ -451,7 +453,7 @@ class AnalysisWorker:
 
     def _open_scan(self) -> ScanFile:
         if self._scan is None:
-            self._scan = ScanFile.open(self.scan_path)
+            self._scan = ScanFile.open(self.scan_path, beside_writer=self.reads_beside_writer)
         return self._scan
 
     def _analyse_from_file(self, key: TileKey) -> None:

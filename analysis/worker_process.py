@@ -75,6 +75,9 @@ def _child_main(
     except OSError:
         logger.debug("analysis process keeps its priority")
     worker = AnalysisWorker(scan_path, settings=settings)
+    # a reader beside the scan's writer: never holds a lock a resumed scan would meet
+    worker.reads_beside_writer = True
+    parent = mp.parent_process()
     worker.events.maps_updated.connect(lambda sid, rows: replies.put(("maps", sid, rows)))
     n_faults = 0
 
@@ -104,6 +107,8 @@ def _child_main(
     try:
         finalize = False
         while not finalize:
+            if parent is not None and not parent.is_alive():
+                return  # the scan's process is gone (killed): its file is resumed by a new scan
             finalize = answer_requests(0)
             if finalize:
                 break
@@ -182,6 +187,7 @@ class AnalysisProcess:
         self._finalized = threading.Event()
         self._final: tuple[dict[str, list[RegionRow]] | None, str | None] = (None, None)
         self._section_ids: dict[str, None] = {}
+        self._finalizing = False
 
     # ---------------------------------------------------------- runner output
 
@@ -247,7 +253,13 @@ class AnalysisProcess:
             If the process failed, or did not finish within ``timeout_s``.
         """
         self.start()
+        self._finalizing = True
         self._requests.put(("finalize",))
+        with self._lock:  # the process answers no snapshot while it writes the results
+            pending, self._pending = self._pending, {}
+        for done, box in pending.values():
+            box.extend([None, None])
+            done.set()
         if not self._finalized.wait(timeout_s):
             raise AnalysisProcessError(f"analysis of {self.scan_path.name} not finished after {timeout_s} s")
         self.join(30)
@@ -271,6 +283,8 @@ class AnalysisProcess:
         """A copy of one section's live (or final) state, from the analysis process.
 
         Blocks until the process answers (between two tiles): call it off the GUI thread.
+        Returns None while :meth:`finalize` writes the results, and reads the
+        written results from the file afterwards.
 
         Raises
         ------
@@ -281,6 +295,8 @@ class AnalysisProcess:
             return None
         if not self._process.is_alive():
             return self._snapshot_after_exit(section_id)
+        if self._finalizing:
+            return None  # the results are being written: ask again once finalize() returned
         req_id = next(self._req_ids)
         done = threading.Event()
         box: list[Any] = []

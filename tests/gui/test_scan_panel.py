@@ -201,7 +201,8 @@ def test_abort_leaves_a_resumable_file_that_the_panel_resumes(qtbot, clean_core,
     with ScanFile.open(path) as f:
         assert f.summary().complete
     assert panel.section_progress() == {"rat01-Th7": ("66 / 66", "0")}
-    assert panel.live.table.regions()  # the final analysis of the whole file
+    # the final analysis of the whole file, shown once the live view's last refresh is in
+    qtbot.waitUntil(lambda: bool(panel.live.table.regions()), timeout=10_000)
 
 
 def test_a_device_fault_is_a_message_not_a_crash(qtbot, clean_core, tmp_path):
