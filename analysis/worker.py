@@ -278,13 +278,10 @@ class AnalysisWorker:
 
     def frameReady(self, img: np.ndarray, event: Any, meta: Any = None) -> None:
         """Collect one frame; queue its tile once complete, or remember it for re-reading. Never blocks."""
-        name = event.pos_name or ""
-        sid, _, index = name.rpartition("/")
-        if not sid or not index.isdigit():
-            logger.error("frame of stage position %r ignored: not named '<section>/<tile>'", name)
+        where = frame_of(event)
+        if where is None:
             return
-        key = (sid, int(index))
-        c, z = int(event.index.get("c", 0)), int(event.index.get("z", 0))
+        key, c, z = where
         frames = self._frames.setdefault(key, {})
         frames[(c, z)] = img
         n_c, n_z = self._frames_per_tile
@@ -596,6 +593,16 @@ def _lower_this_threads_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, tid, max(current, ANALYSIS_THREAD_NICE))
     except OSError as e:  # not permitted, or not Linux semantics: run at normal priority
         logger.debug("analysis thread keeps its priority: %s", e)
+
+
+def frame_of(event: Any) -> tuple[TileKey, int, int] | None:
+    """(tile, channel, plane) of an MDA event named ``<section>/<tile>``; None (logged) otherwise."""
+    name = event.pos_name or ""
+    sid, _, index = name.rpartition("/")
+    if not sid or not index.isdigit():
+        logger.error("frame of stage position %r ignored: not named '<section>/<tile>'", name)
+        return None
+    return (sid, int(index)), int(event.index.get("c", 0)), int(event.index.get("z", 0))
 
 
 def _frames_per_tile(sequence: Any) -> tuple[int, int]:

@@ -45,6 +45,7 @@ from analysis.worker import (
     AnalysisWorker,
     TileKey,
     _frames_per_tile,
+    frame_of,
 )
 
 __all__ = ["AnalysisProcess", "AnalysisProcessError", "LiveAnalysis"]
@@ -199,14 +200,13 @@ class AnalysisProcess:
 
     def frameReady(self, img: Any, event: Any, meta: Any = None) -> None:
         """Count one frame; name its tile to the analysis process once complete. Never blocks."""
-        name = event.pos_name or ""
-        sid, _, index = name.rpartition("/")
-        if not sid or not index.isdigit():
-            logger.error("frame of stage position %r ignored: not named '<section>/<tile>'", name)
+        where = frame_of(event)
+        if where is None:
             return
-        key = (sid, int(index))
+        key, c, z = where
+        sid = key[0]
         seen = self._frames.setdefault(key, set())
-        seen.add((int(event.index.get("c", 0)), int(event.index.get("z", 0))))
+        seen.add((c, z))
         n_c, n_z = self._frames_per_tile
         if len(seen) < n_c * n_z:
             return
