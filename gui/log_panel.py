@@ -38,6 +38,10 @@ def _level_of(record: logging.LogRecord) -> str:
     return "info"
 
 
+#: The scan controller's warnings and errors reach the log through the scan panel's messages.
+_RELAYED_LOGGER = "acquisition.controller"
+
+
 class _RecordRelay(QObject):
     """Carries log records from any thread to the panel's thread."""
 
@@ -50,6 +54,8 @@ class _PanelHandler(logging.Handler):
         self._relay = relay
 
     def emit(self, record: logging.LogRecord) -> None:
+        if record.name == _RELAYED_LOGGER and record.levelno >= logging.WARNING:
+            return  # the scan panel shows these as messages (same text): listed once, not twice
         try:
             text = record.getMessage()
             if record.exc_info and record.exc_info[1] is not None:

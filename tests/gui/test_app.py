@@ -179,3 +179,22 @@ def test_main_opens_the_window_and_returns_when_it_closes(qtbot, monkeypatch):
     assert window.isHidden() and window.core is None  # closing unloaded the hardware
     assert (window.width(), window.height()) == (1400, 900)
     window.deleteLater()
+
+
+def test_scan_warnings_are_listed_once_in_the_log(qtbot):
+    """The controller's warnings arrive as the scan panel's messages; its log record is not listed again."""
+    import logging
+
+    from gui.log_panel import LogPanel
+
+    panel = LogPanel()
+    qtbot.addWidget(panel)
+    try:
+        logging.getLogger("acquisition.controller").warning("tile rat01-C5/3 failed: camera timeout")
+        logging.getLogger("acquisition.storage").warning("repaired scan.h5")
+        panel.add("warning", "tile rat01-C5/3 failed: camera timeout")  # the scan panel's message
+        qtbot.waitUntil(lambda: any("repaired" in e.text for e in panel.entries()))
+        texts = [e.text for e in panel.entries("warning")]
+        assert texts.count("tile rat01-C5/3 failed: camera timeout") == 1
+    finally:
+        panel.detach_logging()
