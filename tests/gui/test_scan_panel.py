@@ -116,6 +116,9 @@ def test_fixing_the_setting_clears_the_message(qtbot, clean_core, tmp_path):
 
 
 def test_start_scans_to_the_end_with_live_heatmap_and_region_table(qtbot, clean_core, tmp_path):
+    # stage moves take time, as on a rig (the demo stage is instant by default): the scan lasts a
+    # few seconds, so the analysis process (started with the scan) draws while it runs
+    clean_core.setProperty("XYStage", "Speed_um_per_s", 2000.0)
     panel = make_panel(qtbot, clean_core, tmp_path)
     messages = collect_messages(panel)
     live_captions: list[tuple[str, str]] = []
