@@ -15,10 +15,6 @@ import pytest
 
 from acquisition.hardware import CordScopeCore, build_core
 
-# vispy (pymmcore-widgets' image view) warns that offscreen Qt has no OpenGL context, through a
-# handler bound to a stream pytest has closed by then: keep its logger to errors.
-logging.getLogger("vispy").setLevel(logging.ERROR)
-
 TEST_SENSOR_PX = 512
 
 
@@ -58,3 +54,13 @@ def wait_until():
         raise AssertionError(f"condition not met within {timeout_s} s")
 
     return wait
+
+
+@pytest.fixture(autouse=True)
+def _quiet_vispy() -> None:
+    """vispy (pymmcore-widgets' image view) warns that offscreen Qt has no OpenGL context.
+
+    It logs through a handler bound to a stream pytest has closed by then, and sets its
+    logger's level when it is imported: keep the logger to errors before every test.
+    """
+    logging.getLogger("vispy").setLevel(logging.ERROR)

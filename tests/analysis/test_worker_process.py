@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import h5py
 import pytest
@@ -36,6 +37,10 @@ def finished(tmp_path_factory):
     updates = []
     worker.events.maps_updated.connect(lambda sid, rows: updates.append((sid, rows)))
     result = scan(path, worker)
+    # the process goes on analysing named tiles after the scan: wait for one, then ask it
+    deadline = time.monotonic() + 60
+    while not any(sid == "rat01-Th7" for sid, _ in worker.analysis_counts) and time.monotonic() < deadline:
+        time.sleep(0.05)
     before = worker.snapshot("rat01-Th7")  # answered by the process, before the final analysis
     tables = worker.finalize(timeout_s=300)
     return path, worker, result, tables, updates, before
