@@ -79,6 +79,7 @@ __all__ = [
     "heatmaps",
     "read_analysis",
     "region_table",
+    "replace_dataset",
     "write_analysis",
     "write_region_csv",
 ]
@@ -543,7 +544,8 @@ def _fmt(v: object) -> str:
     return str(v)
 
 
-def _replace(group: h5py.Group, name: str, data: Any, **kwargs: Any) -> h5py.Dataset:
+def replace_dataset(group: h5py.Group, name: str, data: Any, **kwargs: Any) -> h5py.Dataset:
+    """Create dataset ``name`` in ``group``, replacing one already there."""
     if name in group:
         del group[name]
     return group.create_dataset(name, data=data, **kwargs)
@@ -606,7 +608,7 @@ def write_analysis(
         ("mean_tracer_map", maps.mean_tracer, "mean corrected tracer value per pixel"),
         ("imaged_tissue_fraction_map", maps.imaged_tissue_fraction, "fraction of bin area"),
     ):
-        ds = _replace(h5_group, name, np.asarray(data, dtype=np.float32))
+        ds = replace_dataset(h5_group, name, np.asarray(data, dtype=np.float32))
         ds.attrs.update(common)
         ds.attrs["units"] = units
     if accumulator is not None:
@@ -623,9 +625,9 @@ def write_analysis(
     str_t = h5py.string_dtype()
     dt = np.dtype([("region", str_t)] + [(k, np.float64) for k in REGION_COLUMNS[1:]])
     rec = np.array([tuple(getattr(r, k) for k in REGION_COLUMNS) for r in table], dtype=dt)
-    _replace(h5_group, "regions_table", rec)
-    _replace(h5_group, "regions_table_csv", _rows_csv(table), dtype=str_t)
-    _replace(h5_group, "parameters_json", json.dumps(dict(parameters), sort_keys=True), dtype=str_t)
+    replace_dataset(h5_group, "regions_table", rec)
+    replace_dataset(h5_group, "regions_table_csv", _rows_csv(table), dtype=str_t)
+    replace_dataset(h5_group, "parameters_json", json.dumps(dict(parameters), sort_keys=True), dtype=str_t)
     if accumulator is not None:
         if "grid" in h5_group:
             del h5_group["grid"]
@@ -638,7 +640,7 @@ def write_analysis(
     if mosaic is not None:
         if mosaic_origin_um is None or mosaic_pixel_um is None:
             raise ValueError("a mosaic needs mosaic_origin_um and mosaic_pixel_um")
-        ds = _replace(h5_group, "mosaic", np.asarray(mosaic, dtype=np.float32), compression="gzip")
+        ds = replace_dataset(h5_group, "mosaic", np.asarray(mosaic, dtype=np.float32), compression="gzip")
         ds.attrs["origin_um"] = np.asarray(mosaic_origin_um, dtype=np.float64)
         ds.attrs["pixel_um"] = float(mosaic_pixel_um)
         ds.attrs["channel_names"] = json.dumps(list(channel_names))

@@ -12,8 +12,6 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-import h5py
-
 from acquisition.storage import ScanFile
 from analysis.maps import SavedAnalysis, read_analysis
 
@@ -54,11 +52,8 @@ def load_scan_results(path: str | Path) -> dict[str, SavedSection]:
     out: dict[str, SavedSection] = {}
     with ScanFile.open(path) as scan:
         for sid in scan.section_ids:
-            attrs = scan.section(sid).attrs
-            out[sid] = SavedSection(sid, attrs, None)
-    with h5py.File(path, "r") as f:
-        for sid in out:
-            group = f["sections"][sid].get("analysis")
-            if isinstance(group, h5py.Group) and "regions_table" in group:
-                out[sid] = dataclasses.replace(out[sid], analysis=read_analysis(group))
+            section = scan.section(sid)
+            group = section.analysis_group
+            saved = read_analysis(group) if group is not None and "regions_table" in group else None
+            out[sid] = SavedSection(sid, section.attrs, saved)
     return out

@@ -57,6 +57,7 @@ from analysis.maps import (
     heatmaps,
     read_analysis,
     region_table,
+    replace_dataset,
     write_analysis,
 )
 from analysis.mosaic import Registration, SectionMosaic, measure_pair_shift, registration_from_pairs
@@ -632,26 +633,25 @@ class SectionAnalysis:
     def write(self, h5_group: h5py.Group, results: SectionResults) -> None:
         """Write ``results`` into a section's ``analysis`` group (open for writing)."""
         section = results.source or self
+        # held while writing: the sums must not change under the writer (add_tile takes the lock)
         with section._lock:
-            acc = _copy_accumulator(section.accumulator)
-            mosaic = np.stack([section.mosaic.image(c) for c in range(self.n_channels)])
-        write_analysis(
-            h5_group,
-            maps=results.maps,
-            masks=results.regions.masks,
-            table=results.table,
-            parameters={
-                **section.parameters(),
-                "n_tiles_analysed": results.n_tiles_analysed,
-                "registration": results.registration is not None,
-            },
-            accumulator=acc,
-            mosaic=mosaic,
-            mosaic_origin_um=section.mosaic.origin_um,
-            mosaic_pixel_um=section.mosaic.pixel_size_um,
-            channel_names=self.channel_names,
-        )
-        _replace(h5_group, "regions_json", regions_to_json(results.regions), dtype=h5py.string_dtype())
+            write_analysis(
+                h5_group,
+                maps=results.maps,
+                masks=results.regions.masks,
+                table=results.table,
+                parameters={
+                    **section.parameters(),
+                    "n_tiles_analysed": results.n_tiles_analysed,
+                    "registration": results.registration is not None,
+                },
+                accumulator=section.accumulator,
+                mosaic=np.stack([section.mosaic.image(c) for c in range(self.n_channels)]),
+                mosaic_origin_um=section.mosaic.origin_um,
+                mosaic_pixel_um=section.mosaic.pixel_size_um,
+                channel_names=self.channel_names,
+            )
+        replace_dataset(h5_group, "regions_json", regions_to_json(results.regions), dtype=h5py.string_dtype())
         if "registration" in h5_group:
             del h5_group["registration"]
         reg = results.registration
@@ -672,7 +672,7 @@ class SectionAnalysis:
             done = np.zeros(self.n_tiles, dtype=bool)
             done[list(self._added)] = True
             positions[done] = reg.positions_um[done]
-        ds = _replace(h5_group, "registered_tile_xy_um", positions)
+        ds = replace_dataset(h5_group, "registered_tile_xy_um", positions)
         ds.attrs["description"] = (
             "registered stage position (x, y, µm) of each tile centre; NaN where not analysed "
             "or registration is off"
@@ -743,28 +743,6 @@ class SectionAnalysis:
                 for (i, j), v in zip(pairs, values, strict=True)
             }
             self._anatomy_cache.clear()
-
-
-def _replace(group: h5py.Group, name: str, data: Any, **kwargs: Any) -> h5py.Dataset:
-    if name in group:
-        del group[name]
-    return group.create_dataset(name, data=data, **kwargs)
-
-
-def _copy_accumulator(acc: SectionAccumulator) -> SectionAccumulator:
-    out = SectionAccumulator(
-        origin_um=acc.origin_um,
-        cell_um=acc.cell_um,
-        shape=acc.shape,
-        tile_centres_um=acc.tile_centres_um,
-        tile_shape=acc.tile_shape,
-        tile_pixel_size_um=acc.tile_pixel_size_um,
-    )
-    out.imaged_px[...] = acc.imaged_px
-    out.axon_px[...] = acc.axon_px
-    out.tracer_sum[...] = acc.tracer_sum
-    out.n_tiles_added = acc.n_tiles_added
-    return out
 
 
 def saved_snapshot(group: h5py.Group, section_id: str) -> LiveSnapshot:

@@ -208,11 +208,9 @@ def ordered(names: Iterable[str], preferred: Sequence[str]) -> tuple[str, ...]:
 def _region_key(name: str) -> tuple[int, float, str]:
     if name in MAIN_REGIONS:
         return (0, float(MAIN_REGIONS.index(name)), name)
-    if name.startswith("rc_"):
-        try:
-            return (2, float(name[3:].split("_")[0]), name)
-        except ValueError:
-            pass
+    start = name[3:].split("_")[0] if name.startswith("rc_") else ""
+    if start.lstrip("-").isdigit():  # rostro-caudal bins in order of their start (µm)
+        return (2, float(start), name)
     return (1, 0.0, name)
 
 

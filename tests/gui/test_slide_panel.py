@@ -109,8 +109,7 @@ def test_save_and_load_overview(qtbot, panel, demo, tmp_path):
     path = tmp_path / "ov.tif"
     panel.set_overview(demo.overview)
     job = panel.save_overview_file(path)
-    with qtbot.waitSignal(job.finished, timeout=10_000):
-        pass
+    qtbot.waitSignal(job.finished, timeout=10_000).wait()
     panel.set_overview(None)
     assert panel.overview() is None
     with qtbot.waitSignal(panel.overview_changed, timeout=10_000):
@@ -125,8 +124,7 @@ def test_a_bad_overview_file_is_reported_not_raised(qtbot, panel, tmp_path):
     bad = tmp_path / "bad.tif"
     bad.write_bytes(b"not a tiff")
     job = panel.load_overview_file(bad)
-    with qtbot.waitSignal(job.finished, timeout=10_000):
-        pass
+    qtbot.waitSignal(job.finished, timeout=10_000).wait()
     assert messages[-1][0] == "error" and "bad.tif" in messages[-1][1]
     assert panel.overview() is None and not panel.busy()
 
