@@ -38,8 +38,8 @@ TARGET_MB = 100.0
 def child(n_sections: str, analysis: bool = True) -> None:
     """Run one scan with live analysis and print {"tiles", "peak_rss_mb", ...} as JSON."""
     from acquisition.controller import ScanController
+    from acquisition.demo.plans import demo_plan
     from acquisition.hardware import build_core
-    from acquisition.plan import demo_plan
     from analysis.worker_process import AnalysisProcess
 
     logging.getLogger("pymmcore-plus").setLevel(logging.ERROR)

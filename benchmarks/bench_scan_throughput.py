@@ -241,7 +241,7 @@ class _Bench:
 
 
 def _plan(section_ids: Sequence[str], output: Path) -> Any:
-    from acquisition.plan import demo_plan
+    from acquisition.demo.plans import demo_plan
 
     return demo_plan(
         output=output,

@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from acquisition.controller import ScanController, ScanProgress, ScanResult
+    from acquisition.demo.plans import demo_plan
     from acquisition.hardware import build_core
-    from acquisition.plan import ScanPlan, demo_plan, load_plan, save_plan, validate_plan
+    from acquisition.plan import ScanPlan, load_plan, save_plan, validate_plan
     from acquisition.storage import ScanFile
 
 _EXPORTS = {

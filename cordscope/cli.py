@@ -187,7 +187,8 @@ def plan(
     objective: Annotated[str, typer.Option(help="Objective preset.")] = "10x",
 ) -> None:
     """Write a scan plan (for now: the demo slide's; see also ``overview``)."""
-    from acquisition.plan import demo_plan, save_plan
+    from acquisition.demo.plans import demo_plan
+    from acquisition.plan import save_plan
 
     if not demo:
         raise ValueError("only --demo plans are written directly; use `cordscope overview` for a real slide")

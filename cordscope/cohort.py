@@ -34,10 +34,10 @@ from acquisition.demo.cohort import (
     cohort_truth,
     render_cohort_slide,
 )
+from acquisition.demo.plans import demo_plan
 from acquisition.demo.slide import CORONAL_LEVELS
 from acquisition.errors import CordScopeError
 from acquisition.hardware import build_core
-from acquisition.plan import demo_plan
 from analysis.worker import AnalysisWorker
 
 __all__ = ["CohortScan", "scan_demo_cohort", "write_truth_csv"]

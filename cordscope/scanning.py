@@ -21,9 +21,10 @@ from rich.progress import (
 from rich.table import Table
 
 from acquisition.controller import ScanController, ScanProgress, ScanResult, read_stored_plan
+from acquisition.demo.plans import demo_plan
 from acquisition.errors import CordScopeError
 from acquisition.hardware import CordScopeCore, build_core
-from acquisition.plan import ScanPlan, demo_plan, load_plan, validate_plan
+from acquisition.plan import ScanPlan, load_plan, validate_plan
 from analysis.figures import save_section_figure
 from analysis.results import load_scan_results
 from analysis.settings import analysis_settings_from_plan, load_flat_fields

@@ -75,7 +75,7 @@ def _save(app: QApplication, widget: QWidget, path: Path) -> None:
 
 def _label_found_sections(window: object, app: QApplication) -> None:
     """Give the found sections the demo slide's names and labels (what a person types in the table)."""
-    from acquisition.plan import demo_plan
+    from acquisition.demo.plans import demo_plan
     from gui.slide_panel import COLUMNS
 
     col = {attr: i for i, (_, attr) in enumerate(COLUMNS)}

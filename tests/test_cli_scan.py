@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from acquisition.demo.plans import demo_plan
 from acquisition.hardware import DEMO_CONFIG
-from acquisition.plan import ScanPlan, demo_plan, load_plan, save_plan
+from acquisition.plan import ScanPlan, load_plan, save_plan
 from acquisition.storage import ScanFile
 from cordscope.cli import app
 
@@ -280,7 +281,8 @@ def test_scan_analyses_live_and_analyze_reruns(tmp_path):
 
     import h5py
 
-    from acquisition.plan import demo_plan, save_plan
+    from acquisition.demo.plans import demo_plan
+    from acquisition.plan import save_plan
 
     plan_path = tmp_path / "plan.yaml"
     scan_path = tmp_path / "scan.h5"

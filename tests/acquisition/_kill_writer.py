@@ -78,7 +78,7 @@ def main() -> int:
     if args.disk_space:
         # The limit stands for a full disk under the scan file only: lift it for
         # the scratch file the writer detaches HDF5 onto after the failure.
-        import acquisition.storage as storage
+        import acquisition.storage.writer as storage
 
         scratch_fd = storage._scratch_fd
 

@@ -11,7 +11,8 @@ import pytest
 
 from acquisition.controller import DeviceTimeoutError, ScanController, ScanProgress, call_with_watchdog
 from acquisition.demo import find_demo_hub
-from acquisition.plan import PlanError, demo_plan
+from acquisition.demo.plans import demo_plan
+from acquisition.plan import PlanError
 from acquisition.storage import ScanFile, StorageError
 from tests.conftest import make_demo_core
 

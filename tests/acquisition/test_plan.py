@@ -19,6 +19,7 @@ import yaml
 from shapely import Polygon
 
 from acquisition.demo.devices import XY_TRAVEL_UM
+from acquisition.demo.plans import demo_plan
 from acquisition.errors import CordScopeError
 from acquisition.hardware import CordScopeCore, build_core
 from acquisition.plan import (
@@ -27,7 +28,6 @@ from acquisition.plan import (
     PlanSummary,
     ScanPlan,
     compile_plan,
-    demo_plan,
     load_plan,
     pixel_size_for_objective,
     plan_from_dict,

@@ -32,8 +32,9 @@ import h5py
 import numpy as np
 import pytest
 
+from acquisition.demo.plans import demo_plan
 from acquisition.hardware import DEMO_CONFIG
-from acquisition.plan import ScanPlan, demo_plan, save_plan, validate_plan
+from acquisition.plan import ScanPlan, save_plan, validate_plan
 from acquisition.storage import ScanFile
 from tests.conftest import make_demo_core
 
@@ -310,7 +311,7 @@ def test_scan_killed_at_random_moments_keeps_done_tiles_and_resumes(
 # stand-in for a SIGKILL that lands in the first few milliseconds of the file.
 _DIE_WHILE_CREATING = """
 import os, signal, sys
-import acquisition.storage as storage
+import acquisition.storage.writer as storage
 real, calls = storage._write_section, []
 def dying(*args, **kwargs):
     calls.append(1)

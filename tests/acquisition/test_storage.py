@@ -545,7 +545,7 @@ def test_low_disk_space_refuses_writes_before_the_disk_is_full(
 ) -> None:
     path = tmp_path / "low.h5"
     writer = _create(path)
-    monkeypatch.setattr(storage, "_free_bytes", lambda directory: 10 * 1024**2)
+    monkeypatch.setattr(storage.writer, "_free_bytes", lambda directory: 10 * 1024**2)
     with pytest.raises(StorageError, match=r"disk full: not writing tile S1/0 to .*10 MB free"):
         writer.write_image("S1", 0, 0, 0, _image(0, 0, 0, 0))
     monkeypatch.undo()  # space freed: the same writer goes on

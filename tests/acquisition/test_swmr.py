@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from acquisition.controller import ScanController
-from acquisition.plan import demo_plan
+from acquisition.demo.plans import demo_plan
 from acquisition.storage import ScanFile, ScanWriter, StorageError
 from tests.conftest import make_demo_core
 

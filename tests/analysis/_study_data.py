@@ -15,7 +15,7 @@ def scan_one_section(out_dir: Path, *, analysis: bool = True, name: str = "base"
     from acquisition.controller import ScanController
     from acquisition.demo import find_demo_hub
     from acquisition.demo.cohort import cohort_slides, render_cohort_slide
-    from acquisition.plan import demo_plan
+    from acquisition.demo.plans import demo_plan
     from analysis.worker import AnalysisWorker
     from tests.conftest import make_demo_core
 

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 from acquisition.controller import ScanController
+from acquisition.demo.plans import demo_plan
 from acquisition.demo.slide import demo_slide
-from acquisition.plan import demo_plan
 from analysis.results import SavedSection, load_scan_results
 from analysis.worker import AnalysisWorker
 from tests.conftest import make_demo_core

@@ -11,8 +11,8 @@ import pytest
 
 from acquisition import controller as controller_module
 from acquisition.controller import ScanController
+from acquisition.demo.plans import demo_plan
 from acquisition.demo.slide import demo_slide
-from acquisition.plan import demo_plan
 from analysis.results import load_scan_results
 from analysis.worker import AnalysisWorker, analyze_scan
 from tests.conftest import make_demo_core

@@ -12,7 +12,8 @@ import tifffile
 from typer.testing import CliRunner
 
 from acquisition.controller import ScanController
-from acquisition.plan import demo_plan, save_plan
+from acquisition.demo.plans import demo_plan
+from acquisition.plan import save_plan
 from analysis.settings import (
     AnalysisSettings,
     AnalysisSettingsError,

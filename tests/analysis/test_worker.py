@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from acquisition.controller import ScanController
-from acquisition.plan import demo_plan
+from acquisition.demo.plans import demo_plan
 from acquisition.storage import ScanFile
 from analysis import worker as worker_module
 from analysis.results import load_scan_results

@@ -9,7 +9,7 @@ import h5py
 import pytest
 
 from acquisition.controller import ScanController
-from acquisition.plan import demo_plan
+from acquisition.demo.plans import demo_plan
 from acquisition.storage import ScanFile
 from analysis.worker import analyze_scan
 from analysis.worker_process import AnalysisProcess, AnalysisProcessError

@@ -13,7 +13,8 @@ from PyQt6.QtCore import Qt
 from PyQt6.QtWidgets import QFileDialog
 
 from acquisition.controller import ScanController
-from acquisition.plan import demo_plan, load_plan
+from acquisition.demo.plans import demo_plan
+from acquisition.plan import load_plan
 from analysis.worker import AnalysisWorker
 from gui.results_panel import ResultsPanel
 from tests.conftest import make_demo_core

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from acquisition.plan import demo_plan
+from acquisition.demo.plans import demo_plan
 from acquisition.storage import ScanFile
 from gui.scan_panel import ScanPanel
 from tests.conftest import make_demo_core

@@ -1,0 +1,246 @@
+"""The scan file's format: names, versions, status values, JSON helpers and safe opening.
+
+See the package docstring (:mod:`acquisition.storage`) for the layout and the crash-safety contract.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from enum import IntEnum
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from ..errors import CordScopeError
+
+logger = logging.getLogger(__name__)
+
+FORMAT_NAME = "cordscope-scan"
+"""Value of the root ``format`` attribute."""
+FORMAT_VERSION = 1
+"""Value of the root ``format_version`` attribute this module writes (and the newest it reads)."""
+
+#: Free disk space (bytes) the writer leaves untouched: it refuses a write that
+#: would eat into it, so the file is never caught half-written by a full disk.
+FREE_SPACE_RESERVE_BYTES = 64 * 1024**2
+
+#: Section attributes every section reports (``None`` when not given).
+STANDARD_SECTION_ATTRS: tuple[str, ...] = (
+    "animal",
+    "group",
+    "level",
+    "orientation",
+    "injection_side",
+    "polygon_um",
+    "lesion_epicenter_um",
+)
+# Section attributes that the writer sets itself from the layout.
+_LAYOUT_ATTRS = frozenset({"channel_names", "pixel_size_um", "tile_size_um", "json_attrs"})
+_SECTION_DATASETS = ("tiles", "tile_xy_um", "tile_z_um", "tile_status", "tile_meta")
+_STR = h5py.string_dtype("utf-8")
+
+
+class StorageError(CordScopeError):
+    """A scan file cannot be created, opened, read or written; the message says which and why."""
+
+
+class _FileLocked(StorageError):
+    """The file is locked by a writer (another process has it open for writing)."""
+
+
+class TileStatus(IntEnum):
+    """Values of ``tile_status``."""
+
+    PENDING = 0
+    DONE = 1
+    FAILED = 2
+
+
+# ----------------------------------------------------------------------- helpers
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _jsonable(obj: Any) -> Any:
+    """Plain JSON types only: numpy → Python, tuples → lists, NaN/inf → None."""
+    if obj is None or isinstance(obj, (str, bool, int)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, np.generic):
+        return _jsonable(obj.item())
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        items = sorted(obj, key=str) if isinstance(obj, (set, frozenset)) else obj
+        return [_jsonable(v) for v in items]
+    if isinstance(obj, (Path, datetime)):
+        return str(obj) if isinstance(obj, Path) else obj.isoformat()
+    if hasattr(obj, "model_dump"):  # pydantic models, e.g. useq objects
+        return _jsonable(obj.model_dump(mode="json"))
+    raise TypeError(f"{type(obj).__name__} cannot be stored as JSON")
+
+
+def _to_json(obj: Any) -> str:
+    return json.dumps(_jsonable(obj), allow_nan=False, ensure_ascii=False)
+
+
+def _software_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for dist in ("cordscope", "pymmcore-plus", "useq-schema", "h5py", "numpy"):
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            versions[dist] = None
+    versions["hdf5"] = h5py.version.hdf5_version
+    versions["python"] = platform.python_version()
+    return versions
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _free_bytes(directory: Path) -> int | None:
+    try:
+        return shutil.disk_usage(directory).free
+    except OSError:
+        return None
+
+
+def _planned_z(group: h5py.Group) -> np.ndarray:
+    if "planned_tile_z_um" in group:
+        return np.asarray(group["planned_tile_z_um"][()], dtype=np.float64)
+    return np.full(group["tiles"].shape[0], np.nan)
+
+
+def _check_format(f: h5py.File, path: Path) -> int:
+    """Return the file's format version, or raise if this module cannot read it."""
+    fmt = f.attrs.get("format")
+    if isinstance(fmt, bytes):
+        fmt = fmt.decode("utf-8", "replace")
+    if fmt is None:
+        raise StorageError(
+            f"{path} is not a CordScope scan file: it has no 'format' attribute "
+            "(another HDF5 file, or a scan whose creation was interrupted)"
+        )
+    if fmt != FORMAT_NAME:
+        raise StorageError(f"{path} is not a CordScope scan file: its format is {fmt!r}, not {FORMAT_NAME!r}")
+    try:
+        version = int(f.attrs["format_version"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise StorageError(f"{path}: the {FORMAT_NAME} file has no valid 'format_version' attribute") from e
+    if version > FORMAT_VERSION:
+        raise StorageError(
+            f"{path} is a {FORMAT_NAME} version {version} file; this CordScope reads versions "
+            f"up to {FORMAT_VERSION}. Update CordScope to open it."
+        )
+    if version < 1:
+        raise StorageError(f"{path}: unknown {FORMAT_NAME} format_version {version}")
+    return version
+
+
+#: Attempts (and pause between them) to open a file live: an open may meet the
+#: writer in the middle of a flush (e.g. the superblock half rewritten) and fail.
+_LIVE_OPEN_ATTEMPTS = 20
+_LIVE_OPEN_RETRY_S = 0.05
+
+
+def _open_live(path: Path) -> h5py.File:
+    """Open a file that another process is writing: read-only, no lock, no raw-data caches.
+
+    Without the sieve buffer and the chunk cache, every read of a status or a
+    tile goes to the file instead of returning bytes cached before the writer
+    changed them.
+    """
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_file_locking(False, True)
+    fapl.set_sieve_buf_size(0)
+    fapl.set_cache(0, 0, 0, 0.75)
+    last: Exception | None = None
+    for attempt in range(_LIVE_OPEN_ATTEMPTS):
+        try:
+            return h5py.File(h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDONLY, fapl=fapl))
+        except OSError as e:
+            last = e
+            time.sleep(_LIVE_OPEN_RETRY_S * (attempt > 0))
+    raise StorageError(
+        f"cannot open {path} while it is being written: {_first_line(last or OSError('unknown'))}"
+    )
+
+
+_WRITER_CACHE: dict[str, int] = {"rdcc_nbytes": 0}
+
+
+def _open_h5(path: Path, mode: str) -> h5py.File:
+    if not path.is_file():
+        raise StorageError(f"scan file not found: {path}")
+    try:
+        # a writer writes each tile as one whole chunk: HDF5's chunk cache would only hold
+        # copies of written tiles (1 MB per section's dataset)
+        return h5py.File(path, mode, **({} if mode == "r" else _WRITER_CACHE))
+    except BlockingIOError as e:
+        raise _FileLocked(
+            f"cannot open {path}: it is locked, probably open for writing by a running scan ({e})"
+        ) from e
+    except OSError as e:
+        if "file locking flag values don't match" in str(e):
+            # this process already has the file open live (see _open_live)
+            raise _FileLocked(f"cannot open {path}: it is open live in this process") from e
+        stored_eof = _superblock_eof(path)
+        if stored_eof is not None and stored_eof > path.stat().st_size:
+            raise StorageError(
+                f"cannot open {path}: it is {stored_eof - path.stat().st_size} bytes short, left so by a "
+                "write that failed (e.g. on a full disk); ScanWriter.open_for_resume repairs it"
+            ) from e
+        raise StorageError(f"cannot open {path}: not a readable HDF5 file ({_first_line(e)})") from e
+
+
+def _check_live_readable(f: h5py.File, path: Path) -> None:
+    """Refuse live reading of compressed tiles: their chunks are allocated as written."""
+    for sid, g in f["sections"].items():
+        if g["tiles"].compression is not None:
+            raise StorageError(
+                f"cannot read {path} while it is being written: its tiles are compressed "
+                f"({g['tiles'].compression}, section {sid}); open it once the scan has finished"
+            )
+
+
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _superblock_eof(path: Path) -> int | None:
+    """End-of-file address recorded in an HDF5 superblock at offset 0 (None if not readable)."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(64)
+    except OSError:
+        return None
+    if len(head) < 64 or head[:8] != _HDF5_SIGNATURE:
+        return None
+    version = head[8]
+    if version in (0, 1):  # fields: see the HDF5 file format specification, "Superblock"
+        offset_size, base = head[13], (24 if version == 0 else 28)
+    elif version in (2, 3):
+        offset_size, base = head[9], 12
+    else:
+        return None
+    if offset_size not in (4, 8):
+        return None
+    eof_at = base + 2 * offset_size  # after the base address and one more address
+    return int.from_bytes(head[eof_at : eof_at + offset_size], "little")

@@ -1,0 +1,241 @@
+"""Repairing what a crash or a failed write left in a scan file, before it is written again."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from .format import (
+    _HDF5_SIGNATURE,
+    _STR,
+    StorageError,
+    TileStatus,
+    _check_format,
+    _open_h5,
+    _superblock_eof,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def _restore_length(path: Path) -> int:
+    """Pad a file shorter than its superblock says with zeros (HDF5 refuses it); return the bytes added.
+
+    A write that fails for lack of space can leave HDF5's superblock
+    recording an end of file beyond the data actually stored.
+    """
+    if not path.is_file():
+        return 0
+    stored_eof = _superblock_eof(path)
+    size = path.stat().st_size
+    if stored_eof is None or stored_eof <= size:
+        return 0
+    try:
+        os.truncate(path, stored_eof)
+    except OSError as e:
+        raise StorageError(f"cannot repair {path} (restore its length to {stored_eof} bytes): {e}") from e
+    return stored_eof - size
+
+
+#: Zeros appended by :func:`_extend_allocation` beyond everything a crash may have left referenced.
+_REPAIR_MARGIN_BYTES = 1024**2
+
+
+def _extend_allocation(path: Path, end_bytes: int) -> int | None:
+    """Make HDF5 count the first ``end_bytes`` (padded with zeros) as allocated; return the new end.
+
+    A crash or failed write in the middle of HDF5's flush can leave data
+    written (or claimed, e.g. a grown string heap or a new chunk) beyond the
+    end of file recorded in the superblock, which HDF5 then refuses to read
+    (done tiles' metadata included) and would later overwrite with new
+    objects. Raising the recorded end of file past all of it makes it
+    readable and keeps new objects clear of it. Only superblock versions 0
+    and 1 (HDF5's default format; no checksum) are patched; returns None
+    for others.
+    """
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(16)
+    except OSError:
+        return None
+    if len(head) < 16 or head[:8] != _HDF5_SIGNATURE or head[8] not in (0, 1) or head[13] != 8:
+        return None
+    eof_at = (24 if head[8] == 0 else 28) + 2 * 8
+    try:
+        if path.stat().st_size < end_bytes:
+            os.truncate(path, end_bytes)
+        with path.open("r+b") as fh:
+            fh.seek(eof_at)
+            fh.write(int(end_bytes).to_bytes(8, "little"))
+    except OSError as e:
+        raise StorageError(f"cannot repair {path} (extend it to {end_bytes} bytes): {e}") from e
+    return end_bytes
+
+
+# ------------------------------------------------------------------- recovery
+
+_REBUILD_SUFFIX = ".rebuilding"
+
+
+def _read_strings(ds: h5py.Dataset) -> tuple[list[str | None], bool]:
+    """Read a 1-D string dataset; ``None`` for entries a crash left unreadable; and whether all were readable.
+
+    A crash while HDF5 flushes can leave an entry pointing at string storage
+    (or a chunk) that HDF5 had not yet written.
+    """
+    try:
+        return list(ds.asstr()[()]), True
+    except (OSError, RuntimeError) as e:
+        logger.info("%s: some entries are unreadable (%s); reading them one by one", ds.name, e)
+    values: list[str | None] = []
+    for i in range(ds.shape[0]):
+        try:
+            values.append(ds.asstr()[i])
+        except (OSError, RuntimeError):
+            values.append(None)
+    return values, False
+
+
+def _rebuild_strings(group: h5py.Group, name: str, values: Sequence[str], *, resizable: bool) -> None:
+    """Replace a string dataset by a fresh one holding ``values``.
+
+    Overwriting an unreadable entry in place fails (HDF5 first frees the
+    string it points to), so the dataset is rebuilt: written under a
+    temporary name, flushed, then swapped in (see :func:`_finish_rebuild`).
+    """
+    tmp = name + _REBUILD_SUFFIX
+    if tmp in group:
+        del group[tmp]
+    if resizable:
+        group.create_dataset(tmp, data=list(values), dtype=_STR, maxshape=(None,), chunks=(256,))
+    else:
+        group.create_dataset(tmp, data=list(values), dtype=_STR)
+    group.file.flush()
+    del group[name]
+    group.move(tmp, name)
+    group.file.flush()
+
+
+def _finish_rebuild(group: h5py.Group, name: str) -> None:
+    """Complete or drop a rebuild of ``name`` that a crash interrupted."""
+    tmp = name + _REBUILD_SUFFIX
+    if tmp not in group:
+        return
+    if name in group:  # the new copy may be incomplete: drop it, the old one is still whole
+        del group[tmp]
+    else:
+        group.move(tmp, name)
+    group.file.flush()
+
+
+def _chunk_ends(tiles: h5py.Dataset) -> dict[tuple[int, int, int], int]:
+    """End address of each allocated image chunk, by ``(tile, channel, z)``."""
+    ends: dict[tuple[int, int, int], int] = {}
+
+    def visit(info: Any) -> None:
+        if info.byte_offset is not None:
+            t, c, z = (int(v) for v in info.chunk_offset[:3])
+            ends[(t, c, z)] = int(info.byte_offset + info.size)
+
+    tiles.id.chunk_iter(visit)
+    return ends
+
+
+def _repair_file_ends(path: Path) -> dict[str, int]:
+    """Fix the end of a scan file that a crash or failed write left inconsistent.
+
+    Done with plain file I/O, before HDF5 opens the file for writing: HDF5
+    keeps a file's state across close and reopen in one process once a read
+    of it has failed, so the file must be right before the first such read.
+
+    - Shorter than its superblock records (a failed write): padded with
+      zeros, else HDF5 refuses it.
+    - Data written (or claimed: a grown string heap, a new chunk) beyond the
+      recorded end (a crash or failed write in the middle of HDF5's flush):
+      the recorded end is raised past it (:func:`_extend_allocation`).
+
+    Returns
+    -------
+    dict
+        ``padded_bytes`` and ``end_of_file_bytes`` if changed.
+    """
+    if not path.is_file():
+        raise StorageError(f"scan file not found: {path}")
+    repairs: dict[str, int] = {}
+    size, stored_eof = path.stat().st_size, _superblock_eof(path)
+    if stored_eof is None:
+        return repairs  # not HDF5 (or an unknown superblock): opening it will say what is wrong
+    padded = _restore_length(path)
+    try:
+        with _open_h5(path, "r") as f:
+            _check_format(f, path)
+            highest_chunk_end = max(
+                [0, *(end for g in f["sections"].values() for end in _chunk_ends(g["tiles"]).values())]
+            )
+    except BaseException:
+        if padded:  # not ours to repair: leave it as it was
+            os.truncate(path, size)
+        raise
+    if padded:
+        repairs["padded_bytes"] = padded
+    if size != stored_eof or highest_chunk_end > stored_eof:
+        end = max(size, stored_eof, highest_chunk_end) + _REPAIR_MARGIN_BYTES
+        if _extend_allocation(path, end) is not None:
+            repairs["end_of_file_bytes"] = end
+    return repairs
+
+
+def _recover(f: h5py.File) -> dict[str, Any]:
+    """Rebuild what a crash or failed write left unreadable, so the scan can resume.
+
+    The write order keeps done tiles whole; what can be broken is the state
+    of the tile being written when the writer stopped and the newest events
+    (their entries point at storage HDF5 had not yet written):
+
+    - unreadable ``tile_meta`` entries are cleared (the dataset is rebuilt,
+      see :func:`_rebuild_strings`); such a tile that was done (not
+      expected) is made pending again, as is a done tile with a missing
+      image chunk;
+    - unreadable ``/events`` entries are dropped.
+
+    Returns
+    -------
+    dict
+        What was repaired, for the ``repair`` event; empty if nothing.
+    """
+    repairs: dict[str, Any] = {}
+    demoted: list[str] = []
+    cleared: list[str] = []
+    for sid, g in f["sections"].items():
+        _finish_rebuild(g, "tile_meta")
+        status = g["tile_status"]
+        metas, readable = _read_strings(g["tile_meta"])
+        bad = {i for i, m in enumerate(metas) if m is None}
+        if not readable:
+            _rebuild_strings(g, "tile_meta", [m or "" for m in metas], resizable=False)
+            cleared += [f"{sid}/{i}" for i in sorted(bad)]
+        ends = _chunk_ends(g["tiles"])
+        n_c, n_z = g["tiles"].shape[1:3]
+        for t in np.flatnonzero(status[()] == TileStatus.DONE):
+            whole = all((int(t), c, z) in ends for c in range(n_c) for z in range(n_z))
+            if int(t) in bad or not whole:
+                status[t] = np.uint8(TileStatus.PENDING)
+                demoted.append(f"{sid}/{t}")
+    _finish_rebuild(f, "events")
+    events, readable = _read_strings(f["events"])
+    if not readable:
+        kept = [e for e in events if e]
+        _rebuild_strings(f, "events", kept, resizable=True)
+        repairs["events_dropped"] = len(events) - len(kept)
+    if cleared:
+        repairs["tile_meta_cleared"] = cleared
+    if demoted:
+        repairs["tiles_made_pending"] = demoted
+    f.flush()
+    return repairs
