@@ -1,18 +1,18 @@
 """The scan controller: a plan in, a complete HDF5 scan file out, unattended.
 
-The controller prepares a scan (validates the plan against the hardware
-before anything moves, sets the objective, builds the focus map, lays out
-the file) and then runs it with pymmcore-plus' MDA runner. CordScope adds to
-that runner rather than replacing it:
+The controller is the acquisition step of a scan session
+(:class:`acquisition.session.ScanSession` adds the live analysis and the
+final results around it). It prepares a scan (validates the plan against the
+hardware before anything moves, sets the objective, builds the focus map,
+lays out the file) and then runs it with pymmcore-plus' MDA runner.
+CordScope adds to that runner rather than replacing it:
 
-- :class:`ScanEngine` is pymmcore-plus' ``MDAEngine`` with hardware faults
-  handled the way an unattended scan needs: every device call runs under a
-  watchdog, failed calls are retried, and a tile whose calls keep failing is
-  marked failed and skipped instead of being imaged at the wrong place or
-  silently dropped (the stock engine logs a warning and goes on).
+- :class:`~acquisition.engine.ScanEngine` is pymmcore-plus' ``MDAEngine``
+  with a watchdog and retries on every device call;
 - :class:`ScanOutput` is an ordinary runner output: it hands frames to the
-  HDF5 writer (:class:`acquisition.storage.MDAWriterOutput`) and to any extra
-  outputs (the live analysis), and turns completed tiles into progress.
+  HDF5 writer (:class:`acquisition.storage.MDAWriterOutput`), whose "tile
+  stored" event (:class:`acquisition.storage.TileStored`) becomes progress
+  and ``events.tile_stored`` for whoever subscribes (the live analysis).
 
 Pause and abort set flags that take effect between events, as the runner
 does. A scan file is resumable at any point: ``ScanController.resume(path)``
@@ -30,15 +30,15 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import numpy as np
 import useq
 from psygnal import Signal, SignalGroup
 from pymmcore_plus import CMMCorePlus
-from pymmcore_plus.mda import MDAEngine, SkipEvent
 from pymmcore_plus.metadata import summary_metadata
 
+from .engine import DeviceTimeoutError, ScanEngine, TileRef, _one_line
 from .errors import CordScopeError
 from .hardware import objective_group
 from .plan import (
@@ -50,7 +50,18 @@ from .plan import (
     tile_size_um,
     validate_plan,
 )
-from .storage import MDAWriterOutput, ScanFile, ScanWriter, SectionLayout, StorageError, TileStatus
+from .storage import (
+    EventKind,
+    MDAWriterOutput,
+    ScanFile,
+    ScanWriter,
+    SectionLayout,
+    StorageError,
+    TileStatus,
+    TileStored,
+    parse_tile_name,
+    tile_name,
+)
 
 __all__ = [
     "DeviceTimeoutError",
@@ -66,17 +77,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
 
 ScanState = Literal["idle", "preparing", "focusing", "scanning", "paused", "finished", "aborted", "failed"]
 
 #: After this many tiles in a row fail on a watchdog timeout, the device is
 #: taken as dead and the scan stops (resumable) instead of failing every tile.
 MAX_CONSECUTIVE_TIMEOUTS = 3
-
-
-class DeviceTimeoutError(CordScopeError):
-    """A device did not answer within the watchdog timeout."""
 
 
 class ScanAbortedError(CordScopeError):
@@ -150,222 +156,17 @@ class ScanEvents(SignalGroup):
 
     state_changed = Signal(str)
     progress = Signal(object)  # ScanProgress
-    tile_done = Signal(str, int)  # section id, tile index
+    tile_stored = Signal(object)  # TileStored: a tile is complete on disk (the writer's event)
     tile_failed = Signal(str, int, str)  # section id, tile index, reason
     message = Signal(str, str)  # level ("info", "warning", "error"), text
     finished = Signal(object)  # ScanResult
-
-
-# ----------------------------------------------------------------- watchdog
-
-
-def call_with_watchdog(description: str, func: Callable[[], T], *, timeout_s: float) -> T:
-    """Run a device call, raising :class:`DeviceTimeoutError` if it does not return in time.
-
-    The call runs in a daemon thread so that a device that stops answering
-    cannot hang the scan; the stuck thread is abandoned (a later call to the
-    same device will usually time out too, which the controller turns into
-    "device not answering" after a few tiles).
-    """
-    result: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=1)
-
-    def target() -> None:
-        try:
-            result.put((True, func()))
-        except BaseException as e:  # handed to the caller's thread, not swallowed
-            result.put((False, e))
-
-    thread = threading.Thread(target=target, name=f"device-call: {description}", daemon=True)
-    thread.start()
-    try:
-        ok, value = result.get(timeout=timeout_s)
-    except queue.Empty:
-        raise DeviceTimeoutError(f"{description}: no answer within {timeout_s:g} s") from None
-    if not ok:
-        raise value
-    return value  # type: ignore[no-any-return]
-
-
-# ------------------------------------------------------------------- engine
-
-
-@dataclass(frozen=True)
-class TileRef:
-    """One tile of one section."""
-
-    section_id: str
-    tile_index: int
-
-
-class ScanEngine(MDAEngine):
-    """pymmcore-plus' MDA engine with retries, watchdog and failed tiles.
-
-    Every hardware call of an event (XY and Z moves, channel, exposure,
-    waiting for the devices, the snap) runs under :func:`call_with_watchdog`
-    and is retried up to ``max_retries`` times. When an event still fails,
-    its tile is reported through ``on_tile_failed`` and the remaining events
-    of that tile are skipped (``SkipEvent``), so a tile is either complete
-    or marked failed — never imaged at the wrong position.
-
-    Parameters
-    ----------
-    core : CMMCorePlus
-    tile_of : callable
-        Maps an event to its :class:`TileRef`.
-    max_retries : int
-        Extra attempts per device call.
-    timeout_s : float
-        Watchdog timeout of each device call (s).
-    on_tile_failed : callable
-        ``f(tile, reason, timed_out)``, called in the MDA thread.
-    """
-
-    def __init__(
-        self,
-        core: CMMCorePlus,
-        *,
-        tile_of: Callable[[useq.MDAEvent], TileRef],
-        max_retries: int,
-        timeout_s: float,
-        on_tile_failed: Callable[[TileRef, str, bool], None],
-    ) -> None:
-        super().__init__(core, use_hardware_sequencing=False)
-        self._tile_of = tile_of
-        self._max_retries = max_retries
-        self._timeout_s = timeout_s
-        self._on_tile_failed = on_tile_failed
-        self._failed: set[TileRef] = set()
-        self._retries: dict[TileRef, int] = {}
-        self._last_xy: tuple[float, float] | None = None
-        self._last_z: float | None = None
-        self._last_channel: tuple[str, str] | None = None
-
-    def retries_of(self, tile: TileRef) -> int:
-        """How many device calls of this tile needed a retry."""
-        return self._retries.get(tile, 0)
-
-    def _call(self, tile: TileRef, description: str, func: Callable[[], T]) -> T:
-        attempt = 0
-        while True:
-            try:
-                return call_with_watchdog(description, func, timeout_s=self._timeout_s)
-            except DeviceTimeoutError:
-                raise  # the device hangs: retrying would only queue behind it
-            except Exception as e:
-                if attempt >= self._max_retries:
-                    raise
-                attempt += 1
-                self._retries[tile] = self._retries.get(tile, 0) + 1
-                logger.warning(
-                    "tile %s/%s: %s failed (%s); retry %d of %d",
-                    tile.section_id,
-                    tile.tile_index,
-                    description,
-                    _one_line(e),
-                    attempt,
-                    self._max_retries,
-                )
-                self._after_failed_call()
-                time.sleep(min(0.05 * attempt, 0.5))
-
-    def _after_failed_call(self) -> None:
-        # a failed move may have left the stage anywhere: move again next time
-        self._last_xy = None
-        self._last_z = None
-
-    def _fail(self, tile: TileRef, error: BaseException) -> None:
-        self._failed.add(tile)
-        self._last_xy = self._last_z = None
-        self._on_tile_failed(tile, _one_line(error), isinstance(error, DeviceTimeoutError))
-
-    def setup_sequence(self, sequence: useq.MDASequence) -> Any:
-        """Prepare the sequence (as MDAEngine) and forget state of earlier runs."""
-        self._failed.clear()
-        self._last_xy = self._last_z = self._last_channel = None
-        return super().setup_sequence(sequence)
-
-    def setup_event(self, event: useq.MDAEvent) -> None:
-        """Move XY and Z, set channel and exposure; retry, or fail the tile and skip."""
-        tile = self._tile_of(event)
-        if tile in self._failed:
-            raise SkipEvent(reason=f"tile {tile.section_id}/{tile.tile_index} failed")
-        core = self.mmcore
-        try:
-            if event.x_pos is not None and event.y_pos is not None:
-                xy = (float(event.x_pos), float(event.y_pos))
-                if xy != self._last_xy:
-                    stage = core.getXYStageDevice()
-                    self._call(
-                        tile, f"{stage}: move to ({xy[0]:.1f}, {xy[1]:.1f}) µm", lambda: _move_xy(core, xy)
-                    )
-                    self._last_xy = xy
-            if event.z_pos is not None and float(event.z_pos) != self._last_z:
-                z = float(event.z_pos)
-                focus = core.getFocusDevice()
-                self._call(tile, f"{focus}: focus to {z:.2f} µm", lambda: _move_z(core, z))
-                self._last_z = z
-            if (ch := event.channel) is not None and (ch.group, ch.config) != self._last_channel:
-                group, config = ch.group, ch.config
-                self._call(tile, f"channel {config}", lambda: _set_config(core, group, config))
-                self._last_channel = (group, config)
-            if event.exposure is not None:
-                exposure = float(event.exposure)
-                camera = core.getCameraDevice()
-                self._call(tile, f"{camera}: exposure {exposure:g} ms", lambda: core.setExposure(exposure))
-        except Exception as e:
-            self._fail(tile, e)
-            raise SkipEvent(reason=_one_line(e)) from None
-
-    def exec_single_event(self, event: useq.MDAEvent) -> Iterator[Any]:
-        """Snap (watchdog, retries); a tile whose snap keeps failing is marked failed."""
-        tile = self._tile_of(event)
-        core = self.mmcore
-        camera = core.getCameraDevice()
-        t0 = event.metadata.get("runner_t0") or time.perf_counter()
-        try:
-            image = self._call(tile, f"{camera}: snap", lambda: _snap(core))
-        except Exception as e:
-            self._fail(tile, e)
-            return
-        meta = self.get_frame_metadata(
-            event,
-            runner_time_ms=(time.perf_counter() - t0) * 1000,
-            camera_device=camera,
-            include_position=True,
-        )
-        yield (image, event, meta)
-
-
-def _move_xy(core: CMMCorePlus, xy: tuple[float, float]) -> None:
-    core.setXYPosition(*xy)
-    core.waitForDevice(core.getXYStageDevice())
-
-
-def _move_z(core: CMMCorePlus, z: float) -> None:
-    core.setPosition(z)
-    core.waitForDevice(core.getFocusDevice())
-
-
-def _set_config(core: CMMCorePlus, group: str, config: str) -> None:
-    core.setConfig(group, config)
-    core.waitForConfig(group, config)
-
-
-def _snap(core: CMMCorePlus) -> np.ndarray:
-    core.snapImage()
-    return np.asarray(core.getImage())
-
-
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) < 300 else text[:297] + "..."
 
 
 # ------------------------------------------------------------------- output
 
 
 class ScanOutput:
-    """Runner output: frames to the HDF5 writer and extra outputs; progress out.
+    """Runner output: frames to the HDF5 writer; its "tile stored" events and tile failures out.
 
     Runs in the runner's relay thread, which therefore owns the open HDF5
     file during the run. Tile failures reported by the engine (MDA thread)
@@ -376,15 +177,12 @@ class ScanOutput:
         self,
         writer: ScanWriter,
         *,
-        extra_outputs: Sequence[Any] = (),
-        on_tile_done: Callable[[TileRef], None],
+        on_tile_stored: Callable[[TileStored], None],
         on_storage_error: Callable[[StorageError], None],
     ) -> None:
         self._writer = writer
-        self._writer_output = MDAWriterOutput(
-            writer, on_error=on_storage_error, on_tile_done=lambda sid, t: on_tile_done(TileRef(sid, t))
-        )
-        self._extra = list(extra_outputs)
+        self._writer_output = MDAWriterOutput(writer, on_error=on_storage_error)
+        self._writer_output.events.tile_stored.connect(on_tile_stored)
         self._failures: queue.SimpleQueue[tuple[TileRef, str, Mapping[str, Any]]] = queue.SimpleQueue()
 
     def report_failure(self, tile: TileRef, reason: str, meta: Mapping[str, Any]) -> None:
@@ -403,25 +201,14 @@ class ScanOutput:
             except StorageError as e:
                 logger.error("%s", e)
 
-    def _each_extra(self, method: str, *args: Any) -> None:
-        for out in self._extra:
-            if (func := getattr(out, method, None)) is None:
-                continue
-            try:
-                func(*args)
-            except Exception:  # an analysis fault never stops acquisition
-                logger.exception("output %s.%s failed", type(out).__name__, method)
-
     def sequenceStarted(self, sequence: useq.MDASequence, meta: Any = None) -> None:
-        """Start the writer's and extra outputs' run."""
+        """Start the writer's run."""
         self._writer_output.sequenceStarted(sequence, meta)
-        self._each_extra("sequenceStarted", sequence, meta)
         self._drain()
 
     def frameReady(self, img: np.ndarray, event: useq.MDAEvent, meta: Mapping[str, Any]) -> None:
         """Write the frame (the writer reports the tile once it is complete)."""
         self._writer_output.frameReady(img, event, meta)
-        self._each_extra("frameReady", img, event, meta)
         self._drain()
 
     def sequencePauseToggled(self, paused: bool) -> None:
@@ -433,19 +220,17 @@ class ScanOutput:
         self._writer_output.sequenceCanceled(sequence)
 
     def sequenceFinished(self, sequence: useq.MDASequence) -> None:
-        """Write queued failures, then finish the writer's and extra outputs' run."""
+        """Write queued failures, then finish the writer's run."""
         self._drain()
         self._writer_output.sequenceFinished(sequence)
-        self._each_extra("sequenceFinished", sequence)
         self._drain()
 
 
 def _tile_ref_from_name(event: useq.MDAEvent) -> TileRef:
-    name = event.pos_name or ""
-    section_id, _, index = name.rpartition("/")
-    if not section_id or not index.isdigit():
-        raise StorageError(f"stage position {name!r} is not named '<section>/<tile>'")
-    return TileRef(section_id, int(index))
+    try:
+        return TileRef(*parse_tile_name(event.pos_name or ""))
+    except ValueError as e:
+        raise StorageError(f"stage position: {e}") from None
 
 
 # --------------------------------------------------------------- controller
@@ -471,9 +256,6 @@ class ScanController:
         A plan; validated against ``core`` before anything moves.
     overwrite : bool
         Replace an existing output file.
-    extra_outputs : sequence
-        More runner outputs (objects with ``frameReady`` ...), e.g. the live
-        analysis feed. Their faults are logged and never stop the scan.
     stage_limits_um : optional
         ``((xmin, xmax), (ymin, ymax))`` of the XY stage for validation.
 
@@ -490,7 +272,6 @@ class ScanController:
         plan: ScanPlan,
         *,
         overwrite: bool = False,
-        extra_outputs: Sequence[Any] = (),
         stage_limits_um: tuple[tuple[float, float], tuple[float, float]] | None = None,
         _resume_path: Path | None = None,
     ) -> None:
@@ -498,7 +279,6 @@ class ScanController:
         self.plan = plan
         self.events = ScanEvents()
         self._overwrite = overwrite
-        self._extra_outputs = list(extra_outputs)
         self._stage_limits_um = stage_limits_um
         self._resume_path = _resume_path
         self._lock = threading.Lock()
@@ -523,7 +303,6 @@ class ScanController:
         path: str | os.PathLike[str],
         core: CMMCorePlus,
         *,
-        extra_outputs: Sequence[Any] = (),
         stage_limits_um: tuple[tuple[float, float], tuple[float, float]] | None = None,
     ) -> ScanController:
         """A controller that continues the scan in ``path`` from its stored plan.
@@ -532,13 +311,7 @@ class ScanController:
         positions and focus stored in the file.
         """
         file = Path(path)
-        with ScanFile.open(file) as scan:
-            plan_text = scan.plan_yaml
-        plan = plan_from_yaml(plan_text, source=f"{file.name}:/plan")
-        plan = plan.model_copy(update={"output": file})
-        return cls(
-            core, plan, extra_outputs=extra_outputs, stage_limits_um=stage_limits_um, _resume_path=file
-        )
+        return cls(core, read_stored_plan(file), stage_limits_um=stage_limits_um, _resume_path=file)
 
     # ----------------------------------------------------------- control
 
@@ -548,9 +321,9 @@ class ScanController:
         return self._state
 
     @property
-    def extra_outputs(self) -> tuple[Any, ...]:
-        """The extra runner outputs (e.g. the live analysis) given at creation."""
-        return tuple(self._extra_outputs)
+    def result(self) -> ScanResult | None:
+        """How the scan ended (None until it has)."""
+        return self._result
 
     @property
     def output_path(self) -> Path:
@@ -651,7 +424,9 @@ class ScanController:
         try:
             tiles = self._pending_tiles(writer)
             self._count(writer)
-            writer.log_event("resume_scan" if resuming else "new_scan", pending_tiles=len(tiles))
+            writer.log_event(
+                EventKind.RESUME_SCAN if resuming else EventKind.NEW_SCAN, pending_tiles=len(tiles)
+            )
         except Exception:
             writer.close()
             raise
@@ -789,8 +564,7 @@ class ScanController:
 
         self._output = ScanOutput(
             writer,
-            extra_outputs=self._extra_outputs,
-            on_tile_done=self._tile_done,
+            on_tile_stored=self._tile_stored,
             on_storage_error=self._storage_error,
         )
         self._engine = ScanEngine(
@@ -823,9 +597,9 @@ class ScanController:
             state, message = "finished", ""
         if state != "finished":
             message += f"; {self.output_path} is resumable: cordscope scan --resume {self.output_path}"
-            writer.log_event("stopped", state=state, reason=message)
+            writer.log_event(EventKind.STOPPED, state=state, reason=message)
         else:
-            writer.log_event("finished")
+            writer.log_event(EventKind.FINISHED)
         self._result = self._make_result(state, message=message)
         self._set_state(state)
         if state != "finished":
@@ -844,14 +618,14 @@ class ScanController:
 
     # ----------------------------------------------------------- callbacks
 
-    def _tile_done(self, tile: TileRef) -> None:
+    def _tile_stored(self, stored: TileStored) -> None:
         c = self._counters
         with self._lock:
-            c.done[tile.section_id] = c.done.get(tile.section_id, 0) + 1
-            c.failed.discard(tile)
+            c.done[stored.section_id] = c.done.get(stored.section_id, 0) + 1
+            c.failed.discard(TileRef(stored.section_id, stored.tile_index))
             c.finished_this_run += 1
-        self._consecutive_timeouts = 0
-        self.events.tile_done.emit(tile.section_id, tile.tile_index)
+            self._consecutive_timeouts = 0
+        self.events.tile_stored.emit(stored)
         self._emit_progress()
 
     def _tile_failed(self, tile: TileRef, reason: str, timed_out: bool) -> None:
@@ -860,23 +634,22 @@ class ScanController:
         with self._lock:
             c.failed.add(tile)
             c.finished_this_run += 1
+            # the relay thread resets it when a tile is stored: one lock for both threads
+            self._consecutive_timeouts = self._consecutive_timeouts + 1 if timed_out else 0
+            dead_device = self._consecutive_timeouts >= MAX_CONSECUTIVE_TIMEOUTS
+            n_timeouts = self._consecutive_timeouts
         assert self._output is not None
         self._output.report_failure(
             tile, reason, {"error": reason, "retries": retries, "timed_out": timed_out}
         )
         self.events.tile_failed.emit(tile.section_id, tile.tile_index, reason)
         self._message(
-            "warning", f"tile {tile.section_id}/{tile.tile_index} failed after {retries} retries: {reason}"
+            "warning",
+            f"tile {tile_name(tile.section_id, tile.tile_index)} failed after {retries} retries: {reason}",
         )
         self._emit_progress()
-        if timed_out:
-            self._consecutive_timeouts += 1
-            if self._consecutive_timeouts >= MAX_CONSECUTIVE_TIMEOUTS:
-                self.abort(
-                    f"device not answering: {self._consecutive_timeouts} tiles in a row timed out ({reason})"
-                )
-        else:
-            self._consecutive_timeouts = 0
+        if dead_device:
+            self.abort(f"device not answering: {n_timeouts} tiles in a row timed out ({reason})")
 
     def _storage_error(self, error: StorageError) -> None:
         self._message("error", str(error))

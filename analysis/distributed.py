@@ -5,9 +5,9 @@ either on a local cluster it starts (``workers`` processes, one thread each)
 or on an existing Dask cluster (``scheduler`` address; its workers must see
 the files at the same paths, e.g. on a shared disk). A task opens its scan
 file read-only and writes the section's results into a file of its own
-(:func:`analysis.worker.analyze_section_into`, in a temporary folder beside
+(:func:`analysis.scan_analysis.analyze_section_into`, in a temporary folder beside
 the scan); when all sections of a file are done, this process copies them
-into the scan file and writes its CSV (:func:`analysis.worker.merge_section_results`).
+into the scan file and writes its CSV (:func:`analysis.scan_analysis.merge_section_results`).
 It runs exactly the code of a serial ``analyze_scan`` (deterministic,
 tile-index order), so the tables, the ``analysis/`` groups and the CSVs are
 identical to a serial run (``tests/analysis/test_distributed.py`` compares
@@ -29,7 +29,7 @@ from typing import Any
 
 from acquisition.storage import ScanFile
 from analysis.maps import RegionRow
-from analysis.worker import analyze_scan, analyze_section_into, merge_section_results
+from analysis.scan_analysis import analyze_scan, analyze_section_into, merge_section_results
 
 __all__ = ["analyze_many", "analyze_serial"]
 
@@ -98,7 +98,7 @@ def analyze_many(
     scheduler : str, optional
         Address of an existing Dask scheduler (``tcp://host:8786``) to use instead.
     options : mapping, optional
-        Keyword options of :func:`analysis.worker.analyze_scan` (default: its defaults).
+        Keyword options of :func:`analysis.scan_analysis.analyze_scan` (default: its defaults).
     on_file : callable, optional
         Called in this process as each file finishes, with (path, its tables).
 

@@ -45,7 +45,7 @@ from numpy.typing import NDArray
 from acquisition.errors import CordScopeError
 from acquisition.storage import ScanFile, SectionReader
 from analysis.maps import REGION_COLUMNS, RegionRow, write_region_csv
-from analysis.worker import region_csv_path
+from analysis.scan_analysis import region_csv_path
 
 __all__ = [
     "EXPORT_FORMATS",

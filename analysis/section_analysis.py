@@ -62,7 +62,7 @@ from analysis.maps import (
 )
 from analysis.mosaic import Registration, SectionMosaic, measure_pair_shift, registration_from_pairs
 from analysis.regions import SectionAxes, SectionRegions, section_regions
-from analysis.settings import AnalysisSettings
+from analysis.settings import AnalysisSettings, segmentation_settings
 from analysis.tile import correct_tile, segment_axons
 
 __all__ = [
@@ -161,7 +161,7 @@ class SectionResults:
 
 @dataclasses.dataclass(frozen=True)
 class LiveSnapshot:
-    """A section's analysis state, copied (see :meth:`analysis.worker.AnalysisWorker.snapshot`).
+    """A section's analysis state, copied (see :meth:`analysis.scan_analysis.ScanAnalysis.snapshot`).
 
     Attributes
     ----------
@@ -330,7 +330,7 @@ class SectionAnalysis:
         self.anatomy_channel = int(anatomy_channel)
         self.attrs = dict(section_attrs or {})
         self.settings = settings or AnalysisSettings()
-        self.segmentation = self.settings.segmentation()
+        self.segmentation = segmentation_settings(self.settings)
         self.flat_fields = list(flat_fields) if flat_fields is not None else [None] * self.n_channels
         if len(self.flat_fields) != self.n_channels:
             raise ValueError(f"{len(self.flat_fields)} flat fields for {self.n_channels} channels")

@@ -1,129 +1,48 @@
-"""Analysis settings: the plan's ``analysis:`` mapping, validated once.
+"""Using the plan's analysis settings: segmentation settings, the settings of a scan file, flat fields.
 
-A plan may carry an ``analysis`` mapping (kept opaque by the acquisition
-package); :func:`analysis_settings_from_plan` turns it into an
-:class:`AnalysisSettings` with a unit and a default for every field, and
-:class:`AnalysisSettingsError` names the offending key. Example::
-
-    analysis:
-      threshold_method: fixed      # or auto (noise_k_sigma × the tile's noise σ)
-      threshold_adu: 40
-      min_axon_area_um2: 3
-      heatmap_bin_um: 100
-      rc_bin_um: 250
-      flat_fields: {tdTomato: flats/tdtomato-blank.tif}
+The settings themselves are part of the plan model
+(:class:`acquisition.plan.AnalysisSettings`), validated with the plan.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
 
 import numpy as np
-import yaml
 from numpy.typing import NDArray
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from acquisition.errors import CordScopeError
+from acquisition.plan import AnalysisSettings, plan_from_yaml
 from analysis.tile import AxonSegmentationSettings, normalise_flat_field
 
-__all__ = ["AnalysisSettings", "AnalysisSettingsError", "analysis_settings_from_plan", "load_flat_fields"]
+__all__ = [
+    "AnalysisSettings",
+    "AnalysisSettingsError",
+    "load_flat_fields",
+    "segmentation_settings",
+    "settings_of_scan",
+]
 
 
 class AnalysisSettingsError(CordScopeError, ValueError):
-    """The plan's ``analysis`` settings are invalid (the message names the key)."""
+    """Analysis settings cannot be used (e.g. a flat-field image that does not fit the tiles)."""
 
 
-class AnalysisSettings(BaseModel):
-    """How tiles are analysed; every length in µm, intensities in ADU of the camera.
-
-    The defaults are those documented in the README ("What the numbers
-    mean") and calibrated on the demo slide at 10x.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    threshold_method: Literal["auto", "fixed"] = Field(
-        default="auto",
-        description="auto: noise_k_sigma × the tile's robust noise σ above the local background; "
-        "fixed: threshold_adu above it.",
-    )
-    noise_k_sigma: float = Field(default=5.0, gt=0, description="Detection threshold in noise σ (auto).")
-    threshold_adu: float = Field(
-        default=50.0, gt=0, description="Detection threshold above local background, ADU (fixed)."
-    )
-    background_scale_um: float = Field(
-        default=15.0, gt=0, description="Structures broader than this (µm) count as background."
-    )
-    edge_fraction: float = Field(
-        default=0.6, ge=0, lt=1, description="Object edge at this fraction of its local plateau (0: off)."
-    )
-    min_axon_area_um2: float = Field(
-        default=2.0, ge=0, description="Connected axon pieces smaller than this (µm²) are removed."
-    )
-    dark_offset_adu: float = Field(
-        default=100.0, ge=0, description="Camera dark offset subtracted from every pixel (ADU)."
-    )
-    flat_fields: dict[str, Path] = Field(
-        default_factory=dict,
-        description="Channel preset → blank-field image (TIFF or .npy, dark offset included) used "
-        "to flat-field that channel.",
-    )
-    mosaic_pixel_um: float = Field(default=4.0, gt=0, description="Target mosaic / analysis-grid cell (µm).")
-    heatmap_bin_um: float = Field(default=50.0, gt=0, description="Heatmap bin size (µm).")
-    rc_bin_um: float = Field(
-        default=500.0, gt=0, description="Rostro-caudal bin length on horizontal sections (µm)."
-    )
-    register_tiles: bool = Field(
-        default=True,
-        description="Measure tile offsets by phase correlation of overlaps and place tiles at the "
-        "registered positions.",
-    )
-    max_registration_correction_um: float = Field(
-        default=20.0,
-        gt=0,
-        description="Registered positions further than this (µm) from the requested ones are not "
-        "trusted (the tile stays at its requested position).",
+def segmentation_settings(settings: AnalysisSettings) -> AxonSegmentationSettings:
+    """The per-tile segmentation settings of a plan's analysis settings."""
+    return AxonSegmentationSettings(
+        background_scale_um=settings.background_scale_um,
+        threshold_method=settings.threshold_method,
+        noise_k_sigma=settings.noise_k_sigma,
+        threshold_adu=settings.threshold_adu,
+        edge_fraction=settings.edge_fraction,
+        min_area_um2=settings.min_axon_area_um2,
     )
 
-    def segmentation(self) -> AxonSegmentationSettings:
-        """The per-tile segmentation settings."""
-        return AxonSegmentationSettings(
-            background_scale_um=self.background_scale_um,
-            threshold_method=self.threshold_method,
-            noise_k_sigma=self.noise_k_sigma,
-            threshold_adu=self.threshold_adu,
-            edge_fraction=self.edge_fraction,
-            min_area_um2=self.min_axon_area_um2,
-        )
 
-
-def analysis_settings_from_plan(plan_analysis: Mapping[str, Any] | str | None) -> AnalysisSettings:
-    """Validate a plan's ``analysis`` mapping (or the whole plan's YAML text).
-
-    Raises
-    ------
-    AnalysisSettingsError
-        Naming each bad key, e.g. ``plan analysis.heatmap_bin_um: Input should be greater than 0``.
-    """
-    data: Any = plan_analysis
-    if isinstance(plan_analysis, str):
-        data = (yaml.safe_load(plan_analysis) or {}).get("analysis") or {}
-    if data is None:
-        data = {}
-    if not isinstance(data, Mapping):
-        kind = type(data).__name__
-        raise AnalysisSettingsError(f"plan analysis: expected a mapping of settings, got {kind}")
-    try:
-        return AnalysisSettings.model_validate(dict(data))
-    except ValidationError as e:
-        parts = []
-        for err in e.errors():
-            loc = ".".join(str(x) for x in err["loc"])
-            msg = "unknown setting" if err["type"] == "extra_forbidden" else err["msg"]
-            parts.append(f"plan analysis.{loc}: {msg}")
-        raise AnalysisSettingsError("; ".join(parts)) from None
+def settings_of_scan(plan_yaml: str, *, source: str = "scan file") -> AnalysisSettings:
+    """The analysis settings of the plan stored in a scan file (``ScanFile.plan_yaml``)."""
+    return plan_from_yaml(plan_yaml, source=source).analysis
 
 
 def load_flat_fields(

@@ -1,6 +1,6 @@
 """Per-tile analysis: dark/flat correction and axon segmentation in the tracer channel.
 
-The same two functions run live (the analysis worker, one tile at a time, as
+The same two functions run live (the live analysis, one tile at a time, as
 tiles arrive) and offline (re-analysis of a saved scan), so a scan analysed
 twice gives the same masks and numbers.
 

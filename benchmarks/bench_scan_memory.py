@@ -37,10 +37,10 @@ TARGET_MB = 100.0
 
 def child(n_sections: str, analysis: bool = True) -> None:
     """Run one scan with live analysis and print {"tiles", "peak_rss_mb", ...} as JSON."""
-    from acquisition.controller import ScanController
     from acquisition.demo.plans import demo_plan
     from acquisition.hardware import build_core
-    from analysis.worker_process import AnalysisProcess
+    from acquisition.session import ScanSession
+    from analysis.live import AnalysisProcess
 
     logging.getLogger("pymmcore-plus").setLevel(logging.ERROR)
     sections = SMALL if n_sections == "small" else LARGE
@@ -51,13 +51,13 @@ def child(n_sections: str, analysis: bool = True) -> None:
             core.setProperty("Camera", "SensorWidth", 512)
             core.setProperty("Camera", "SensorHeight", 512)
             plan = demo_plan(output=path, section_ids=sections, focus={"strategy": "fixed", "z_um": 0.0})
-            worker = AnalysisProcess(path) if analysis else None
+            session = ScanSession(core, plan, analysis=AnalysisProcess if analysis else None)
+            marks: dict[str, float] = {}
+            session.events.state_changed.connect(lambda s: marks.setdefault(s, time.perf_counter()))
             t0 = time.perf_counter()
-            result = ScanController(core, plan, extra_outputs=[worker] if worker else []).run()
-            scan_s = time.perf_counter() - t0
-            if worker is not None:
-                worker.finalize()
+            result = session.run().scan
             total_s = time.perf_counter() - t0
+            scan_s = marks.get("finalizing", t0 + total_s) - t0
         finally:
             core.close()
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
@@ -73,7 +73,6 @@ def child(n_sections: str, analysis: bool = True) -> None:
                 "analysis_process_peak_mb": round(child_mb, 1),
                 "scan_s": round(scan_s, 1),
                 "total_s": round(total_s, 1),
-                "skipped": worker.skipped if worker else None,
             }
         )
     )

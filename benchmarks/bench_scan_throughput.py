@@ -157,39 +157,45 @@ class _Bench:
         }
 
     def analysis(self) -> dict[str, float]:
-        """One controller run with the live AnalysisWorker as an extra output.
+        """One scan session with the live analysis process, as ``cordscope scan`` runs it.
 
-        Timed like :meth:`cordscope` (until ``run()`` returns: what acquisition costs
-        with the analysis beside it); the worker's catch-up and final results
-        afterwards (``finalize``) are timed separately as ``finalize_s``.
+        Timed like :meth:`cordscope` until the acquisition ends (what acquisition
+        costs with the analysis beside it); the analysis' catch-up and final
+        results afterwards are timed separately as ``finalize_s``.
         """
-        from acquisition.controller import ScanController
-        from analysis.worker import region_csv_path
-        from analysis.worker_process import AnalysisProcess
+        from acquisition.session import ScanSession
+        from analysis.live import AnalysisProcess
+        from analysis.scan_analysis import region_csv_path
 
         path = self._path("analysis")
         plan = self.plan.model_copy(update={"output": path})
         marks: dict[str, float] = {}
+        analysed_at_end: list[int] = []
         c0, t0 = time.process_time(), time.perf_counter()
-        worker = AnalysisProcess(path)
-        controller = ScanController(self.core, plan, overwrite=True, extra_outputs=[worker])
-        controller.events.state_changed.connect(lambda s: marks.setdefault(s, time.perf_counter()))
-        result = controller.run()
-        t1, c1 = time.perf_counter(), time.process_time()
-        analysed_live = len(worker.analysis_counts)
-        worker.finalize()
+        session = ScanSession(self.core, plan, overwrite=True, analysis=AnalysisProcess)
+
+        def on_state(state: str) -> None:
+            marks.setdefault(state, time.perf_counter())
+            if state == "finalizing":
+                analysed_at_end.append(session.analysis.progress().tiles_analysed)
+
+        session.events.state_changed.connect(on_state)
+        result = session.run()
         t2 = time.perf_counter()
+        c1 = time.process_time()
         path.unlink()
         region_csv_path(path).unlink()
-        if result.state != "finished" or result.tiles_done != self.n_tiles:
-            raise RuntimeError(f"analysis run ended {result.state}: {result.message}")
+        scan = result.scan
+        if not result.complete or scan.tiles_done != self.n_tiles:
+            raise RuntimeError(f"analysis run ended {scan.state}: {scan.message} {result.analysis_error}")
+        t1 = marks["finalizing"]
         return {
             "total_s": t1 - t0,
             "prepare_s": marks["scanning"] - t0,
-            "scan_s": marks["finished"] - marks["scanning"],
+            "scan_s": t1 - marks["scanning"],
             "cpu_s": c1 - c0,
             "finalize_s": t2 - t1,
-            "analysed_live": float(analysed_live),
+            "analysed_live": float(analysed_at_end[0]),
         }
 
     def bare(self) -> dict[str, float]:

@@ -251,10 +251,8 @@ def validate(
 ) -> None:
     """Check a plan against its hardware config without moving anything."""
     from acquisition.plan import load_plan, validate_plan
-    from analysis.settings import analysis_settings_from_plan
 
-    the_plan = load_plan(plan_file)
-    analysis_settings_from_plan(the_plan.analysis)  # names a bad analysis: key before the hardware loads
+    the_plan = load_plan(plan_file)  # names a bad key (analysis: included) before the hardware loads
     core = _core(config or the_plan.hardware_config, trust_config)
     summary = validate_plan(the_plan, core, overwrite=overwrite)
     console.print(f"[green]ok[/]: {plan_file}")
@@ -427,7 +425,7 @@ def analyze(
     ``--workers N`` or ``--scheduler ADDRESS`` the files are analysed in
     parallel with Dask, one file per task (identical results).
     """
-    from analysis.worker import analyze_scan, region_csv_path
+    from analysis.scan_analysis import analyze_scan, region_csv_path
     from cordscope.tables import print_region_tables
 
     overrides = {
@@ -438,10 +436,10 @@ def analyze(
             settings = None
             if overrides:
                 from acquisition.storage import ScanFile
-                from analysis.settings import AnalysisSettings, analysis_settings_from_plan
+                from analysis.settings import AnalysisSettings, settings_of_scan
 
                 with ScanFile.open(path) as scan:
-                    stored = analysis_settings_from_plan(scan.plan_yaml).model_dump()
+                    stored = settings_of_scan(scan.plan_yaml).model_dump()
                 settings = AnalysisSettings.model_validate({**stored, **overrides})
             tables = analyze_scan(path, settings=settings)
             print_region_tables(console, path.name, tables)

@@ -24,7 +24,6 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from acquisition.controller import ScanController
 from acquisition.demo import find_demo_hub
 from acquisition.demo.cohort import (
     COHORT_SECTION_CENTRES_UM,
@@ -38,7 +37,8 @@ from acquisition.demo.plans import demo_plan
 from acquisition.demo.slide import CORONAL_LEVELS
 from acquisition.errors import CordScopeError
 from acquisition.hardware import build_core
-from analysis.worker import AnalysisWorker
+from acquisition.session import ScanSession
+from analysis.live import AnalysisProcess
 
 __all__ = ["CohortScan", "scan_demo_cohort", "write_truth_csv"]
 
@@ -143,16 +143,14 @@ def scan_demo_cohort(
                 name=f"demo cohort {slide.animal} ({slide.group}, seed {seed})",
                 focus={"strategy": "fixed", "z_um": z},
             )
-            worker = AnalysisWorker(path)
-            result = ScanController(core, plan, overwrite=True, extra_outputs=[worker]).run()
-            if result.tiles_done:
-                worker.finalize()
+            result = ScanSession(core, plan, overwrite=True, analysis=AnalysisProcess).run()
             if not result.complete:
-                raise CordScopeError(f"{path}: scan of {slide.animal} ended {result.state}: {result.message}")
-            tiles += result.tiles_done
+                why = result.analysis_error or result.scan.message
+                raise CordScopeError(f"{path}: scan of {slide.animal} ended {result.scan.state}: {why}")
+            tiles += result.scan.tiles_done
             files.append(path)
             if on_slide is not None:
-                on_slide(slide, path, result.tiles_done, time.perf_counter() - t_slide)
+                on_slide(slide, path, result.scan.tiles_done, time.perf_counter() - t_slide)
     finally:
         core.close()
     truth = cohort_truth(slides, seed=seed, virtual=virtual)

@@ -1,4 +1,4 @@
-"""``cordscope scan``: build the core and plan, run the controller, show progress."""
+"""``cordscope scan``: build the core and plan, run the scan session (scan + live analysis), show progress."""
 
 from __future__ import annotations
 
@@ -20,16 +20,17 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from acquisition.controller import ScanController, ScanProgress, ScanResult, read_stored_plan
+from acquisition.controller import ScanProgress, ScanResult, read_stored_plan
 from acquisition.demo.plans import demo_plan
 from acquisition.errors import CordScopeError
 from acquisition.hardware import CordScopeCore, build_core
 from acquisition.plan import ScanPlan, load_plan, validate_plan
+from acquisition.session import ScanSession, SessionResult
 from analysis.figures import save_section_figure
+from analysis.live import AnalysisProcess
 from analysis.results import load_scan_results
-from analysis.settings import analysis_settings_from_plan, load_flat_fields
-from analysis.worker import region_csv_path
-from analysis.worker_process import AnalysisProcess
+from analysis.scan_analysis import region_csv_path
+from analysis.settings import load_flat_fields
 from cordscope.tables import print_region_tables
 
 DEMO_SENSOR_PX = 512
@@ -70,29 +71,27 @@ def run_scan_cli(
     analysis: bool = True,
     figures: Path | None = None,
 ) -> int:
-    """Run one scan from the command line; return the exit code (0 = all tiles done).
+    """Run one scan session from the command line; return the exit code (0 = all tiles done).
 
-    With ``analysis`` the tiles stream into the live analysis worker; at the
-    end the region tables are printed, written into the file's ``analysis/``
-    groups and a CSV beside it, and (with ``figures``) a PNG per section.
+    With ``analysis`` the tiles stream into the live analysis (its own
+    process); at the end the region tables are printed, written into the
+    file's ``analysis/`` groups and a CSV beside it, and (with ``figures``) a
+    PNG per section.
     """
     chosen = sum(x is not None and x is not False for x in (plan_file, resume)) + int(demo)
     if chosen != 1:
         raise ValueError("give exactly one of: a PLAN.yaml, --demo, or --resume FILE.h5")
+    live = AnalysisProcess if analysis else None
     if demo:
         core = _demo_core(sensor_px or DEMO_SENSOR_PX)
         output = out or Path(tempfile.gettempdir()) / "cordscope-demo-scan.h5"
         the_plan = demo_plan(output=output, section_ids=DEMO_SCAN_SECTIONS)
-        controller = ScanController(
-            core, the_plan, overwrite=overwrite, extra_outputs=_worker(analysis, output)
-        )
+        session = ScanSession(core, the_plan, overwrite=overwrite, analysis=live)
     elif resume is not None:
         stored = read_stored_plan(resume)
         core = build_core(config or stored.hardware_config, trust_config=trust_config)
-        if sensor_px and core.hasProperty(core.getCameraDevice(), "SensorWidth"):
-            core.setProperty(core.getCameraDevice(), "SensorWidth", sensor_px)
-            core.setProperty(core.getCameraDevice(), "SensorHeight", sensor_px)
-        controller = ScanController.resume(resume, core, extra_outputs=_worker(analysis, resume))
+        _set_sensor(core, sensor_px)
+        session = ScanSession.resume(resume, core, analysis=live)
     else:
         assert plan_file is not None
         the_plan = load_plan(plan_file)
@@ -101,39 +100,35 @@ def run_scan_cli(
         if config is not None:  # stored with the plan, so --resume uses the same microscope
             the_plan = the_plan.model_copy(update={"hardware_config": config})
         core = build_core(config or the_plan.hardware_config, trust_config=trust_config)
-        if sensor_px and core.hasProperty(core.getCameraDevice(), "SensorWidth"):
-            core.setProperty(core.getCameraDevice(), "SensorWidth", sensor_px)
-            core.setProperty(core.getCameraDevice(), "SensorHeight", sensor_px)
-        controller = ScanController(
-            core, the_plan, overwrite=overwrite, extra_outputs=_worker(analysis, Path(the_plan.output))
-        )
-    # bad input is reported before a progress bar appears (the controller checks again)
+        _set_sensor(core, sensor_px)
+        session = ScanSession(core, the_plan, overwrite=overwrite, analysis=live)
+    # bad input is reported before a progress bar appears (the session checks again)
     if analysis:
-        check_analysis_settings(controller.plan, controller.core)
-    validate_plan(controller.plan, controller.core, overwrite=overwrite, resume=resume is not None)
-    result = _run_with_progress(console, controller)
-    if result.state == "failed" and result.tiles_total == 0:
+        check_analysis_settings(session.plan, session.core)
+    validate_plan(session.plan, session.core, overwrite=overwrite, resume=session.resuming)
+    result = _run_with_progress(console, session)
+    if result.scan.state == "failed" and result.scan.tiles_total == 0:
         # nothing was scanned: the plan or file could not be used (already reported)
-        raise CordScopeError(result.message)
-    _print_summary(console, result)
-    workers = [o for o in controller.extra_outputs if isinstance(o, AnalysisProcess)]
-    if workers and result.tiles_done:
-        _finish_analysis(console, workers[0], figures)
+        raise CordScopeError(result.scan.message)
+    _print_summary(console, result.scan)
+    if result.tables is not None:
+        print_region_tables(console, result.path.name, dict(result.tables))
+        console.print(f"region tables: {region_csv_path(result.path)} and the file's analysis groups")
+        if figures is not None:
+            _save_figures(console, result.path, figures)
     return 0 if result.complete else 1
 
 
-def _worker(analysis: bool, scan_path: Path) -> list[AnalysisProcess]:
-    return [AnalysisProcess(scan_path)] if analysis else []
+def _set_sensor(core: CordScopeCore, sensor_px: int | None) -> None:
+    camera = core.getCameraDevice()
+    if sensor_px and core.hasProperty(camera, "SensorWidth"):
+        core.setProperty(camera, "SensorWidth", sensor_px)
+        core.setProperty(camera, "SensorHeight", sensor_px)
 
 
-def _finish_analysis(console: Console, worker: AnalysisProcess, figures: Path | None) -> None:
-    """Final analysis after the scan closed its file: tables, file, CSV, figures."""
-    tables = worker.finalize()
-    print_region_tables(console, worker.scan_path.name, tables)
-    console.print(f"region tables: {region_csv_path(worker.scan_path)} and the file's analysis groups")
-    if figures is None:
-        return
-    for section_id, saved in load_scan_results(worker.scan_path).items():
+def _save_figures(console: Console, scan_path: Path, figures: Path) -> None:
+    """A PNG per analysed section: its mosaic with the % axonal area heatmap."""
+    for section_id, saved in load_scan_results(scan_path).items():
         res = saved.analysis
         if res is None or res.mosaic is None or res.mosaic_origin_um is None or res.mosaic_pixel_um is None:
             continue
@@ -145,7 +140,7 @@ def _finish_analysis(console: Console, worker: AnalysisProcess, figures: Path | 
         )
         anatomy = int(res.parameters["anatomy_channel"])
         png = save_section_figure(
-            figures / f"{worker.scan_path.stem}-{section_id}.png",
+            figures / f"{scan_path.stem}-{section_id}.png",
             anatomy_mosaic=res.mosaic[anatomy],
             mosaic_origin_um=(float(res.mosaic_origin_um[0]), float(res.mosaic_origin_um[1])),
             mosaic_pixel_um=res.mosaic_pixel_um,
@@ -158,19 +153,18 @@ def _finish_analysis(console: Console, worker: AnalysisProcess, figures: Path | 
 
 
 def check_analysis_settings(plan: ScanPlan, core: Any) -> None:
-    """Check the plan's ``analysis:`` settings (and flat-field images) before anything moves."""
-    settings = analysis_settings_from_plan(plan.analysis)
-    if settings.flat_fields:
+    """Check the plan's flat-field images (they must exist and fit the camera) before anything moves."""
+    if plan.analysis.flat_fields:
         shape = (int(core.getImageHeight()), int(core.getImageWidth()))
         load_flat_fields(
-            settings,
+            plan.analysis,
             tuple(c.preset for c in plan.channels),
             tile_shape=shape,
             base_dir=Path(plan.output).parent,
         )
 
 
-def _run_with_progress(console: Console, controller: ScanController) -> ScanResult:
+def _run_with_progress(console: Console, session: ScanSession) -> SessionResult:
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -195,7 +189,7 @@ def _run_with_progress(console: Console, controller: ScanController) -> ScanResu
                 state = p.state if p.current_section is None else f"{p.state}: {p.current_section}"
                 bar.update(overall, description=f"scan ({state})")
 
-        controller.events.progress.connect(on_progress)
+        session.events.progress.connect(on_progress)
 
         # Warnings (failed tiles, retries) print as they happen; errors end the
         # scan and are printed once, with the result.
@@ -203,12 +197,12 @@ def _run_with_progress(console: Console, controller: ScanController) -> ScanResu
             if level == "warning":
                 console.print(f"[yellow]{text}", highlight=False)
 
-        controller.events.message.connect(on_message)
+        session.events.message.connect(on_message)
         previous = signal.getsignal(signal.SIGINT)
 
         def on_interrupt(signum: int, frame: Any) -> None:
             console.print("[yellow]interrupted: stopping after the current image (Ctrl-C again to force)")
-            controller.abort("interrupted from the keyboard")
+            session.abort("interrupted from the keyboard")
             signal.signal(signal.SIGINT, previous)
 
         if threading.current_thread() is threading.main_thread():
@@ -218,8 +212,8 @@ def _run_with_progress(console: Console, controller: ScanController) -> ScanResu
         previous_level = controller_logger.level
         controller_logger.setLevel(logging.CRITICAL)
         try:
-            controller.start()
-            return controller.wait()
+            session.start()
+            return session.wait()
         finally:
             controller_logger.setLevel(previous_level)
             if threading.current_thread() is threading.main_thread():

@@ -3,8 +3,8 @@
 Run: ``python examples/scan_demo_slide.py [OUTPUT_DIR]``
 
 The same five steps drive a real rig: build the core from its ``.cfg``, load
-(or build) a plan, start the scan with a progress callback, wait, open the
-result.
+(or build) a plan, start the scan session (scan + live analysis) with a
+progress callback, wait, open the result.
 """
 
 from __future__ import annotations
@@ -26,17 +26,21 @@ def main(out_dir: Path) -> int:
     plan = cordscope.demo_plan(output=out_dir / "two-sections.h5", section_ids=["rat01-Th7", "rat05-Th7"])
     cordscope.save_plan(plan, out_dir / "two-sections.yaml")  # reproducible: rerun with `cordscope scan`
 
-    # 3. run it, reporting progress (called from the scan's threads)
-    controller = cordscope.ScanController(core, plan, overwrite=True)
-    controller.events.progress.connect(
+    # 3. run it with the live analysis beside it, reporting progress (called from the scan's threads)
+    session = cordscope.ScanSession(core, plan, overwrite=True, analysis=cordscope.AnalysisProcess)
+    session.events.progress.connect(
         lambda p: print(f"\r{p.state}: {p.tiles_done}/{p.tiles_total} tiles", end="", flush=True)
     )
-    controller.events.tile_failed.connect(lambda sid, tile, why: print(f"\ntile {sid}/{tile} failed: {why}"))
-    controller.start()
+    session.events.tile_failed.connect(lambda sid, tile, why: print(f"\ntile {sid}/{tile} failed: {why}"))
+    session.start()
 
-    # 4. wait for it to end
-    result = controller.wait()
-    print(f"\n{result.state}: {result.tiles_done}/{result.tiles_total} tiles in {result.elapsed_s:.1f} s")
+    # 4. wait for it to end: the tiles are on disk and the region tables written into the file
+    result = session.wait()
+    scan = result.scan
+    print(f"\n{scan.state}: {scan.tiles_done}/{scan.tiles_total} tiles in {scan.elapsed_s:.1f} s")
+    for section_id, rows in (result.tables or {}).items():
+        rst = next(r for r in rows if r.region == "rubrospinal_territory")
+        print(f"{section_id}: rubrospinal territory {rst.pct_axonal_area:.2f} % axonal area")
 
     # 5. open the result (plain HDF5: h5py alone can read it too)
     with cordscope.ScanFile.open(result.path) as scan:

@@ -33,7 +33,7 @@ from PyQt6.QtWidgets import (
 
 from acquisition.storage import ScanFile, ScanSummary
 from analysis.results import SavedSection, load_scan_results
-from analysis.worker import channel_roles
+from analysis.section_analysis import channel_roles
 
 from .live_view import SectionDisplay, SectionPicture, render_section
 from .workers import Job, run_for_widget
@@ -396,7 +396,7 @@ class ResultsPanel(QWidget):
         scan = self._require_scan()
         if scan is None:
             return
-        from analysis.worker import analyze_scan
+        from analysis.scan_analysis import analyze_scan
 
         path = scan.path
         self.file_label.setText(f"analysing {path} …")

@@ -2,12 +2,12 @@
 
 The panel turns its form and the slide panel's sections into a
 :class:`~acquisition.plan.ScanPlan` (``plan_from_dict``), shows each
-validation problem next to the field it concerns, and runs the plan with a
-:class:`~acquisition.controller.ScanController` whose extra output is an
-:class:`~analysis.worker_process.AnalysisProcess` (the live analysis in its
-own process, so the scan keeps its speed). The controller and the analysis
-signal from their own threads; :class:`_ScanBridge` re-emits those signals
-as Qt signals, which Qt queues to the Qt thread. Nothing here waits on the
+validation problem next to the field it concerns, and runs the plan as a
+:class:`~acquisition.session.ScanSession` with an
+:class:`~analysis.live.AnalysisProcess` (the live analysis in its own
+process, so the scan keeps its speed). The session signals from its own
+threads; :class:`_ScanBridge` re-emits those signals as Qt signals, which Qt
+queues to the Qt thread. Nothing here waits on the
 microscope or the disk on the Qt thread: hardware validation, opening a file
 to resume, the live snapshots and the final analysis run through
 :func:`gui.workers.run_in_thread`.
@@ -47,7 +47,7 @@ from PyQt6.QtWidgets import (
     QWidget,
 )
 
-from acquisition.controller import ScanController, ScanProgress, ScanResult, read_stored_plan
+from acquisition.controller import ScanProgress
 from acquisition.hardware import config_presets, objective_group
 from acquisition.plan import (
     DEFAULT_HARDWARE_CONFIG,
@@ -57,8 +57,9 @@ from acquisition.plan import (
     plan_from_dict,
     validate_plan,
 )
-from analysis.worker import LiveSnapshot
-from analysis.worker_process import AnalysisProcess, LiveAnalysis
+from acquisition.session import ScanSession, SessionResult
+from analysis.live import AnalysisProcess
+from analysis.section_analysis import LiveSnapshot
 
 from .live_view import SectionDisplay, SectionPicture, render_section
 from .workers import Job, run_for_widget
@@ -128,17 +129,17 @@ class _ScanBridge(QObject):
     message = pyqtSignal(str, str)
     finished = pyqtSignal(object)
     maps_updated = pyqtSignal(str)
-    tile_done = pyqtSignal(str, int)
+    tile_stored = pyqtSignal(str, int)
 
-    def attach(self, controller: ScanController, worker: LiveAnalysis) -> None:
+    def attach(self, session: ScanSession) -> None:
         # psygnal keeps plain functions strongly; each one only emits a Qt signal
-        ev = controller.events
+        ev = session.events
         ev.state_changed.connect(lambda state: self.state_changed.emit(state))
         ev.progress.connect(lambda p: self.progress.emit(p))
         ev.message.connect(lambda level, text: self.message.emit(level, text))
         ev.finished.connect(lambda result: self.finished.emit(result))
-        ev.tile_done.connect(lambda sid, t: self.tile_done.emit(sid, t))
-        worker.events.maps_updated.connect(lambda sid, rows: self.maps_updated.emit(sid))
+        ev.tile_stored.connect(lambda stored: self.tile_stored.emit(stored.section_id, stored.tile_index))
+        ev.maps_updated.connect(lambda sid, rows: self.maps_updated.emit(sid))
 
 
 @dataclasses.dataclass
@@ -164,8 +165,9 @@ class ScanPanel(QWidget):
 
     message = pyqtSignal(str, str)
     scan_finished = pyqtSignal(str)
-    #: The controller's state ("idle", "preparing", "focusing", "scanning", "paused",
-    #: "finishing" (final analysis), "finished", "aborted", "failed").
+    #: The scan's state: "idle", "starting", the session's "preparing", "focusing", "scanning",
+    #: "paused", "finalizing" (final analysis), then how the scan ended: "finished", "aborted"
+    #: or "failed".
     state_changed = pyqtSignal(str)
 
     def __init__(self, parent: QWidget | None = None) -> None:
@@ -176,11 +178,10 @@ class ScanPanel(QWidget):
         self._plan: ScanPlan | None = None  # the form's plan, when it validated
         self._hardware_ok = False
         self._validation_generation = 0
-        self._controller: ScanController | None = None
-        self._worker: LiveAnalysis | None = None
+        self._session: ScanSession | None = None
         self._bridge: _ScanBridge | None = None
         self._state = "idle"
-        self._last_result: ScanResult | None = None
+        self._last_result: SessionResult | None = None
         self._resumable: Path | None = None
         self._live_dirty = False
         self._live_job_running = False
@@ -432,9 +433,9 @@ class ScanPanel(QWidget):
 
     def set_core(self, core: Any) -> None:
         """Use this core for the next scan (``None``: no microscope loaded)."""
-        if self.is_running() and core is not self._core and self._controller is not None:
+        if self.is_running() and core is not self._core and self._session is not None:
             # the window unloads the hardware (closing, or another config): stop; the file stays resumable
-            self._controller.abort("the hardware was unloaded")
+            self._session.abort("the hardware was unloaded")
         self._core = core
         self._fill_hardware_choices()
         self._update_buttons()
@@ -457,7 +458,7 @@ class ScanPanel(QWidget):
 
     def is_running(self) -> bool:
         """Whether a scan (or its final analysis) is in progress."""
-        return self._state in (*_RUNNING_STATES, "finishing", "starting")
+        return self._state in (*_RUNNING_STATES, "finalizing", "starting")
 
     @property
     def state(self) -> str:
@@ -465,14 +466,9 @@ class ScanPanel(QWidget):
         return self._state
 
     @property
-    def controller(self) -> ScanController | None:
-        """The controller of the current or last scan."""
-        return self._controller
-
-    @property
-    def worker(self) -> LiveAnalysis | None:
-        """The live analysis of the current or last scan."""
-        return self._worker
+    def session(self) -> ScanSession | None:
+        """The session of the current or last scan."""
+        return self._session
 
     @property
     def resumable_path(self) -> Path | None:
@@ -507,8 +503,11 @@ class ScanPanel(QWidget):
         z = plan.focus.z_um
         self.focus_z_spin.setValue(self.focus_z_spin.minimum() if z is None else z)
         self.retries_spin.setValue(plan.reliability.max_retries)
-        self._analysis_extra = {k: v for k, v in plan.analysis.items() if k != "register_tiles"}
-        self.register_check.setChecked(bool(plan.analysis.get("register_tiles", True)))
+        # the form shows registration; the plan's other analysis settings are kept as they were set
+        self._analysis_extra = plan.analysis.model_dump(
+            mode="json", exclude={"register_tiles"}, exclude_defaults=True
+        )
+        self.register_check.setChecked(plan.analysis.register_tiles)
         self.output_edit.setText(str(plan.output))
         self.set_sections([s.model_dump(mode="json") for s in plan.sections])
 
@@ -800,7 +799,7 @@ class ScanPanel(QWidget):
             "focusing": "Focusing: building the focus map…",
             "scanning": "Scanning",
             "paused": "Paused",
-            "finishing": "Writing the final analysis…",
+            "finalizing": "Writing the final analysis…",
             "finished": "Finished",
             "aborted": "Aborted (the file can be resumed)",
             "failed": "Failed",
@@ -828,11 +827,10 @@ class ScanPanel(QWidget):
         return True
 
     def _start_plan(self, plan: ScanPlan) -> None:
-        worker = AnalysisProcess(plan.output)
-        controller = ScanController(
-            self._core, plan, overwrite=self.overwrite_check.isChecked(), extra_outputs=[worker]
+        session = ScanSession(
+            self._core, plan, overwrite=self.overwrite_check.isChecked(), analysis=AnalysisProcess
         )
-        self._run(controller, worker, f"scan started: {plan.name} → {plan.output}")
+        self._run(session, f"scan started: {plan.name} → {plan.output}")
 
     def resume_scan(self, path: str | Path) -> None:
         """Continue an interrupted scan file: only its missing tiles are acquired (read off the Qt thread)."""
@@ -842,16 +840,14 @@ class ScanPanel(QWidget):
         core = self._core
         self._set_state("starting")
 
-        def prepare() -> tuple[ScanPlan, ScanController, LiveAnalysis]:
-            plan = read_stored_plan(file)  # repairs what a crash left behind
-            worker = AnalysisProcess(file)
-            return plan, ScanController.resume(file, core, extra_outputs=[worker]), worker
+        def prepare() -> ScanSession:
+            # reads the stored plan, repairing what a crash left behind
+            return ScanSession.resume(file, core, analysis=AnalysisProcess)
 
-        def started(result: tuple[ScanPlan, ScanController, LiveAnalysis]) -> None:
-            plan, controller, worker = result
+        def started(session: ScanSession) -> None:
             self._set_state("idle")
-            self.set_plan(plan)
-            self._run(controller, worker, f"resuming {file}")
+            self.set_plan(session.plan)
+            self._run(session, f"resuming {file}")
 
         def failed(e: BaseException) -> None:
             self._set_state("idle")
@@ -863,18 +859,18 @@ class ScanPanel(QWidget):
 
     def pause_scan(self) -> None:
         """Pause between images."""
-        if self._controller is not None:
-            self._controller.pause()
+        if self._session is not None:
+            self._session.pause()
 
     def resume_scanning(self) -> None:
         """Continue after a pause."""
-        if self._controller is not None:
-            self._controller.resume_scanning()
+        if self._session is not None:
+            self._session.resume_scanning()
 
     def abort_scan(self) -> None:
         """Stop after the current image; the file stays resumable."""
-        if self._controller is not None and self._state in _RUNNING_STATES:
-            self._controller.abort("aborted by the user")
+        if self._session is not None and self._state in _RUNNING_STATES:
+            self._session.abort("aborted by the user")
             self.message.emit("info", "abort requested: stopping after the current image")
 
     def _resume_last(self) -> None:
@@ -911,9 +907,9 @@ class ScanPanel(QWidget):
             name="cordscope-save-plan",
         )
 
-    def _run(self, controller: ScanController, worker: LiveAnalysis, announcement: str) -> None:
+    def _run(self, session: ScanSession, announcement: str) -> None:
         self._scan_generation += 1
-        self._controller, self._worker = controller, worker
+        self._session = session
         self._last_result = None
         self._resumable = None
         bridge = _ScanBridge(self)
@@ -922,12 +918,12 @@ class ScanPanel(QWidget):
         bridge.message.connect(self._on_scan_message)
         bridge.finished.connect(self._on_finished)
         bridge.maps_updated.connect(self._on_maps_updated)
-        bridge.tile_done.connect(self._on_tile_done)
-        bridge.attach(controller, worker)
+        bridge.tile_stored.connect(self._on_tile_stored)
+        bridge.attach(session)
         if self._bridge is not None:
             self._bridge.deleteLater()
         self._bridge = bridge
-        plan = controller.plan
+        plan = session.plan
         self._section_labels = {
             s.id: " · ".join(v for v in (s.id, s.animal, s.group, s.level) if v) for s in plan.sections
         }
@@ -942,14 +938,14 @@ class ScanPanel(QWidget):
         self._current_section = None
         self._set_state("preparing")
         self.message.emit("info", announcement)
-        controller.start()
+        session.start()
         self._live_timer.start()
 
     # ------------------------------------------------------ scan signals
 
     def _on_state(self, state: str) -> None:
-        if self._state in ("finishing", "idle") and state not in _RUNNING_STATES:
-            return
+        if state in ("done", "failed"):
+            return  # the end is shown by _on_finished, with how the scan ended
         self._set_state(state)
 
     def _on_progress(self, p: ScanProgress) -> None:
@@ -1000,14 +996,15 @@ class ScanPanel(QWidget):
             return
         self.message.emit(level, text)
 
-    def _on_tile_done(self, section_id: str, tile_index: int) -> None:
+    def _on_tile_stored(self, section_id: str, tile_index: int) -> None:
         self._live_dirty = True
 
     def _on_maps_updated(self, section_id: str) -> None:
         self._live_dirty = True
 
-    def _on_finished(self, result: ScanResult) -> None:
-        self._last_result = result
+    def _on_finished(self, session_result: SessionResult) -> None:
+        self._last_result = session_result
+        result = session_result.scan
         self._live_timer.stop()
         self.progress_bar.setRange(0, max(result.tiles_total, 1))
         self.progress_bar.setValue(result.tiles_done + result.tiles_failed)
@@ -1024,34 +1021,18 @@ class ScanPanel(QWidget):
         if not result.complete and result.tiles_total and Path(result.path).is_file():
             # stopped early or with failed tiles: resuming acquires what is missing
             self._resumable = Path(result.path)
-        worker = self._worker
-        if worker is None or result.tiles_done == 0 or not Path(result.path).is_file():
-            if worker is not None:
-                # no tile acquired: nothing to analyse; let the worker's thread end
-                self._in_thread(lambda: _stop_worker(worker), name="cordscope-analysis-stop")
+        if session_result.tables is not None:
+            from analysis.scan_analysis import region_csv_path
+
+            path = Path(result.path)
+            self.message.emit("info", f"analysis written into {path.name} and {region_csv_path(path).name}")
+        if result.tiles_done and Path(result.path).is_file():
+            self._end_scan(result.state, Path(result.path))
+        else:
             self._set_state(result.state)
-            return
-        self._set_state("finishing")
-        path = Path(result.path)
-        self._in_thread(
-            lambda: worker.finalize(timeout_s=300),
-            on_done=lambda tables: self._finalized(result, path),
-            on_error=lambda e: self._finalize_failed(result, path, e),
-            name="cordscope-finalize",
-        )
 
-    def _finalized(self, result: ScanResult, path: Path) -> None:
-        from analysis.worker import region_csv_path
-
-        self.message.emit("info", f"analysis written into {path.name} and {region_csv_path(path).name}")
-        self._end_scan(result, path)
-
-    def _finalize_failed(self, result: ScanResult, path: Path, error: BaseException) -> None:
-        self.message.emit("error", f"the final analysis of {path.name} failed: {error}")
-        self._end_scan(result, path)
-
-    def _end_scan(self, result: ScanResult, path: Path) -> None:
-        self._set_state(result.state)
+    def _end_scan(self, state: str, path: Path) -> None:
+        self._set_state(state)
         self._update_buttons()
         self._live_dirty = True
         self._refresh_live()
@@ -1087,17 +1068,17 @@ class ScanPanel(QWidget):
         return str(sid) if sid is not None else None
 
     def _refresh_live(self) -> None:
-        worker, sid = self._worker, self.shown_section()
-        if worker is None or sid is None or not self._live_dirty or self._live_job_running:
+        session, sid = self._session, self.shown_section()
+        if session is None or sid is None or not self._live_dirty or self._live_job_running:
             return
         self._live_dirty = False
         self._live_job_running = True
         caption_head = self._section_labels.get(sid, sid)
-        plan = self._controller.plan if self._controller is not None else None
-        names = (plan.anatomy_channel.preset, plan.tracer_channel.preset) if plan else ("DAPI", "tdTomato")
+        plan = session.plan
+        names = (plan.anatomy_channel.preset, plan.tracer_channel.preset)
         generation = self._scan_generation
         self._in_thread(
-            lambda: _live_picture(worker, sid, caption_head, names),
+            lambda: _live_picture(session, sid, caption_head, names),
             on_done=lambda picture: self._live_ready(
                 picture if generation == self._scan_generation else None
             ),
@@ -1131,11 +1112,11 @@ class ScanPanel(QWidget):
 
 
 def _live_picture(
-    worker: LiveAnalysis, section_id: str, caption_head: str, channel_names: tuple[str, str]
+    session: ScanSession, section_id: str, caption_head: str, channel_names: tuple[str, str]
 ) -> SectionPicture | None:
     """Snapshot and render one section (runs off the Qt thread)."""
     try:
-        snap: LiveSnapshot | None = worker.snapshot(section_id)
+        snap: LiveSnapshot | None = session.snapshot(section_id)
     except ValueError:  # e.g. a finalized section with no tissue imaged: nothing to show
         return None
     if snap is None:
@@ -1163,8 +1144,3 @@ def _live_picture(
         anatomy_name=channel_names[0],
         tracer_name=channel_names[1],
     )
-
-
-def _stop_worker(worker: LiveAnalysis) -> None:
-    worker.stop()
-    worker.join(30)

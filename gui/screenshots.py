@@ -147,12 +147,12 @@ def run(out_dir: Path, *, scan_dir: Path) -> list[Path]:
         second = SCAN_SECTIONS[1]
 
         def acquired(section_id: str) -> int:
-            c = scan.controller
+            c = scan.session
             p = None if c is None else c.progress().sections.get(section_id)
             return 0 if p is None else p.done
 
         def total(section_id: str) -> int:
-            c = scan.controller
+            c = scan.session
             p = None if c is None else c.progress().sections.get(section_id)
             return 0 if p is None else p.total
 

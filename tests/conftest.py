@@ -8,8 +8,11 @@ import time
 # Qt tests run offscreen; set before anything imports Qt.
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
+import dataclasses
 import logging
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -64,3 +67,60 @@ def _quiet_vispy() -> None:
     logger's level when it is imported: keep the logger to errors before every test.
     """
     logging.getLogger("vispy").setLevel(logging.ERROR)
+
+
+# ----------------------------------------------------------------- shared scans
+
+TH7 = "rat01-Th7"  # 66 tiles at 10x with a 512² sensor
+
+
+@dataclasses.dataclass
+class LiveScan:
+    """A finished scan session with the live analysis process, and what was seen while it ran."""
+
+    path: Path
+    session: Any
+    result: Any
+    update_times: list[float]
+    update_rows: list[tuple[str, list]]
+    snapshots: list[Any]
+
+
+def run_live_scan(path: Path, *, section_ids=(TH7,), driver: Any = None, **plan_options: Any) -> LiveScan:
+    """Scan demo sections in a ScanSession with a live analysis ``driver`` (default: the process users run).
+
+    Snapshots are polled from this thread while the session runs, as the GUI does.
+    """
+    from acquisition.demo.plans import demo_plan
+    from acquisition.session import ScanSession
+    from analysis.live import AnalysisProcess
+
+    options = {"focus": {"strategy": "fixed", "z_um": 0.0}, **plan_options}
+    core = make_demo_core()
+    try:
+        plan = demo_plan(output=path, section_ids=list(section_ids), **options)
+        session = ScanSession(core, plan, analysis=driver or AnalysisProcess, overwrite=True)
+        times: list[float] = []
+        rows: list[tuple[str, list]] = []
+        snapshots: list[Any] = []
+
+        def on_update(section_id: str, table_rows: list) -> None:
+            times.append(time.monotonic())
+            rows.append((section_id, table_rows))
+
+        session.events.maps_updated.connect(on_update)
+        session.start()
+        while session.result is None and session.state != "failed":
+            if session.state == "scanning" and (snap := session.snapshot(section_ids[0])) is not None:
+                snapshots.append(snap)
+            time.sleep(0.1)
+        result = session.wait(600)
+    finally:
+        core.close()
+    return LiveScan(path, session, result, times, rows, snapshots)
+
+
+@pytest.fixture(scope="session")
+def th7_live_scan(tmp_path_factory) -> LiveScan:
+    """rat01-Th7 scanned once per test run with the live analysis process (do not modify the file)."""
+    return run_live_scan(tmp_path_factory.mktemp("th7-live") / "th7.h5")

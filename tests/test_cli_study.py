@@ -8,7 +8,7 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-from analysis.worker import region_csv_path
+from analysis.scan_analysis import region_csv_path
 from cordscope.cli import app
 from tests.analysis._study_data import relabel, scan_one_section, synthetic_cohort
 

@@ -17,8 +17,8 @@ FORBIDDEN = {
     "acquisition": (*QT, "gui", "analysis", "cordscope"),
     "analysis": (*QT, "gui", "cordscope", *CORE),
 }
-# analysis may read scans through acquisition.storage only
-ANALYSIS_MAY_USE = ("acquisition.storage", "acquisition.errors")
+# analysis may read scans through acquisition.storage and plans (no hardware) through acquisition.plan
+ANALYSIS_MAY_USE = ("acquisition.storage", "acquisition.errors", "acquisition.plan")
 
 
 def _imports(path: Path) -> list[tuple[int, str]]:

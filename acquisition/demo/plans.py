@@ -46,6 +46,7 @@ def demo_plan(
     slide: Any = None,
     section_ids: Sequence[str] | None = None,
     focus: Mapping[str, Any] | None = None,
+    analysis: Mapping[str, Any] | None = None,
 ) -> ScanPlan:
     """Build the plan that scans every section of the demo slide.
 
@@ -68,6 +69,8 @@ def demo_plan(
     focus : mapping, optional
         :class:`FocusSettings` fields; default: a focus map (the demo slide
         is tilted by about 20 µm over its width, as real slides are).
+    analysis : mapping, optional
+        :class:`~acquisition.plan.AnalysisSettings` fields (default: the defaults).
     """
     if slide is None:
         from acquisition.demo.slide import demo_slide
@@ -113,6 +116,7 @@ def demo_plan(
             "overlap_pct": overlap_pct,
             "focus": dict(focus) if focus is not None else {"strategy": "focus_map"},
             "sections": sections,
+            "analysis": dict(analysis or {}),
         },
         source="demo_plan",
     )

@@ -28,6 +28,7 @@ written and resolved by whoever opens them (relative to the working
 directory).
 """
 
+from .analysis_settings import AnalysisSettings
 from .checks import PlanSummary, pixel_size_for_objective, tile_size_um, validate_plan
 from .compile import PlannedTile, compile_plan, plan_tiles, section_tiles, sequence_for_tiles
 from .model import (
@@ -49,6 +50,7 @@ __all__ = [
     "DEFAULT_HARDWARE_CONFIG",
     "PLAN_FORMAT",
     "PLAN_VERSION",
+    "AnalysisSettings",
     "ChannelSetting",
     "FocusSettings",
     "PlanError",

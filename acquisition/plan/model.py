@@ -19,6 +19,7 @@ from shapely import Polygon
 from shapely.validation import explain_validity
 
 from ..errors import CordScopeError
+from .analysis_settings import AnalysisSettings
 
 PLAN_FORMAT: Final = "cordscope-plan"
 PLAN_VERSION: Final = 1
@@ -354,10 +355,9 @@ class ScanPlan(_PlanModel):
         default=ReliabilitySettings(), description="Retries and timeouts."
     )
     sections: list[SectionPlan] = Field(min_length=1, description="Sections to tile, in scan order.")
-    analysis: dict[str, Any] = Field(
-        default_factory=dict,
-        description="Analysis settings, reserved for the analysis package; kept as an opaque "
-        "mapping here and validated by the analysis when it reads the plan.",
+    analysis: AnalysisSettings = Field(
+        default_factory=AnalysisSettings,
+        description="How the tiles are analysed (see acquisition.plan.analysis_settings).",
     )
 
     @field_validator("channels")

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from .analysis_settings import AnalysisSettings
 from .model import (
     _SECTION_ID_PATTERN,
     ChannelSetting,
@@ -38,6 +39,7 @@ _MODEL_AT: dict[tuple[str, ...], type[BaseModel]] = {
     ("z_stack",): ZStack,
     ("reliability",): ReliabilitySettings,
     ("sections",): SectionPlan,
+    ("analysis",): AnalysisSettings,
 }
 
 

@@ -70,10 +70,13 @@ from .format import (
     FORMAT_VERSION,
     FREE_SPACE_RESERVE_BYTES,
     STANDARD_SECTION_ATTRS,
+    EventKind,
     StorageError,
     TileStatus,
+    parse_tile_name,
+    tile_name,
 )
-from .mda_output import MDAWriterOutput
+from .mda_output import MDAWriterOutput, TileStored, WriterEvents
 from .reader import ScanFile, ScanSummary, SectionReader, SectionSummary
 from .writer import ScanWriter, SectionLayout
 
@@ -82,6 +85,7 @@ __all__ = [
     "FORMAT_VERSION",
     "FREE_SPACE_RESERVE_BYTES",
     "STANDARD_SECTION_ATTRS",
+    "EventKind",
     "MDAWriterOutput",
     "ScanFile",
     "ScanSummary",
@@ -91,4 +95,8 @@ __all__ = [
     "SectionSummary",
     "StorageError",
     "TileStatus",
+    "TileStored",
+    "WriterEvents",
+    "parse_tile_name",
+    "tile_name",
 ]

@@ -15,7 +15,7 @@ import shutil
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,52 @@ class StorageError(CordScopeError):
 
 class _FileLocked(StorageError):
     """The file is locked by a writer (another process has it open for writing)."""
+
+
+def tile_name(section_id: str, tile_index: int) -> str:
+    """A tile's name in every CordScope output: ``<section>/<tile>``, the tile number with 4 digits."""
+    return f"{section_id}/{int(tile_index):04d}"
+
+
+def parse_tile_name(name: str) -> tuple[str, int]:
+    """``(section_id, tile_index)`` of a tile name (``rat01-Th7/0005``; ``rat01-Th7/5`` is read too).
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is not ``<section>/<number>``.
+    """
+    section_id, _, index = name.rpartition("/")
+    if not section_id or not index.isdigit():
+        raise ValueError(f"{name!r} is not a tile name '<section>/<tile number>'")
+    return section_id, int(index)
+
+
+class EventKind(StrEnum):
+    """Kinds of ``/events`` entries (the ``kind`` key of each JSON object)."""
+
+    NEW_SCAN = "new_scan"
+    """A scan file was created and its run is about to start."""
+    RESUME_SCAN = "resume_scan"
+    """An existing scan file is continued."""
+    REPAIR = "repair"
+    """What a crash or a failed write left behind was repaired before resuming."""
+    START = "start"
+    """An acquisition run (one MDA sequence) started."""
+    PAUSE = "pause"
+    RESUME = "resume"
+    CANCEL = "cancel"
+    """The run was asked to stop after the current image."""
+    RUN_END = "run_end"
+    """The run ended; ``incomplete_tiles`` lists tiles that had only some of their images."""
+    TILE_FAILED = "tile_failed"
+    """A tile was marked failed after its retries."""
+    TILE_RETRIED = "tile_retried"
+    """A device call of a tile failed and was retried, and the tile was then stored."""
+    FINISHED = "finished"
+    """The scan ended with its run complete (some tiles may have failed)."""
+    STOPPED = "stopped"
+    """The scan stopped early (abort, dead device, storage error); the file is resumable."""
 
 
 class TileStatus(IntEnum):

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from psygnal import Signal, SignalGroup
 
-from .format import StorageError, TileStatus, _now_iso
+from .format import EventKind, StorageError, TileStatus, _now_iso, tile_name
 from .writer import ScanWriter
 
 if TYPE_CHECKING:
@@ -20,9 +21,48 @@ logger = logging.getLogger(__name__)
 # --------------------------------------------------------------- MDA adapter
 
 
+@dataclass(frozen=True, eq=False)
+class TileStored:
+    """A tile whose pixels, metadata and status are on disk: the one "tile stored" event of a scan.
+
+    Emitted once per tile by :class:`MDAWriterOutput` (``events.tile_stored``),
+    right after :meth:`ScanWriter.complete_tile` returned; progress counting
+    and the live analysis subscribe to it.
+
+    Attributes
+    ----------
+    section_id : str
+    tile_index : int
+    images : (n_channels, n_z, H, W) uint16 array
+        The tile's pixels as written (the same array objects the camera gave;
+        not to be modified).
+    meta : Mapping
+        The tile's metadata as stored in ``tile_meta`` (JSON types).
+    """
+
+    section_id: str
+    tile_index: int
+    images: np.ndarray
+    meta: Mapping[str, Any]
+
+    @property
+    def name(self) -> str:
+        """``<section>/<tile>`` (4-digit tile number), as in every CordScope output."""
+        return tile_name(self.section_id, self.tile_index)
+
+
+class WriterEvents(SignalGroup):
+    """Signals of an :class:`MDAWriterOutput`, emitted from the runner's relay thread."""
+
+    tile_stored = Signal(object)
+    """A :class:`TileStored`: the tile is complete on disk."""
+
+
 @dataclass
 class _TileInProgress:
     frames: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)
+    images: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
+    retries: list[dict[str, Any]] = field(default_factory=list)
 
 
 class MDAWriterOutput:
@@ -39,8 +79,13 @@ class MDAWriterOutput:
     - ``tile_z_um``: the focus used, i.e. the mean z of the first channel's
       planes (the plane's z when ``n_z == 1``), each taken from the frame
       metadata's ``position["z"]`` if present, else ``event.z_pos``;
-    - ``tile_meta``: planned and actual XY, exposure per channel, and per
+    - ``tile_meta``: planned and actual XY, exposure per channel, the device
+      calls that needed a retry (``retries``: count, ``retried_calls``: what
+      failed and how, from the frames' ``cordscope_retries`` metadata), and per
       frame its channel, plane, z, exposure, runner time and write time.
+
+    Then ``events.tile_stored`` is emitted with a :class:`TileStored` (and a
+    ``tile_retried`` event is logged for a tile that needed retries).
 
     Frames of tiles that are already done are skipped (resume). Storage
     errors cannot propagate out of the runner's relay thread; they are
@@ -53,8 +98,6 @@ class MDAWriterOutput:
         Open writer; the caller closes it after the run.
     on_error : callable, optional
         Called with each :class:`StorageError` (from the runner's relay thread).
-    on_tile_done : callable, optional
-        ``f(section_id, tile_index)``, called once a tile is complete on disk.
     """
 
     def __init__(
@@ -62,11 +105,10 @@ class MDAWriterOutput:
         writer: ScanWriter,
         *,
         on_error: Callable[[StorageError], None] | None = None,
-        on_tile_done: Callable[[str, int], None] | None = None,
     ) -> None:
         self._writer = writer
         self._on_error = on_error
-        self._on_tile_done = on_tile_done
+        self.events = WriterEvents()
         self._tiles: list[tuple[str, int, float, float]] | None = None
         self._sequence_uid: str | None = None
         self._mapping_error: StorageError | None = None
@@ -90,7 +132,7 @@ class MDAWriterOutput:
             self._mapping_error = e
             self._report(e)
             return
-        self._log("start", sequence_uid=self._sequence_uid, n_positions=len(self._tiles))
+        self._log(EventKind.START, sequence_uid=self._sequence_uid, n_positions=len(self._tiles))
 
     def frameReady(self, img: np.ndarray, event: useq.MDAEvent, meta: Mapping[str, Any]) -> None:
         """Write one frame; complete its tile once all its frames arrived."""
@@ -103,21 +145,21 @@ class MDAWriterOutput:
 
     def sequencePauseToggled(self, paused: bool) -> None:
         """Log a ``pause`` or ``resume`` event."""
-        self._log("pause" if paused else "resume")
+        self._log(EventKind.PAUSE if paused else EventKind.RESUME)
 
     def sequenceCanceled(self, sequence: useq.MDASequence) -> None:
         """Log a ``cancel`` event."""
-        self._log("cancel", sequence_uid=str(sequence.uid))
+        self._log(EventKind.CANCEL, sequence_uid=str(sequence.uid))
 
     def sequenceFinished(self, sequence: useq.MDASequence) -> None:
-        """Log a ``finish`` event naming tiles left incomplete (they stay pending)."""
-        incomplete = [f"{sid}/{t}" for sid, t in sorted(self._in_progress)]
+        """Log a ``run_end`` event naming tiles left incomplete (they stay pending)."""
+        incomplete = [tile_name(sid, t) for sid, t in sorted(self._in_progress)]
         self._in_progress.clear()
-        self._log("finish", sequence_uid=str(sequence.uid), incomplete_tiles=incomplete)
+        self._log(EventKind.RUN_END, sequence_uid=str(sequence.uid), incomplete_tiles=incomplete)
 
     # ---------------------------------------------------------------- helpers
 
-    def _log(self, kind: str, **fields: Any) -> None:
+    def _log(self, kind: EventKind, **fields: Any) -> None:
         try:
             self._writer.log_event(kind, **fields)
         except StorageError as e:
@@ -186,6 +228,8 @@ class MDAWriterOutput:
         z_used = float("nan") if z_used is None else float(z_used)
         self._writer.write_image(sid, tile, c, z, img)
         progress = self._in_progress.setdefault(key, _TileInProgress())
+        progress.images[(c, z)] = img
+        progress.retries.extend(meta.get("cordscope_retries") or ())
         progress.frames[(c, z)] = {
             "channel": channels[c],
             "c": c,
@@ -208,9 +252,13 @@ class MDAWriterOutput:
             "planned_xy_um": [x_um, y_um],
             "actual_xy_um": actual_xy,
             "exposure_ms": {f["channel"]: f["exposure_ms"] for f in frames},
+            "retries": len(progress.retries),
+            "retried_calls": progress.retries,
             "mda_sequence_uid": self._sequence_uid,
             "frames": frames,
         }
         self._writer.complete_tile(sid, tile, z_um=float(np.mean(first_z)), meta=tile_meta)
-        if self._on_tile_done is not None:
-            self._on_tile_done(sid, tile)
+        if progress.retries:
+            self._log(EventKind.TILE_RETRIED, tile=tile_name(sid, tile), retried_calls=progress.retries)
+        images = np.stack([np.stack([progress.images[(ci, zi)] for zi in range(n_z)]) for ci in range(n_c)])
+        self.events.tile_stored.emit(TileStored(sid, tile, images, tile_meta))

@@ -25,6 +25,7 @@ from .format import (
     FORMAT_NAME,
     FORMAT_VERSION,
     FREE_SPACE_RESERVE_BYTES,
+    EventKind,
     StorageError,
     TileStatus,
     _check_format,
@@ -374,7 +375,7 @@ class ScanWriter:
             raise
         if repairs:
             logger.warning("%s: repaired what an interrupted write left behind: %s", path, repairs)
-            writer.log_event("repair", **repairs)
+            writer.log_event(EventKind.REPAIR, **repairs)
         return writer
 
     # -------------------------------------------------------------- ownership
@@ -619,22 +620,18 @@ class ScanWriter:
                 self._file.flush()
             sec.status[tile_index] = TileStatus.FAILED
             self._append_event(
-                "tile_failed", {"section": section_id, "tile": int(tile_index), "reason": reason}
+                EventKind.TILE_FAILED, {"section": section_id, "tile": int(tile_index), "reason": reason}
             )
 
-    def log_event(self, kind: str, **fields: Any) -> None:
-        """Append ``{"time": iso, "kind": kind, **fields}`` to ``/events`` and flush.
-
-        Kinds in use: ``start``, ``finish``, ``cancel``, ``pause``, ``resume``,
-        ``retry``, ``fault``, ``tile_failed``, ``repair``.
-        """
+    def log_event(self, kind: EventKind, **fields: Any) -> None:
+        """Append ``{"time": iso, "kind": kind, **fields}`` to ``/events`` and flush."""
         with self._owned():
             self._append_event(kind, fields)
 
-    def _append_event(self, kind: str, fields: Mapping[str, Any]) -> None:
+    def _append_event(self, kind: EventKind, fields: Mapping[str, Any]) -> None:
         if {"time", "kind"} & set(fields):
             raise StorageError("event fields may not be named 'time' or 'kind'")
-        text = _to_json({"time": _now_iso(), "kind": kind, **fields})
+        text = _to_json({"time": _now_iso(), "kind": EventKind(kind).value, **fields})
         events = self._file["events"]
         with self._writing(f"event {kind!r}", nbytes=len(text)):
             n = events.shape[0]

@@ -59,7 +59,7 @@ def main() -> int:
     parser.add_argument("--compression", default=None)
     args = parser.parse_args()
 
-    from acquisition.storage import ScanWriter, StorageError
+    from acquisition.storage import EventKind, ScanWriter, StorageError
 
     if args.path.exists():
         writer = ScanWriter.open_for_resume(args.path)
@@ -100,7 +100,7 @@ def main() -> int:
                     for z in range(N_Z):
                         writer.write_image(sid, int(t), c, z, expected_image(s, int(t), c, z))
                 writer.complete_tile(sid, int(t), z_um=expected_z_um(int(t)), meta={"tile": int(t)})
-        writer.log_event("finish")
+        writer.log_event(EventKind.RUN_END)
     except StorageError as e:
         print(f"StorageError: {e}", flush=True)
         try:

@@ -9,9 +9,10 @@ import h5py
 import numpy as np
 import pytest
 
-from acquisition.controller import DeviceTimeoutError, ScanController, ScanProgress, call_with_watchdog
+from acquisition.controller import ScanController, ScanProgress
 from acquisition.demo import find_demo_hub
 from acquisition.demo.plans import demo_plan
+from acquisition.engine import DeviceTimeoutError, call_with_watchdog
 from acquisition.plan import PlanError
 from acquisition.storage import ScanFile, StorageError
 from tests.conftest import make_demo_core
@@ -102,7 +103,7 @@ def test_pause_stops_progress_and_resume_finishes(wait_until, core, tmp_path):
     path = tmp_path / "scan.h5"
     controller = ScanController(core, small_plan(path))
     started = threading.Event()
-    controller.events.tile_done.connect(lambda *_: started.set())
+    controller.events.tile_stored.connect(lambda *_: started.set())
     controller.start()
     assert started.wait(30)
     controller.pause()
@@ -129,7 +130,7 @@ def test_abort_then_resume_gives_the_same_tiles_as_one_run(core, tmp_path):
         if n_done == 20:
             controller.abort()
 
-    controller.events.tile_done.connect(on_done)
+    controller.events.tile_stored.connect(on_done)
     result = controller.run()
     assert result.state == "aborted" and not result.complete
     assert "--resume" in result.message
@@ -138,7 +139,7 @@ def test_abort_then_resume_gives_the_same_tiles_as_one_run(core, tmp_path):
 
     resumed = ScanController.resume(path, core)
     acquired: list[tuple[str, int]] = []
-    resumed.events.tile_done.connect(lambda sid, t: acquired.append((sid, t)))
+    resumed.events.tile_stored.connect(lambda s: acquired.append((s.section_id, s.tile_index)))
     result = resumed.run()
     assert result.state == "finished" and result.complete
     assert len(acquired) == result.tiles_total - sum(d for d, _, _ in partial.values())
@@ -239,22 +240,6 @@ def test_storage_failure_stops_the_scan_keeping_done_tiles(core, tmp_path, monke
     monkeypatch.undo()
     with ScanFile.open(path) as f:
         assert f.summary().done == 20  # 40 images = 20 complete tiles, all intact
-
-
-def test_analysis_output_faults_never_stop_the_scan(core, tmp_path):
-    class BrokenAnalysis:
-        def __init__(self):
-            self.frames = 0
-
-        def frameReady(self, img, event, meta):
-            self.frames += 1
-            raise RuntimeError("analysis bug")
-
-    broken = BrokenAnalysis()
-    path = tmp_path / "scan.h5"
-    result = ScanController(core, small_plan(path, sections=("rat01-Th7",)), extra_outputs=[broken]).run()
-    assert result.complete
-    assert broken.frames == 2 * result.tiles_total
 
 
 def test_focus_map_scan_records_planned_focus(tmp_path):

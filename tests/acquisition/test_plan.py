@@ -23,6 +23,7 @@ from acquisition.demo.plans import demo_plan
 from acquisition.errors import CordScopeError
 from acquisition.hardware import CordScopeCore, build_core
 from acquisition.plan import (
+    AnalysisSettings,
     PlanError,
     PlannedTile,
     PlanSummary,
@@ -130,7 +131,7 @@ def full_plan(output: Path | str = "scans/full.h5") -> ScanPlan:
         },
         z_stack={"range_um": 6.0, "step_um": 2.0},
         reliability={"max_retries": 3, "tile_timeout_s": 12.0},
-        analysis={"threshold": {"method": "otsu", "scale": 1.5}, "bins_um": 500},
+        analysis={"threshold_method": "fixed", "threshold_adu": 40.0, "heatmap_bin_um": 100.0},
     )
     data["channels"].append({"preset": "Cy5", "exposure_ms": 150.0, "role": "other"})
     data["sections"][0]["region_polygons_um"] = {
@@ -203,7 +204,7 @@ def test_defaults_fill_a_minimal_plan() -> None:
     section = plan.section("s1")
     assert section.orientation == "coronal" and section.rostral_direction_deg == 180.0
     assert section.injection_side is None and section.region_polygons_um == {}
-    assert plan.analysis == {}
+    assert plan.analysis == AnalysisSettings()
 
 
 def test_numbers_as_names_are_read_as_text() -> None:

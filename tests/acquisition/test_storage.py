@@ -26,6 +26,7 @@ import yaml
 import acquisition.storage as storage
 from acquisition.storage import (
     FORMAT_VERSION,
+    EventKind,
     MDAWriterOutput,
     ScanFile,
     ScanWriter,
@@ -123,7 +124,7 @@ def scan_path(tmp_path: Path) -> Path:
         writer.write_image("S1", 1, 0, 0, _image(0, 1, 0, 0))  # started, never completed
         writer.fail_tile("S1", 3, reason="XY stage timeout", meta={"retries": 3})
         _complete(writer, 1, "A2", 1, 3)
-        writer.log_event("finish")
+        writer.log_event(EventKind.RUN_END)
     return path
 
 
@@ -186,7 +187,7 @@ def test_reader_round_trip(scan_path: Path) -> None:
         assert not a2.read_tile(0).any()
 
         kinds = [e["kind"] for e in scan.events()]
-        assert kinds == ["start", "tile_failed", "finish"]
+        assert kinds == ["start", "tile_failed", "run_end"]
         assert scan.events()[1] == {
             **scan.events()[1],
             "section": "S1",
@@ -252,7 +253,7 @@ def test_file_format_with_plain_h5py(scan_path: Path) -> None:
         events = f["events"]
         assert events.maxshape == (None,) and events.ndim == 1
         records = [json.loads(e) for e in events.asstr()[()]]
-        assert [r["kind"] for r in records] == ["start", "tile_failed", "finish"]
+        assert [r["kind"] for r in records] == ["start", "tile_failed", "run_end"]
         assert all({"time", "kind"} <= set(r) for r in records)
         assert records[0]["plan"] == "test-scan"
 
@@ -392,7 +393,9 @@ def _check_done_tiles_with_plain_h5py(path: Path) -> int:
             status = g["tile_status"][()]
             assert set(np.unique(status)) <= {0, 1}
             done = np.flatnonzero(status == 1)
-            tiles, z_um, metas = g["tiles"][()], g["tile_z_um"][()], g["tile_meta"].asstr()[()]
+            tiles, z_um, metas = g["tiles"][()], g["tile_z_um"][()], g["tile_meta"].asstr()
+            # one entry at a time: the metadata of the tile being completed when the kill came may be
+            # unreadable (documented); the promise is about done tiles
             for t in done:
                 for c in range(len(kill_writer.CHANNELS)):
                     for z in range(kill_writer.N_Z):
@@ -401,7 +404,7 @@ def _check_done_tiles_with_plain_h5py(path: Path) -> int:
                             tiles[t, c, z], expected, err_msg=f"{sid}/{t} c{c} z{z}"
                         )
                 assert z_um[t] == kill_writer.expected_z_um(int(t))
-                assert json.loads(metas[t])["tile"] == t
+                assert json.loads(metas[int(t)])["tile"] == t
             n_done += len(done)
     return n_done
 
@@ -444,7 +447,7 @@ def test_sigkill_at_random_moments_keeps_every_done_tile(tmp_path: Path) -> None
     assert _check_done_tiles_with_plain_h5py(path) == n_total
     with ScanFile.open(path) as scan:
         kinds = [e["kind"] for e in scan.events()]
-        assert kinds[0] == "start" and kinds[-1] == "finish" and kinds.count("resume") == runs_on_this_file
+        assert kinds[0] == "start" and kinds[-1] == "run_end" and kinds.count("resume") == runs_on_this_file
         assert scan.summary().complete
 
 
@@ -868,7 +871,7 @@ def test_mda_output_reports_storage_errors_instead_of_raising(tmp_path: Path) ->
         output.sequenceFinished(useq.MDASequence())
     with ScanFile.open(tmp_path / "e.h5") as scan:
         assert scan.summary().done == 0
-        assert scan.events()[-1]["kind"] == "finish"
+        assert scan.events()[-1]["kind"] == "run_end"
 
 
 def test_mda_output_completes_z_stacks_and_records_the_focus_used(tmp_path: Path) -> None:
@@ -899,5 +902,5 @@ def test_mda_output_completes_z_stacks_and_records_the_focus_used(tmp_path: Path
         assert meta["actual_xy_um"] == [510.5, 599.5]
         assert [f["z_um"] for f in meta["frames"]] == [101.0, 102.0, 103.0, 100.0, 101.0, 102.0]
         assert meta["exposure_ms"] == {"DAPI": 7.0, "tdTomato": 7.0}
-        assert [e["kind"] for e in scan.events()] == ["start", "finish"]
+        assert [e["kind"] for e in scan.events()] == ["start", "run_end"]
         assert scan.events()[1]["incomplete_tiles"] == []

@@ -12,11 +12,11 @@ import numpy as np
 
 def scan_one_section(out_dir: Path, *, analysis: bool = True, name: str = "base") -> Path:
     """Scan one demo-cohort L2 section at 4x (512² sensor, fixed focus); a few seconds."""
-    from acquisition.controller import ScanController
     from acquisition.demo import find_demo_hub
     from acquisition.demo.cohort import cohort_slides, render_cohort_slide
     from acquisition.demo.plans import demo_plan
-    from analysis.worker import AnalysisWorker
+    from acquisition.session import ScanSession
+    from analysis.live import AnalysisProcess
     from tests.conftest import make_demo_core
 
     slide = cohort_slides(1, levels=("L2",))[0]
@@ -29,11 +29,8 @@ def scan_one_section(out_dir: Path, *, analysis: bool = True, name: str = "base"
         path = out_dir / f"{name}.h5"
         z = float(vs.focal_plane_z_um(41_000.0, 12_500.0))
         plan = demo_plan(output=path, objective="4x", slide=vs, focus={"strategy": "fixed", "z_um": z})
-        outputs = [AnalysisWorker(path)] if analysis else []
-        result = ScanController(core, plan, overwrite=True, extra_outputs=outputs).run()
-        assert result.complete
-        for w in outputs:
-            w.finalize()
+        session = ScanSession(core, plan, overwrite=True, analysis=AnalysisProcess if analysis else None)
+        assert session.run().complete
     finally:
         core.close()
     return path

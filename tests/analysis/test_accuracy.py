@@ -1,8 +1,8 @@
 """End-to-end accuracy: a demo scan with live analysis against the virtual slide's ground truth.
 
 One scan (module fixture) of six sections at 10x with a 512² camera, noise on
-and the demo plan's focus map, analysed live by the AnalysisWorker and
-finalized, exactly as ``cordscope scan`` does: the three L2 sections of
+and the demo plan's focus map, analysed live by the analysis process of a
+scan session and finalized, exactly as ``cordscope scan`` does: the three L2 sections of
 rat01 (intact), rat03 (vehicle) and rat05 (treated), rat02's C5 and rat06's
 Th7 (both injected on the right, so the tract is on the left) and rat04's
 horizontal lesion section. Every number below is read back from the scan
@@ -19,12 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from acquisition.controller import ScanController
-from acquisition.demo.plans import demo_plan
 from acquisition.demo.slide import demo_slide
 from analysis.results import SavedSection, load_scan_results
-from analysis.worker import AnalysisWorker
-from tests.conftest import make_demo_core
+from tests.conftest import run_live_scan
 
 SECTIONS = ("rat01-L2", "rat03-L2", "rat05-L2", "rat02-C5", "rat06-Th7", "rat04-lesion")
 CORONAL = SECTIONS[:5]
@@ -47,16 +44,9 @@ class Scanned:
 def scanned(tmp_path_factory) -> Scanned:
     logging.getLogger("pymmcore-plus").setLevel(logging.ERROR)
     path = tmp_path_factory.mktemp("accuracy") / "slide.h5"
-    core = make_demo_core()
-    try:
-        plan = demo_plan(output=path, section_ids=SECTIONS)
-        worker = AnalysisWorker(path)
-        result = ScanController(core, plan, extra_outputs=[worker]).run()
-        assert result.complete, result.message
-        worker.finalize()
-    finally:
-        core.close()
-    return Scanned(path, load_scan_results(path), worker.faults)
+    run = run_live_scan(path, section_ids=SECTIONS, focus={"strategy": "focus_map"})
+    assert run.result.complete, run.result.scan.message
+    return Scanned(path, load_scan_results(path), run.session.analysis.faults)
 
 
 def truth_masks(section: SavedSection) -> dict[str, np.ndarray]:

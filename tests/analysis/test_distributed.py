@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from analysis.distributed import analyze_many, analyze_serial
-from analysis.worker import region_csv_path
+from analysis.scan_analysis import region_csv_path
 from tests.analysis._study_data import relabel, scan_one_section
 
 N_FILES = 2

@@ -9,12 +9,13 @@ import h5py
 import numpy as np
 import pytest
 
-from acquisition import controller as controller_module
-from acquisition.controller import ScanController
+from acquisition import engine as engine_module
 from acquisition.demo.plans import demo_plan
 from acquisition.demo.slide import demo_slide
+from acquisition.session import ScanSession
+from analysis.live import AnalysisProcess
 from analysis.results import load_scan_results
-from analysis.worker import AnalysisWorker, analyze_scan
+from analysis.scan_analysis import analyze_scan
 from tests.conftest import make_demo_core
 
 SECTION = "rat01-Th7"
@@ -30,7 +31,7 @@ def inaccurate_scan(tmp_path_factory):
     core.setProperty("XYStage", "PositioningError_um", POSITIONING_ERROR_UM)
     core.setProperty("XYStage", "PositioningErrorSeed", 11)
     true_at: dict[tuple[float, float], tuple[float, float]] = {}
-    real_snap = controller_module._snap
+    real_snap = engine_module._snap
 
     def snap_recording_truth(c):
         # the stage's true position at the moment of the snap, keyed by the requested position
@@ -42,13 +43,12 @@ def inaccurate_scan(tmp_path_factory):
         return real_snap(c)
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(controller_module, "_snap", snap_recording_truth)
+    mp.setattr(engine_module, "_snap", snap_recording_truth)
     try:
         plan = demo_plan(output=path, section_ids=[SECTION])  # focus map: in focus, as a user scans
-        worker = AnalysisWorker(path)
-        result = ScanController(core, plan, extra_outputs=[worker]).run()
+        result = ScanSession(core, plan, analysis=AnalysisProcess).run()
         assert result.complete
-        tables = worker.finalize()
+        tables = result.tables
     finally:
         mp.undo()
         core.close()

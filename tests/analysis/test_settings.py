@@ -11,43 +11,59 @@ import pytest
 import tifffile
 from typer.testing import CliRunner
 
-from acquisition.controller import ScanController
 from acquisition.demo.plans import demo_plan
-from acquisition.plan import save_plan
+from acquisition.plan import PlanError, plan_from_yaml
+from acquisition.session import ScanSession
+from analysis.live import AnalysisProcess
+from analysis.scan_analysis import analyze_scan
 from analysis.settings import (
     AnalysisSettings,
     AnalysisSettingsError,
-    analysis_settings_from_plan,
     load_flat_fields,
+    segmentation_settings,
+    settings_of_scan,
 )
-from analysis.worker import AnalysisWorker, analyze_scan
 from cordscope.cli import app
 from tests.conftest import make_demo_core
 
 
-def test_defaults_when_the_plan_has_no_analysis_settings():
-    assert analysis_settings_from_plan(None) == AnalysisSettings()
-    assert analysis_settings_from_plan({}) == AnalysisSettings()
-    assert analysis_settings_from_plan("name: x\noutput: x.h5\n") == AnalysisSettings()
-    s = analysis_settings_from_plan("analysis:\n  heatmap_bin_um: 100\n  threshold_method: fixed\n")
-    assert s.heatmap_bin_um == 100 and s.segmentation().threshold_method == "fixed"
+def _plan_yaml(tmp_path, **analysis) -> str:
+    plan = demo_plan(output=tmp_path / "s.h5", section_ids=["rat01-Th7"], analysis=analysis)
+    return plan.to_yaml()
+
+
+def test_defaults_when_the_plan_has_no_analysis_settings(tmp_path):
+    text = _plan_yaml(tmp_path)
+    assert plan_from_yaml(text).analysis == AnalysisSettings()
+    s = settings_of_scan(_plan_yaml(tmp_path, heatmap_bin_um=100, threshold_method="fixed"))
+    assert s.heatmap_bin_um == 100 and segmentation_settings(s).threshold_method == "fixed"
 
 
 @pytest.mark.parametrize(
-    ("analysis", "message"),
+    ("old", "new", "message"),
     [
-        ({"heatmap_bin_um": 0}, "plan analysis.heatmap_bin_um: Input should be greater than 0"),
-        ({"treshold_method": "auto"}, "plan analysis.treshold_method: unknown setting"),
-        ({"threshold_method": "otsu"}, "plan analysis.threshold_method: Input should be 'auto' or 'fixed'"),
-        ({"edge_fraction": 1.5}, "plan analysis.edge_fraction: Input should be less than 1"),
-        (["bin"], "plan analysis: expected a mapping of settings, got list"),
+        ("heatmap_bin_um: 50.0", "heatmap_bin_um: 0", "analysis.heatmap_bin_um: must be > 0 (got 0)"),
+        (
+            "register_tiles: true",
+            "register_tiles: true\n  treshold_method: auto",
+            "analysis.treshold_method: unknown field 'treshold_method' (allowed: threshold_method",
+        ),
+        (
+            "threshold_method: auto",
+            "threshold_method: otsu",
+            "analysis.threshold_method: must be 'auto' or 'fixed' (got 'otsu')",
+        ),
+        ("edge_fraction: 0.6", "edge_fraction: 1.5", "analysis.edge_fraction: must be < 1 (got 1.5)"),
+        ("analysis:\n", "analysis: [bin]\nx_analysis:\n", "analysis: must be a mapping of fields"),
     ],
     ids=["zero-bin", "typo", "unknown-method", "edge-fraction", "not-a-mapping"],
 )
-def test_bad_settings_name_the_key(analysis, message):
-    with pytest.raises(AnalysisSettingsError) as info:
-        analysis_settings_from_plan(analysis)
-    assert message in str(info.value)
+def test_bad_settings_are_named_with_their_line_by_the_plan(tmp_path, old, new, message):
+    text = _plan_yaml(tmp_path)
+    assert old in text
+    with pytest.raises(PlanError) as info:
+        plan_from_yaml(text.replace(old, new), source="plan.yaml")
+    assert message in str(info.value) and "plan.yaml:" in str(info.value)
 
 
 def test_flat_fields_are_read_normalised_and_checked(tmp_path):
@@ -70,23 +86,21 @@ def test_flat_fields_are_read_normalised_and_checked(tmp_path):
 def test_the_plans_settings_drive_live_and_offline_analysis(tmp_path):
     logging.getLogger("pymmcore-plus").setLevel(logging.ERROR)
     path = tmp_path / "s.h5"
-    plan = demo_plan(output=path, section_ids=["rat01-Th7"], focus={"strategy": "fixed", "z_um": 0.0})
     # a fixed threshold no axon reaches, 100 µm bins, registration off
-    plan = plan.model_copy(
-        update={
-            "analysis": {
-                "threshold_method": "fixed",
-                "threshold_adu": 60000,
-                "heatmap_bin_um": 100,
-                "register_tiles": False,
-            }
-        }
+    plan = demo_plan(
+        output=path,
+        section_ids=["rat01-Th7"],
+        focus={"strategy": "fixed", "z_um": 0.0},
+        analysis={
+            "threshold_method": "fixed",
+            "threshold_adu": 60000,
+            "heatmap_bin_um": 100,
+            "register_tiles": False,
+        },
     )
     core = make_demo_core(sensor_px=256)
     try:
-        worker = AnalysisWorker(path)
-        ScanController(core, plan, extra_outputs=[worker]).run()
-        tables = worker.finalize()
+        tables = ScanSession(core, plan, analysis=AnalysisProcess).run().tables
     finally:
         core.close()
     rows = {r.region: r for r in tables["rat01-Th7"]}
@@ -107,8 +121,8 @@ def test_the_plans_settings_drive_live_and_offline_analysis(tmp_path):
 
 def test_validate_names_a_bad_analysis_setting_before_loading_hardware(tmp_path):
     plan = demo_plan(output=tmp_path / "s.h5", section_ids=["rat01-Th7"])
-    plan = plan.model_copy(update={"analysis": {"heatmap_bin_um": -5}})
-    save_plan(plan, tmp_path / "plan.yaml")
+    text = plan.to_yaml().replace("heatmap_bin_um: 50.0", "heatmap_bin_um: -5")
+    (tmp_path / "plan.yaml").write_text(text)
     result = CliRunner().invoke(app, ["validate", str(tmp_path / "plan.yaml")])
     assert result.exit_code == 2
-    assert "plan analysis.heatmap_bin_um: Input should be greater than 0" in " ".join(result.output.split())
+    assert "analysis.heatmap_bin_um: must be > 0 (got -5)" in " ".join(result.output.split())

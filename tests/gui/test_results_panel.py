@@ -15,7 +15,8 @@ from PyQt6.QtWidgets import QFileDialog
 from acquisition.controller import ScanController
 from acquisition.demo.plans import demo_plan
 from acquisition.plan import load_plan
-from analysis.worker import AnalysisWorker
+from acquisition.session import ScanSession
+from analysis.live import AnalysisProcess
 from gui.results_panel import ResultsPanel
 from tests.conftest import make_demo_core
 
@@ -23,8 +24,12 @@ SECTIONS = ("rat01-Th7", "rat03-L2")
 
 
 def _plan(path: Path):
-    plan = demo_plan(output=path, section_ids=SECTIONS, focus={"strategy": "fixed", "z_um": 0.0})
-    return plan.model_copy(update={"analysis": {"register_tiles": False}})
+    return demo_plan(
+        output=path,
+        section_ids=SECTIONS,
+        focus={"strategy": "fixed", "z_um": 0.0},
+        analysis={"register_tiles": False},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -34,13 +39,13 @@ def scans(tmp_path_factory) -> Iterator[dict[str, Path]]:
     core = make_demo_core(sensor_px=512)
     try:
         done = folder / "done.h5"
-        worker = AnalysisWorker(done)
-        ScanController(core, _plan(done), extra_outputs=[worker]).run()
-        worker.finalize()
+        assert ScanSession(core, _plan(done), analysis=AnalysisProcess).run().complete
         partial = folder / "partial.h5"
         controller = ScanController(core, _plan(partial))
         enough = threading.Event()
-        controller.events.tile_done.connect(lambda sid, t: enough.set() if t >= 40 else None)
+        controller.events.tile_stored.connect(
+            lambda stored: enough.set() if stored.tile_index >= 40 else None
+        )
         controller.start()
         assert enough.wait(60)
         controller.abort("test")

@@ -97,9 +97,7 @@ def test_a_bad_setting_is_shown_next_to_its_field_and_start_refuses(
     qtbot.waitUntil(lambda: text in panel.field_error(field), timeout=10_000)
     assert not panel.start_button.isEnabled()
     assert panel.start_scan() is False  # a click that slips through does not start either
-    assert (
-        panel.controller is None and not Path(panel.output_edit.text()).with_suffix(".regions.csv").exists()
-    )
+    assert panel.session is None and not Path(panel.output_edit.text()).with_suffix(".regions.csv").exists()
 
 
 def test_fixing_the_setting_clears_the_message(qtbot, clean_core, tmp_path):
@@ -188,7 +186,7 @@ def test_pause_and_resume(qtbot, clean_core, tmp_path):
 def test_abort_leaves_a_resumable_file_that_the_panel_resumes(qtbot, clean_core, tmp_path):
     panel = make_panel(qtbot, clean_core, tmp_path)
     qtbot.mouseClick(panel.start_button, qtbot_left())
-    qtbot.waitUntil(lambda: panel.controller is not None and panel.controller.progress().tiles_done >= 5)
+    qtbot.waitUntil(lambda: panel.session is not None and panel.session.progress().tiles_done >= 5)
     with qtbot.waitSignal(panel.scan_finished, timeout=SCAN_TIMEOUT_MS) as stopped:
         qtbot.mouseClick(panel.abort_button, qtbot_left())
     path = Path(stopped.args[0])
@@ -250,4 +248,4 @@ def test_save_plan_writes_the_form_as_yaml(qtbot, clean_core, tmp_path):
     qtbot.waitUntil(lambda: ("info", f"plan saved: {out}") in messages, timeout=10_000)
     plan = load_plan(out)
     assert plan.tracer_channel.exposure_ms == 35.0 and [s.id for s in plan.sections] == ["rat01-Th7"]
-    assert plan.focus.strategy == "fixed" and plan.analysis == {"register_tiles": False}
+    assert plan.focus.strategy == "fixed" and plan.analysis.register_tiles is False
