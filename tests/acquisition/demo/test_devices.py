@@ -484,7 +484,10 @@ def test_bright_spot_appears_where_the_pixel_affine_predicts(name, binning):
         img = core.getImage().astype(np.float64) - float(core.getProperty("Camera", "DarkOffset_ADU"))
         h, w = img.shape
         assert (h, w) == (200 // binning, 300 // binning)
-        u, v = np.linalg.solve(pixel_affine_um(core), spot_xy - stage_xy)
+        affine = pixel_affine_um(core)
+        a, b, _, d, e, _ = core.getPixelSizeAffine()  # CordScopeCore's, binning applied
+        np.testing.assert_allclose([[a, b], [d, e]], affine, atol=1e-12)
+        u, v = np.linalg.solve(affine, spot_xy - stage_xy)
         predicted_rc = (v - 0.5 + h / 2, u - 0.5 + w / 2)
         weights = np.clip(img, 0, None)
         rows, cols = np.indices(img.shape)
@@ -615,7 +618,7 @@ def test_bit_depth_sets_pixel_type_and_clips_at_full_scale(demo_core, bits, dtyp
 
 
 def test_bit_depth_refuses_what_the_camera_cannot_do(demo_core):
-    with pytest.raises(Exception, match="BitDepth must be one of"):
+    with pytest.raises(DemoDeviceError, match="BitDepth must be one of"):
         demo_core.setProperty("Camera", "BitDepth", 11)
     assert demo_core.getProperty("Camera", "BitDepth") == 16
 
