@@ -6,35 +6,37 @@ microscope (the command line, the GUI, tests, benchmarks, examples) calls
 
 It uses pymmcore-plus' ``UniMMCore``, so a ``.cfg`` may mix C++ device
 adapters (``Device,...`` lines) and pure-Python devices (``#py pyDevice,...``
-lines). :class:`CordScopeCore` adds what ``UniMMCore`` 0.18 lacks for Python
-devices (pixel-size resolution, auto-shutter on snap, handing peripherals
-their hub) so that the rest of CordScope sees one ordinary core.
+lines). :class:`CordScopeCore` adds what ``UniMMCore`` 0.18.1 lacks for
+Python devices (its docstring lists each gap) so that the rest of CordScope
+sees one ordinary core, and applies the trust rule: a ``.cfg`` runs Python
+code only from trusted packages unless the user trusts the file.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import importlib.util
 import logging
 import re
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import pymmcore
 from pymmcore_plus import CMMCorePlus, DeviceType, PropertyType, find_micromanager
-from pymmcore_plus.experimental.unicore import HubDevice, UniMMCore
+from pymmcore_plus.experimental.unicore import UniMMCore
 
 from .errors import CordScopeError
 
 __all__ = [
     "TRUSTED_PY_DEVICE_PACKAGES",
+    "ConfigDevices",
     "ConfigError",
     "CordScopeCore",
     "HardwareSummary",
-    "HubPeripheral",
     "MissingDeviceAdaptersError",
     "UntrustedConfigError",
     "build_core",
@@ -64,34 +66,51 @@ class MissingDeviceAdaptersError(ConfigError):
     """A configuration names C++ device adapters that are not installed."""
 
 
-@runtime_checkable
-class HubPeripheral(Protocol):
-    """A Python device that needs its parent hub object, not just its label.
-
-    Micro-Manager's C++ devices reach their hub with ``GetParentHub()``; the
-    Python device API only gives them the hub's label. After a configuration
-    is loaded, :class:`CordScopeCore` calls ``attach_hub`` on every Python
-    device that has a Python hub as parent.
-    """
-
-    def attach_hub(self, hub: HubDevice) -> None:
-        """Receive the parent hub device."""
-
-
 @dataclass(frozen=True)
 class ConfigDevices:
-    """Devices a ``.cfg`` text declares, before anything is loaded."""
+    """Devices a ``.cfg`` text loads, before anything is loaded.
 
-    cpp_adapters: dict[str, str] = field(default_factory=dict)  # label -> library
-    py_devices: dict[str, tuple[str, str]] = field(default_factory=dict)  # label -> (module, class)
+    Attributes
+    ----------
+    cpp_adapters : dict
+        Device label → library of every ``Device`` line (with or without
+        ``#py``). ``UniMMCore`` loads the library as a C++ adapter when one
+        of that name is installed, and otherwise *imports it as a Python
+        module*.
+    py_devices : dict
+        Device label → ``(module, class)`` of every ``pyDevice`` line (with
+        or without ``#py``): always Python code.
+    """
+
+    cpp_adapters: dict[str, str] = field(default_factory=dict)
+    py_devices: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
-_DEVICE_LINE = re.compile(r"^\s*Device\s*,\s*([^,]+?)\s*,\s*([^,]+?)\s*,\s*([^,]+?)\s*$")
-_PY_DEVICE_LINE = re.compile(r"^\s*#py\s+pyDevice\s*,\s*([^,]+?)\s*,\s*([^,]+?)\s*,\s*([^,]+?)\s*$")
+_PY_PREFIX = re.compile(r"#py\s")
+
+
+def _executed_tokens(line: str) -> list[str] | None:
+    """The comma-separated tokens ``UniMMCore`` executes for one ``.cfg`` line (None: comment).
+
+    Mirrors ``load_from_string`` of pymmcore-plus 0.18.1: strip the line,
+    drop a ``#py `` prefix, skip ``#`` comments, split on commas. A ``#py``
+    followed by any whitespace counts as the prefix here, which may only
+    flag more lines than pymmcore-plus runs, never fewer.
+    """
+    text = line.rstrip("\r").strip()
+    if _PY_PREFIX.match(text):
+        text = text[3:].lstrip()
+    if not text or text.startswith("#"):
+        return None
+    return text.split(",")
 
 
 def scan_config_text(text: str) -> ConfigDevices:
     """List the C++ adapters and Python device classes a ``.cfg`` text loads.
+
+    Every line form that makes pymmcore-plus load a device counts:
+    ``Device,...`` and ``pyDevice,...``, each with or without the ``#py``
+    prefix, whatever the whitespace around the fields.
 
     Parameters
     ----------
@@ -101,21 +120,38 @@ def scan_config_text(text: str) -> ConfigDevices:
     Returns
     -------
     ConfigDevices
-        ``cpp_adapters`` maps device label to adapter library;
-        ``py_devices`` maps device label to ``(module, class)``.
+        ``cpp_adapters`` maps device label to the library of a ``Device``
+        line; ``py_devices`` maps device label to ``(module, class)`` of a
+        ``pyDevice`` line.
     """
     cpp: dict[str, str] = {}
     py: dict[str, tuple[str, str]] = {}
     for line in text.splitlines():
-        if m := _PY_DEVICE_LINE.match(line):
-            py[m.group(1)] = (m.group(2), m.group(3))
-        elif m := _DEVICE_LINE.match(line):
-            cpp[m.group(1)] = m.group(2)
+        tokens = _executed_tokens(line)
+        if tokens is None or len(tokens) < 3:
+            continue
+        command, label, library = (t.strip() for t in tokens[:3])
+        name = tokens[3].strip() if len(tokens) > 3 else ""
+        if command == "pyDevice":
+            py[label] = (library, name)
+        elif command == "Device":
+            cpp[label] = library
     return ConfigDevices(cpp_adapters=cpp, py_devices=py)
 
 
 def _is_trusted_module(module: str) -> bool:
     return any(module == pkg or module.startswith(pkg + ".") for pkg in TRUSTED_PY_DEVICE_PACKAGES)
+
+
+def _importable(module: str) -> bool:
+    """Whether ``module``'s top-level package can be found (found, not imported: no code runs)."""
+    top = module.split(".")[0]
+    if not top.isidentifier():
+        return False
+    try:
+        return importlib.util.find_spec(top) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 class _DropMissingMMInstallation(logging.Filter):
@@ -137,19 +173,39 @@ def _quiet_mm_discovery() -> Iterator[None]:
 
 
 class CordScopeCore(UniMMCore):
-    """``UniMMCore`` with the gaps for Python devices closed.
+    """``UniMMCore`` with the gaps of pymmcore-plus 0.18.1 for Python devices closed.
+
+    The demo microscope itself needs none of these to load and snap (its
+    peripherals find their hub themselves and its ``.cfg`` opens the
+    shutter at start-up), but in a stock ``UniMMCore`` 0.18.1:
 
     - Pixel-size configurations whose settings are Python devices'
-      properties resolve (``getCurrentPixelSizeConfig``, ``getPixelSizeUm``,
-      ``getPixelSizeAffine``), and ``pixelSizeChanged`` is emitted when such a
-      property changes. pymmcore-plus 0.18 leaves these to the C++ core,
-      which cannot read Python devices (its PR #529).
-    - With auto-shutter on, a Python shutter is opened for each snap and for
-      live (continuous) acquisition, as MMCore does for C++ shutters.
-    - Python peripherals with a Python hub parent get the hub object
-      (:class:`HubPeripheral`).
-    - :meth:`loadSystemConfiguration` applies the trust rule for ``#py``
-      devices and names missing C++ adapters before loading anything.
+      properties never resolve: ``getCurrentPixelSizeConfig`` is MMCore's,
+      which cannot read Python devices, so it returns "" and the pixel size
+      reads 0 (pymmcore-plus PR #529). Nothing a device carries can help:
+      MMCore compares the settings against its own devices and its own
+      state cache, which Python cannot write. Here the configuration is
+      resolved in Python for C++ and Python devices alike, and
+      ``pixelSizeChanged`` is emitted when a Python property changes it.
+    - ``getPixelSizeAffine`` returns MMCore's stored matrix, where identity
+      means "no affine in the .cfg"; here that becomes ``pixel size · I``
+      (CordScope's convention), binning applied.
+    - With auto-shutter on, nothing opens a Python shutter for a snap or
+      for live (continuous) acquisition with a Python camera; here it is,
+      as MMCore does for C++ shutters, and it is closed after loading.
+    - ``getImageBitDepth`` of a Python camera is its dtype's size (16 for a
+      12-bit camera); here a camera's ``BitDepth`` property counts.
+    - ``.cfg`` values reach Python devices as text ("2"); here they become
+      the property's type first, as MMCore converts them.
+    - The Core's role properties (``setProperty("Core", "XYStage", ...)``,
+      ``getProperty("Core", "Camera")``) ignore Python devices; here they
+      do not (pymmcore-widgets' stage widget relies on them).
+
+    And CordScope's own rule: :meth:`loadSystemConfiguration` refuses a
+    ``.cfg`` that would import Python code outside the trusted packages
+    (every line form pymmcore-plus executes) and names missing C++ adapters
+    before loading anything; :meth:`loadDevice` applies the same rule to
+    each device.
     """
 
     def __init__(self, *args: Any, trust_config: bool = False, **kwargs: Any) -> None:
@@ -177,6 +233,11 @@ class CordScopeCore(UniMMCore):
     def check_config(self, path: str | Path) -> ConfigDevices:
         """Check a ``.cfg`` without loading it: trust rule and C++ adapters.
 
+        A ``pyDevice`` line always runs Python code; a ``Device`` line runs
+        Python code when no C++ adapter of that name is installed (pymmcore-
+        plus then imports the library as a module). Both are refused outside
+        the trusted packages unless this core trusts the file.
+
         Raises
         ------
         ConfigError
@@ -195,11 +256,17 @@ class CordScopeCore(UniMMCore):
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"cannot read hardware config {cfg}: {e}") from e
         devices = scan_config_text(text)
-        untrusted = {
-            label: f"{mod}.{cls}"
-            for label, (mod, cls) in devices.py_devices.items()
-            if not _is_trusted_module(mod)
-        }
+        installed = set(self.getDeviceAdapterNames()) if devices.cpp_adapters else set()
+        python_code = {label: f"{mod}.{cls}" for label, (mod, cls) in devices.py_devices.items()}
+        missing: dict[str, str] = {}
+        for label, library in devices.cpp_adapters.items():
+            if library in installed or _is_trusted_module(library):
+                continue
+            if "." in library or _importable(library):
+                python_code[label] = library  # pymmcore-plus will import it as a Python module
+            else:
+                missing[label] = library
+        untrusted = {label: code for label, code in python_code.items() if not _is_trusted_module(code)}
         if untrusted and not self._trust_config:
             names = ", ".join(f"{lbl} ({code})" for lbl, code in untrusted.items())
             raise UntrustedConfigError(
@@ -207,18 +274,37 @@ class CordScopeCore(UniMMCore):
                 f"{', '.join(TRUSTED_PY_DEVICE_PACKAGES)}: {names}. Loading it runs that "
                 "code; if you trust this file, pass --trust-config (trust_config=True)."
             )
-        if devices.cpp_adapters:
-            installed = set(self.getDeviceAdapterNames())
-            missing = sorted({lib for lib in devices.cpp_adapters.values() if lib not in installed})
-            if missing:
-                where = self._mm_path or "no Micro-Manager installation found"
-                raise MissingDeviceAdaptersError(
-                    f"{cfg.name} needs Micro-Manager device adapters that are not installed: "
-                    f"{', '.join(missing)} (searched: {where}). Install Micro-Manager's "
-                    "device adapters with `mmcore install` (pymmcore-plus) or point "
-                    "MICROMANAGER_PATH at a Micro-Manager installation."
-                )
+        if missing:
+            where = self._mm_path or "no Micro-Manager installation found"
+            raise MissingDeviceAdaptersError(
+                f"{cfg.name} needs Micro-Manager device adapters that are not installed: "
+                f"{', '.join(sorted(set(missing.values())))} (searched: {where}). Install "
+                "Micro-Manager's device adapters with `mmcore install` (pymmcore-plus) or point "
+                "MICROMANAGER_PATH at a Micro-Manager installation."
+            )
         return devices
+
+    def loadDevice(self, label: str, moduleName: str, deviceName: str) -> None:  # type: ignore[override]
+        """Load a C++ adapter's device, or a Python device class (trust rule applied).
+
+        Raises
+        ------
+        UntrustedConfigError
+            If ``moduleName`` is not an installed C++ adapter, so pymmcore-plus
+            would import it, and it lies outside the trusted packages of a
+            core built without ``trust_config=True``.
+        """
+        if (
+            not self._trust_config
+            and not _is_trusted_module(moduleName)
+            and moduleName not in self.getDeviceAdapterNames()
+        ):
+            raise UntrustedConfigError(
+                f"device {label!r}: {moduleName}.{deviceName} is Python code outside "
+                f"{', '.join(TRUSTED_PY_DEVICE_PACKAGES)}; pass --trust-config (trust_config=True) "
+                "if you trust it"
+            )
+        super().loadDevice(label, moduleName, deviceName)
 
     def loadSystemConfiguration(self, fileName: str | Path = "MMConfig_demo.cfg") -> None:
         """Check (trust rule, adapters), then load a ``.cfg`` and wire it up."""
@@ -228,25 +314,18 @@ class CordScopeCore(UniMMCore):
         except ConfigError:
             raise
         except Exception as e:
+            if (typed := _config_error_cause(e)) is not None:
+                raise typed from e
             raise ConfigError(f"could not load {Path(fileName).name}: {_first_line(e)}") from e
 
     def _on_config_loaded(self) -> None:
-        self._attach_hubs()
+        # With auto-shutter on the shutter stays closed between snaps; a .cfg
+        # may open it at start-up for cores without auto-shutter for Python
+        # devices (a stock UniMMCore).
+        if shutter := self._py_auto_shutter():
+            self._do_shutter_open(shutter, False)
         self._last_pixel_size_um = None
         self._emit_pixel_size_if_changed()
-
-    def _attach_hubs(self) -> None:
-        for label in self.getLoadedDevices():
-            if not self.isPyDevice(label):
-                continue
-            device = self._pydevices[label]
-            parent = self.getParentLabel(label)
-            if not isinstance(device, HubPeripheral) or not parent:
-                continue
-            hub = self._pydevices[parent] if self.isPyDevice(parent) else None
-            if not isinstance(hub, HubDevice):
-                raise ConfigError(f"device {label!r}: parent {parent!r} is not a Python hub device")
-            device.attach_hub(hub)
 
     # ------------------------------------------------------------- pixel size
 
@@ -277,10 +356,14 @@ class CordScopeCore(UniMMCore):
         cam = self.getCameraDevice()
         if not cam or not self.hasProperty(cam, "Binning"):
             return 1.0
-        try:
-            return float(self.getProperty(cam, "Binning"))
-        except ValueError:  # e.g. "2x2" on some C++ cameras
-            return float(str(self.getProperty(cam, "Binning")).split("x")[0])
+        return float(str(self.getProperty(cam, "Binning")).split("x")[0])  # some C++ cameras say "2x2"
+
+    def getImageBitDepth(self) -> int:
+        """Bits per pixel of the current camera: a Python camera's ``BitDepth`` property if it has one."""
+        cam = self.getCameraDevice()
+        if cam and self.isPyDevice(cam) and self.hasProperty(cam, "BitDepth"):
+            return int(float(self.getProperty(cam, "BitDepth")))
+        return int(super().getImageBitDepth())
 
     def getPixelSizeUm(self, cached: bool = False) -> float:  # type: ignore[override]
         """Pixel size (µm) of the current configuration, scaled by binning and magnifiers."""
@@ -432,6 +515,18 @@ def _detach_all_callbacks() -> None:
         _detach_callback(core)
 
 
+def _config_error_cause(e: BaseException) -> ConfigError | None:
+    """A ConfigError raised inside pymmcore-plus' loader (it wraps errors in RuntimeError)."""
+    seen: set[int] = set()
+    cause: BaseException | None = e
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, ConfigError):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     # UniMMCore wraps errors as "Error in configuration file ... at line N: ...\n<cause>"
@@ -442,7 +537,9 @@ def _first_line(e: BaseException) -> str:
     return lines[0] if lines else type(e).__name__
 
 
-def build_core(config: str | Path | None = None, *, trust_config: bool = False) -> CordScopeCore:
+def build_core(
+    config: str | Path | None = None, *, trust_config: bool = False, mm_path: str | Path | None = None
+) -> CordScopeCore:
     """Build a core and load a hardware configuration into it.
 
     Parameters
@@ -451,8 +548,12 @@ def build_core(config: str | Path | None = None, *, trust_config: bool = False) 
         Micro-Manager ``.cfg`` file. Default: ``hardware_configs/demo.cfg``,
         the simulated microscope.
     trust_config : bool
-        Allow ``#py pyDevice`` lines that import Python code from outside
+        Allow device lines that import Python code from outside
         ``acquisition.demo``. Off by default: loading such a file runs code.
+    mm_path : str or Path, optional
+        Folder of Micro-Manager's C++ device adapters. Default: what
+        pymmcore-plus finds (``MICROMANAGER_PATH``, ``mmcore install``),
+        looked up only when the file names C++ adapters.
 
     Returns
     -------
@@ -467,11 +568,11 @@ def build_core(config: str | Path | None = None, *, trust_config: bool = False) 
     """
     path = Path(config) if config is not None else DEMO_CONFIG
     devices_needed = scan_config_text(path.read_text()) if path.is_file() else ConfigDevices()
-    mm_path = None
-    if devices_needed.cpp_adapters:
+    adapters = str(mm_path) if mm_path is not None else None
+    if adapters is None and devices_needed.cpp_adapters:
         with _quiet_mm_discovery():
-            mm_path = find_micromanager()
-    core = CordScopeCore(mm_path=mm_path, trust_config=trust_config)
+            adapters = find_micromanager()
+    core = CordScopeCore(mm_path=adapters, trust_config=trust_config)
     core.loadSystemConfiguration(path)
     return core
 
@@ -494,17 +595,18 @@ class HardwareSummary:
     pixel_size_um: float
     image_width_px: int
     image_height_px: int
-
-
-def _objective_group(core: CMMCorePlus) -> str:
-    for group in core.getAvailableConfigGroups():
-        if group.lower().startswith("objective"):
-            return str(group)
-    return ""
+    role_problems: list[str] = field(default_factory=list)  # why a group could not be decided
 
 
 def describe_hardware(core: CordScopeCore) -> HardwareSummary:
-    """Summarise the loaded devices, roles, channel presets, objectives and pixel sizes."""
+    """Summarise the loaded devices, roles, channel presets, objectives and pixel sizes.
+
+    The channel and objective groups are decided from the config
+    (:mod:`acquisition.roles`); a group that cannot be decided is reported
+    as "" with the reason in ``role_problems``.
+    """
+    from .roles import RoleError, decide_channel_group, decide_objective_group
+
     devices = []
     for label in core.getLoadedDevices():
         if label == "Core":
@@ -517,13 +619,21 @@ def describe_hardware(core: CordScopeCore) -> HardwareSummary:
         "Focus": core.getFocusDevice(),
         "Shutter": core.getShutterDevice(),
     }
-    channel_group = core.getChannelGroup()
-    objective_group = _objective_group(core)
+    problems: list[str] = []
+    objective_group = channel_group = ""
+    try:
+        objective_group = decide_objective_group(core).group
+    except RoleError as e:
+        problems.append(str(e))
+    try:
+        channel_group = decide_channel_group(core, objective_group=objective_group or None).group
+    except RoleError as e:
+        problems.append(str(e))
     return HardwareSummary(
         config_file=str(core.systemConfigurationFile() or ""),
         devices=devices,
         roles={k: str(v) for k, v in roles.items()},
-        channel_group=str(channel_group),
+        channel_group=channel_group,
         channel_presets=list(core.getAvailableConfigs(channel_group)) if channel_group else [],
         objective_group=objective_group,
         objective_presets=list(core.getAvailableConfigs(objective_group)) if objective_group else [],
@@ -533,12 +643,24 @@ def describe_hardware(core: CordScopeCore) -> HardwareSummary:
         pixel_size_um=core.getPixelSizeUm(),
         image_width_px=int(core.getImageWidth()),
         image_height_px=int(core.getImageHeight()),
+        role_problems=problems,
     )
 
 
 def objective_group(core: CMMCorePlus) -> str:
-    """Name of the configuration group that selects the objective ("" if none)."""
-    return _objective_group(core)
+    """Name of the configuration group that selects the objective ("" if it cannot be decided).
+
+    For callers that have no way to report why: the decision and its reason
+    (or the error naming the candidate groups) come from
+    :func:`acquisition.roles.decide_objective_group`.
+    """
+    from .roles import RoleError, decide_objective_group
+
+    try:
+        return decide_objective_group(core).group
+    except RoleError as e:
+        logger.info("no objective group: %s", e)
+        return ""
 
 
 def config_presets(core: CMMCorePlus, group: str) -> Sequence[str]:

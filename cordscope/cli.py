@@ -81,11 +81,20 @@ def _core(config: Path | None, trust_config: bool) -> Any:
 
 @app.command()
 @_user_errors
-def devices(config: ConfigOpt = None, trust_config: TrustOpt = False) -> None:
-    """List the loaded devices, their roles, channel presets, objectives and pixel sizes."""
+def devices(
+    config: ConfigOpt = None,
+    trust_config: TrustOpt = False,
+    channel_group: Annotated[str | None, typer.Option(help="Config group that selects the channel.")] = None,
+    objective_group: Annotated[
+        str | None, typer.Option(help="Config group that selects the objective.")
+    ] = None,
+) -> None:
+    """List the devices and roles, and what CordScope decided about the rig, and why."""
     from acquisition.hardware import describe_hardware
+    from acquisition.rig_profile import describe_rig
 
-    hw = describe_hardware(_core(config, trust_config))
+    core = _core(config, trust_config)
+    hw = describe_hardware(core)
     console.print(f"[bold]{hw.config_file}[/]")
     table = Table("label", "type", "library", "device", title="Devices")
     for row in hw.devices:
@@ -95,14 +104,9 @@ def devices(config: ConfigOpt = None, trust_config: TrustOpt = False) -> None:
     for role, label in hw.roles.items():
         roles.add_row(role, label or "—")
     console.print(roles)
-    console.print(f"Channel group [bold]{hw.channel_group or '—'}[/]: {', '.join(hw.channel_presets) or '—'}")
-    console.print(
-        f"Objective group [bold]{hw.objective_group or '—'}[/]: {', '.join(hw.objective_presets) or '—'}"
-    )
-    px = Table("pixel-size config", "µm/px", title="Pixel sizes")
-    for name, size in sorted(hw.pixel_sizes_um.items(), key=lambda kv: -kv[1]):
-        px.add_row(name, f"{size:g}")
-    console.print(px)
+    rig = describe_rig(core, config, channel_group=channel_group, objective_group=objective_group)
+    for line in rig.lines():
+        console.print(line, highlight=False, markup=False)
     console.print(
         f"Now: {hw.pixel_size_um:g} µm/px, image {hw.image_width_px} × {hw.image_height_px} px "
         f"({hw.image_width_px * hw.pixel_size_um:.0f} × {hw.image_height_px * hw.pixel_size_um:.0f} µm)"

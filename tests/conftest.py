@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from acquisition.hardware import CordScopeCore, build_core
+from tests.acquisition.mm_adapters import mm_demo_config  # noqa: F401  (fixture for every test)
 
 TEST_SENSOR_PX = 512
 

@@ -238,3 +238,163 @@ def test_exiting_right_after_unloading_does_not_abort(tmp_path):
         for _ in range(8)
     ]
     assert codes == [0] * 8
+
+
+# ------------------------------------------------ trust rule: every form pymmcore-plus executes
+
+EVIL_MODULE = """
+from pathlib import Path
+Path(__file__).with_name("IMPORTED").write_text("the module ran")
+
+from pymmcore_plus.experimental.unicore import ShutterDevice
+
+
+class Evil(ShutterDevice):
+    def get_open(self):
+        return False
+
+    def set_open(self, open):
+        pass
+"""
+
+
+@pytest.fixture
+def evil_module(tmp_path, monkeypatch):
+    """An importable module that leaves a marker file when it is imported."""
+    (tmp_path / "evil_devices.py").write_text(EVIL_MODULE)
+    (tmp_path / "evil_pkg").mkdir()
+    (tmp_path / "evil_pkg" / "__init__.py").write_text("")
+    (tmp_path / "evil_pkg" / "devices.py").write_text(EVIL_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path / "IMPORTED", tmp_path / "evil_pkg" / "IMPORTED"
+    for name in ("evil_devices", "evil_pkg", "evil_pkg.devices"):
+        sys.modules.pop(name, None)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "pyDevice,Evil,evil_devices,Evil",
+        "#py pyDevice,Evil,evil_devices,Evil",
+        "   pyDevice,Evil,evil_devices,Evil\r",
+        "#py   pyDevice,Evil,evil_devices,Evil",
+        "Device,Evil,evil_devices,Evil",
+        "#py Device,Evil,evil_devices,Evil",
+        "Device,Evil,evil_pkg.devices,Evil",
+        "pyDevice,Evil,evil_pkg.devices,Evil",
+        "#py\tpyDevice,Evil,evil_devices,Evil",  # a comment to pymmcore-plus: refused anyway, to be safe
+    ],
+    ids=[
+        "bare-pyDevice",
+        "py-pyDevice",
+        "indented-crlf",
+        "py-extra-spaces",
+        "bare-Device-python-module",
+        "py-Device",
+        "Device-dotted-module",
+        "pyDevice-dotted-module",
+        "py-tab-prefix",
+    ],
+)
+def test_every_line_form_that_imports_python_is_refused_untrusted(tmp_path, evil_module, line):
+    cfg = tmp_path / "evil.cfg"
+    cfg.write_text(f"Property,Core,Initialize,0\n{line}\nProperty,Core,Initialize,1\n")
+    with pytest.raises(UntrustedConfigError, match=r"Evil \(evil_(devices|pkg)") as info:
+        build_core(cfg)
+    assert "--trust-config" in str(info.value) and "\n" not in str(info.value)
+    assert not any(marker.exists() for marker in evil_module)
+    assert "evil_devices" not in sys.modules and "evil_pkg.devices" not in sys.modules
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "# pyDevice,Evil,evil_devices,Evil",
+        "#pyDevice,Evil,evil_devices,Evil",
+        "#py #py pyDevice,Evil,evil_devices,Evil",
+    ],
+    ids=["comment", "no-space-after-py", "double-prefix"],
+)
+def test_comments_are_not_device_lines(line):
+    assert scan_config_text(line) == scan_config_text("")
+
+
+@pytest.mark.parametrize(
+    ("text", "cpp", "py"),
+    [
+        ("Device,Cam,DemoCamera,DCam", {"Cam": "DemoCamera"}, {}),
+        ("  Device , Cam , DemoCamera , DCam  ", {"Cam": "DemoCamera"}, {}),
+        (
+            "pyDevice,Cam,acquisition.demo.devices,DemoCamera",
+            {},
+            {"Cam": ("acquisition.demo.devices", "DemoCamera")},
+        ),
+        ("#py Device,Cam,acquisition.demo.devices,DemoCamera", {"Cam": "acquisition.demo.devices"}, {}),
+        ("Property,Core,Initialize,1\nLabel,Wheel,0,DAPI", {}, {}),
+    ],
+    ids=["device", "spaces", "bare-pyDevice", "py-Device", "no-devices"],
+)
+def test_scan_config_text_lists_what_loads(text, cpp, py):
+    devices = scan_config_text(text)
+    assert devices.cpp_adapters == cpp and devices.py_devices == py
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        f"pyDevice,Shutter,{DEMO_DEVICES},DemoShutter",
+        f"Device,Shutter,{DEMO_DEVICES},DemoShutter",
+        f"#py Device,Shutter,{DEMO_DEVICES},DemoShutter",
+    ],
+    ids=["bare-pyDevice", "Device", "py-Device"],
+)
+def test_trusted_demo_devices_load_from_any_line_form(tmp_path, line):
+    cfg = tmp_path / "demo-shutter.cfg"
+    cfg.write_text(f"Property,Core,Initialize,0\n{line}\nProperty,Core,Initialize,1\n")
+    core = build_core(cfg)
+    assert core.isPyDevice("Shutter")
+    core.close()
+
+
+def test_untrusted_bare_device_line_loads_when_trusted(tmp_path, evil_module):
+    cfg = tmp_path / "evil.cfg"
+    cfg.write_text(
+        "Property,Core,Initialize,0\npyDevice,Evil,evil_devices,Evil\nProperty,Core,Initialize,1\n"
+    )
+    core = build_core(cfg, trust_config=True)
+    assert core.isPyDevice("Evil") and evil_module[0].exists()
+    core.close()
+
+
+def test_load_device_applies_the_trust_rule_too(evil_module):
+    from acquisition.hardware import CordScopeCore
+
+    core = CordScopeCore()
+    with pytest.raises(UntrustedConfigError, match=r"evil_devices\.Evil is Python code"):
+        core.loadDevice("Evil", "evil_devices", "Evil")
+    assert not evil_module[0].exists()
+    core.loadDevice("Shutter", DEMO_DEVICES, "DemoShutter")  # trusted
+    assert core.isPyDevice("Shutter")
+    core.close()
+
+
+def test_plan_hardware_config_cannot_bypass_the_trust_rule(tmp_path, evil_module):
+    from typer.testing import CliRunner
+
+    from cordscope.cli import app
+
+    cfg = tmp_path / "evil.cfg"
+    cfg.write_text(
+        "Property,Core,Initialize,0\npyDevice,Evil,evil_devices,Evil\nProperty,Core,Initialize,1\n"
+    )
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        f"name: evil\nhardware_config: {cfg}\noutput: {tmp_path / 'out.h5'}\n"
+        "channels:\n  - {preset: DAPI, exposure_ms: 20, role: anatomy}\n"
+        "  - {preset: tdTomato, exposure_ms: 50, role: tracer}\n"
+        "sections:\n  - id: S1\n    polygon_um: [[30000, 10000], [31000, 10000], [31000, 11000]]\n"
+    )
+    result = CliRunner().invoke(app, ["validate", str(plan)])
+    assert result.exit_code == 2, result.output
+    assert "Python device code" in result.output and "Traceback" not in result.output
+    assert not evil_module[0].exists()
