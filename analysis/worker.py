@@ -66,8 +66,9 @@ import numpy as np
 from psygnal import Signal, SignalGroup
 
 from acquisition.storage import ScanFile, SectionReader, TileStatus
-from analysis.maps import RegionRow, write_region_csv
+from analysis.maps import RegionRow
 from analysis.regions import SectionRegions
+from analysis.results_format import region_csv_path, write_scan_region_csv
 from analysis.section_analysis import (
     LiveSnapshot,
     SectionAnalysis,
@@ -118,12 +119,6 @@ class AnalysisEvents(SignalGroup):
     """
     finished = Signal()
     """The worker analysed every tile it will analyse (emitted by :meth:`AnalysisWorker.finalize`)."""
-
-
-def region_csv_path(scan_path: str | Path) -> Path:
-    """The region CSV written beside a scan file: ``<scan>.regions.csv``."""
-    p = Path(scan_path)
-    return p.with_name(p.stem + ".regions.csv")
 
 
 def _new_section(
@@ -353,7 +348,7 @@ class AnalysisWorker:
                             self._finalized.add(sid)
                 finally:
                     self._scan = None
-            write_region_csv(region_csv_path(self.scan_path), tables)
+            write_scan_region_csv(self.scan_path)
         finally:
             self._close_spill()
         self._tables = tables
@@ -654,7 +649,7 @@ def analyze_scan(path: str | Path, *, settings: AnalysisSettings | None = None) 
             results = _write_section(f, sec)
             if results is not None:
                 tables[sid] = results.table
-    write_region_csv(region_csv_path(path), tables)
+    write_scan_region_csv(path)
     return tables
 
 
@@ -725,4 +720,4 @@ def merge_section_results(
                 del group["analysis"]
             with h5py.File(part, "r") as src:
                 src.copy(src["analysis"], group, name="analysis")
-    return write_region_csv(region_csv_path(path), tables)
+    return write_scan_region_csv(path)

@@ -115,7 +115,8 @@ def test_offline_rerun_gives_the_same_table_and_writes_the_outputs(live):
         assert g["masks/section"][()].any()
         assert "dark_offset_adu" in g["parameters_json"][()].decode()
     csv_text = region_csv_path(live.path).read_text()
-    assert csv_text.startswith("section_id,region") and csv_text.count(SECTION) == len(offline[SECTION])
+    assert csv_text.startswith("section_id,animal,group,level,region,region_kind")
+    assert csv_text.count(SECTION) == len(offline[SECTION])
 
 
 def test_saved_results_read_back_with_mosaic_and_labels(live):
