@@ -213,7 +213,8 @@ def mask_geometry_um(
     r_end, c_end = np.nonzero(steps == -1)  # same row-major order: one end per start
     p, o = grid.cell_um, grid.origin_um
     boxes = shapely.box(o[0] + c_start * p, o[1] + r_start * p, o[0] + c_end * p, o[1] + (r_end + 1) * p)
-    geom = shapely.coverage_union_all(boxes).simplify(float(simplify_um), preserve_topology=True)
+    # row runs of neighbouring rows share only parts of edges (not a "coverage"): a full union
+    geom = shapely.union_all(boxes).simplify(float(simplify_um), preserve_topology=True)
     geom = shapely.orient_polygons(geom)
     return _plain(mapping(geom))
 

@@ -740,6 +740,12 @@ def read_analysis(h5_group: h5py.Group) -> SavedAnalysis:
     rec = h5_group["regions_table"][()]
     names = rec.dtype.names or ()
     table = [_table_row(r, names, records) for r in rec]
+    # version 1 stored no mask order (HDF5 lists names alphabetically): the table's order is the one
+    order = [r.region for r in table if r.region in masks] + [
+        n for n in masks if n not in {r.region for r in table}
+    ]
+    masks = {name: masks[name] for name in order}
+    records = {name: records[name] for name in order}
     params = json.loads(_text(h5_group["parameters_json"][()]))
     mosaic = mosaic_origin = mosaic_pixel = None
     channel_names: tuple[str, ...] = ()
