@@ -122,6 +122,7 @@ _ALIASES = {
     "rubrospinal_tract": "rubrospinal_territory",
     "rst": "rubrospinal_territory",
 }
+_BIN = re.compile(r"rc_-?\d+_-?\d+")  # rostro-caudal bins keep their minus signs
 _NAMESPACE = uuid.UUID("9f1d3c52-6b0e-4d8a-9a53-2f7c1e0b5d44")  # CordScope's UUID5 namespace
 
 
@@ -202,6 +203,8 @@ def region_from_class(name: str) -> str:
         out = re.sub(r"[\s\-]+", "_", text.strip().lower()).replace("grey", "gray").strip("_*")
         return _ALIASES.get(out, out)
 
+    if _BIN.fullmatch(name.strip().lower()):
+        return name.strip().lower()
     whole = norm(name)
     if whole in _KNOWN or whole.startswith("rc_"):
         return whole
