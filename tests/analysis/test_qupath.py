@@ -387,3 +387,42 @@ def test_stage_file_of_another_scan_is_refused(scan: Path, tmp_path: Path) -> No
     out.write_text(json.dumps(data))
     with pytest.raises(QuPathError, match="section 'rat09-C5' is not an analysed section of the scan"):
         apply_regions_file(scan, out)
+
+
+# ---------------------------------------------------------------- command line
+
+
+def test_cli_regions_round_trip_and_qupath_export(scan: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cordscope.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "regions.geojson"
+    exported = runner.invoke(app, ["regions", str(scan), "--export", str(out)])
+    assert exported.exit_code == 0, exported.output
+    assert f"wrote {out}" in exported.output.replace("\n", "")
+    same = runner.invoke(app, ["analyze", str(scan), "--regions", str(out)])
+    assert same.exit_code == 0, same.output
+    assert "no region changed (8 as they were)" in same.output
+    data = json.loads(out.read_text())
+    for feature in data["features"]:
+        if feature["properties"]["region"] == "rubrospinal_territory":
+            feature["geometry"] = _px(shapely.Point(1068.0, 2012.0).buffer(10.0))
+    out.write_text(json.dumps(data))
+    applied = runner.invoke(app, ["analyze", str(scan), "--regions", str(out)])
+    assert applied.exit_code == 0, applied.output
+    text = applied.output.replace("\n", " ")
+    assert "imported S1/rubrospinal_territory (7 unchanged)" in text and "imported" in text
+    assert "re-analysed from the stored sums in" in text
+    both = runner.invoke(app, ["analyze", str(scan), str(scan), "--regions", str(out)])
+    assert both.exit_code == 2 and "--regions applies to one scan file" in both.output
+    qupath = runner.invoke(app, ["export", str(scan), "--format", "qupath", "--out", str(tmp_path / "qp")])
+    assert qupath.exit_code == 0, qupath.output
+    assert (tmp_path / "qp" / "S1.ome.tif").is_file() and (tmp_path / "qp" / "S1.geojson").is_file()
+    territory = next(
+        f
+        for f in json.loads((tmp_path / "qp" / "S1.geojson").read_text())["features"]
+        if f["properties"]["name"] == "rubrospinal_territory"
+    )
+    assert territory["properties"]["metadata"]["region_kind"] == "imported"
