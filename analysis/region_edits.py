@@ -630,7 +630,7 @@ def apply_region_edits(
                 raise RegionEditError(
                     f"section {sid} of {path.name} has no analysis; run cordscope analyze first"
                 )
-            saved = read_analysis(group)
+            saved = read_analysis(group, with_mosaic=False)
             try:
                 results[sid] = reanalyse_section(saved, section_edits)
             except RegionEditError as e:

@@ -86,6 +86,7 @@ __all__ = [
     "analysis_format_version",
     "has_analysis",
     "read_analysis",
+    "read_region_table",
     "read_registered_tile_xy_um",
     "region_csv_path",
     "replace_dataset",
@@ -699,8 +700,34 @@ def _table_row(record: np.void, names: Sequence[str], records: Mapping[str, Regi
     return RegionRow(region=region, kind=kind, **values)
 
 
-def read_analysis(h5_group: h5py.Group) -> SavedAnalysis:
+def read_region_table(h5_group: h5py.Group) -> list[RegionRow]:
+    """Only a section's region table (with kinds), from its ``analysis/`` group.
+
+    Raises
+    ------
+    ResultsFormatError
+        If the group holds no analysis, is another format, or is of a newer version.
+    """
+    version = analysis_format_version(h5_group)
+    if version is None:
+        raise ResultsFormatError(f"{_where(h5_group)} holds no analysis; run cordscope analyze first")
+    rec = h5_group["regions_table"][()]
+    names = rec.dtype.names or ()
+    records: dict[str, RegionRecord] = {}
+    if "kind" not in names:  # version 1: the masks' records (plan polygons) give the kind
+        regions_json = _text(h5_group["regions_json"][()]) if "regions_json" in h5_group else None
+        records = {n: RegionRecord(kind="drawn", source="plan") for n in _plan_polygon_regions(regions_json)}
+    return [_table_row(r, names, records) for r in rec]
+
+
+def read_analysis(h5_group: h5py.Group, *, with_mosaic: bool = True) -> SavedAnalysis:
     """Read a section's ``analysis/`` group (any version up to :data:`ANALYSIS_FORMAT_VERSION`).
+
+    Parameters
+    ----------
+    h5_group : h5py.Group
+    with_mosaic : bool
+        Also read the mosaic (the largest dataset; region edits do not need it).
 
     Raises
     ------
@@ -751,7 +778,7 @@ def read_analysis(h5_group: h5py.Group) -> SavedAnalysis:
     channel_names: tuple[str, ...] = ()
     if "mosaic" in h5_group:
         ds = h5_group["mosaic"]
-        mosaic = ds[()]
+        mosaic = ds[()] if with_mosaic else None
         mosaic_origin = np.asarray(ds.attrs["origin_um"], dtype=np.float64)
         mosaic_pixel = float(ds.attrs["pixel_um"])
         channel_names = tuple(json.loads(_text(ds.attrs.get("channel_names", "[]"))))
@@ -907,6 +934,6 @@ def write_scan_region_csv(
             group = section.analysis_group
             if has_analysis(group):
                 assert group is not None
-                rows[sid] = read_analysis(group).table
+                rows[sid] = read_region_table(group)
                 attrs[sid] = section.attrs
     return write_region_csv(out or region_csv_path(scan_path), rows, section_attrs=attrs)

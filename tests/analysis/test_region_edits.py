@@ -297,3 +297,72 @@ def test_stored_edits_apply_again_after_a_new_analysis(saved) -> None:
     again, _ = regions.apply(edited.stored_edits())
     np.testing.assert_array_equal(again.masks["rubrospinal_territory"], edited.masks["rubrospinal_territory"])
     assert again.records == edited.records
+
+
+# ---------------------------------------------------------------- real sections
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("section_id", ["rat02-Th7", "rat03-lesion"], ids=["coronal", "horizontal"])
+def test_halves_and_bins_recomputed_like_the_automatic_ones(section_id: str) -> None:
+    from acquisition.demo.slide import demo_slide
+    from analysis.regions import section_regions
+    from analysis.results_format import RegionRecord
+    from analysis.section_analysis import regions_to_json
+    from tests.analysis.test_regions import P_UM, section_frame
+
+    slide = demo_slide()
+    image, origin, _ = section_frame(slide, section_id)
+    spec = slide.section(section_id).spec
+    auto = section_regions(
+        image,
+        origin_um=origin,
+        pixel_size_um=P_UM,
+        orientation=spec.orientation,
+        injection_side=spec.injection_side,
+    )
+    tissue = auto.masks["section"]
+    regions = SectionRegionSet(
+        grid=GridGeometry(np.asarray(origin, dtype=np.float64), P_UM, tissue.shape),
+        masks=dict(auto.masks),
+        records={name: RegionRecord() for name in auto.masks},
+        automatic_masks=dict(auto.masks),
+        regions_json=regions_to_json(auto),
+    )
+    # the section "edited" into itself: every half and bin recomputed from the stored axes
+    same, _ = regions.apply([RegionEdit("section", "edited", mask=tissue.copy())])
+    derived = [n for n in auto.masks if n in ("left", "right", "dorsal", "ventral") or n.startswith("rc_")]
+    assert len(derived) >= 4
+    assert spec.orientation == "coronal" or sum(n.startswith("rc_") for n in derived) >= 2
+    for name in derived:
+        np.testing.assert_array_equal(same.masks[name], auto.masks[name], err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def demo_section(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.analysis.test_worker import run_scan
+
+    return Path(str(run_scan(tmp_path_factory.mktemp("demo") / "th7.h5").path))
+
+
+@pytest.mark.slow
+def test_demo_section_reanalyses_in_well_under_a_second(demo_section: Path) -> None:
+    with h5py.File(demo_section, "r") as f:
+        saved = read_analysis(f["sections/rat01-Th7/analysis"])
+    assert saved.sums is not None and saved.masks["section"].size > 100_000  # a real grid
+    regions = SectionRegionSet.from_saved(saved)
+    # nothing edited: exactly the live analysis's table and maps, from the stored sums alone
+    table, maps = reanalyse(saved.sums, regions, bin_um=saved.bin_um)
+    assert table == saved.table
+    np.testing.assert_array_equal(maps.pct_axonal_area, saved.maps.pct_axonal_area)
+    # the territory's boundary moved 20 µm outward
+    outline = regions.outline_um("rubrospinal_territory")
+    assert outline is not None
+    moved = shapely.geometry.mapping(shapely.geometry.shape(outline).buffer(20.0))
+    result = reanalyse_section(saved, [RegionEdit("rubrospinal_territory", "edited", geometry_um=moved)])
+    assert result.elapsed_s < 0.5
+    rows = {r.region: r for r in result.table}
+    before = {r.region: r for r in saved.table}
+    assert rows["rubrospinal_territory"].area_um2 > 1.1 * before["rubrospinal_territory"].area_um2
+    assert rows["rubrospinal_territory"].kind == "edited"
+    assert rows["section"] == before["section"]

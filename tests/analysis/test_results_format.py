@@ -22,6 +22,7 @@ from analysis.results_format import (
     analysis_format_version,
     has_analysis,
     read_analysis,
+    read_region_table,
     write_analysis,
     write_region_csv,
     write_scan_region_csv,
@@ -62,6 +63,9 @@ def test_sums_read_back_exactly_and_rebuild_the_table(scan: Path) -> None:
     np.testing.assert_array_equal(saved.sums.axon_px, acc.axon_px)
     np.testing.assert_array_equal(saved.sums.tracer_sum_adu, acc.tracer_sum)
     np.testing.assert_array_equal(saved.sums.tile_centres_um, rs.tile_centres())
+    with h5py.File(scan, "r") as f:
+        assert read_region_table(_group(f)) == saved.table
+        assert read_analysis(_group(f), with_mosaic=False).mosaic is None
     # the stored sums give the stored table to the last digit
     assert region_table(saved.sums.accumulator(), saved.masks) == saved.table
     assert list(saved.masks) == list(rs.automatic_masks())  # table order kept
@@ -175,6 +179,8 @@ def test_version_1_groups_are_read(scan: Path) -> None:
         assert got.area_um2 == want.area_um2
         assert got.pct_axonal_area == pytest.approx(want.pct_axonal_area, rel=1e-12)
     assert load_scan_results(scan)[rs.SECTION].analysis is not None
+    with h5py.File(scan, "r") as f:
+        assert read_region_table(_group(f)) == saved.table
 
 
 def test_a_whole_write_replaces_everything_before_it(scan: Path) -> None:
