@@ -391,15 +391,14 @@ class SectionRegionSet:
             region that has no automatic mask.
         """
         records = dict(self.records)
-        # non-automatic masks before clipping: drawn polygons are rasterised again, so a region
-        # clipped by an edited section grows back when the section does
-        raw: dict[str, BoolArray] = {
-            n: m
-            if records[n].geometry_um is None
-            else rasterize_geometry_um(records[n].geometry_um, grid=self.grid)
-            for n, m in self.masks.items()
-            if records[n].kind != "automatic"
-        }
+        raw: dict[str, BoolArray] = {n: m for n, m in self.masks.items() if records[n].kind != "automatic"}
+        if any(e.region == "section" for e in edits):
+            # a region clipped by the section grows back with it: its polygon is rasterised again
+            # (only then, so that other edits never move a cell of a region they do not touch)
+            for name in raw:
+                geometry = records[name].geometry_um
+                if name != "section" and geometry is not None:
+                    raw[name] = rasterize_geometry_um(geometry, grid=self.grid)
         order = list(self.masks)
         history: list[dict[str, Any]] = []
         for edit in edits:

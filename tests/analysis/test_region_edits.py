@@ -197,6 +197,28 @@ def test_halves_follow_an_edited_section(saved) -> None:
     assert back.records["section"].kind == "automatic" and history[0]["action"] == "reset"
 
 
+def test_an_edit_leaves_other_hand_made_regions_alone(saved) -> None:
+    from analysis.results_format import RegionRecord
+
+    regions = SectionRegionSet.from_saved(saved)
+    # a region drawn in the plan whose stored mask is not exactly its polygon's rasterisation
+    # (the plan's rasteriser has another edge convention): an unrelated edit keeps its cells
+    odd = saved.masks["rubrospinal_territory"].copy()
+    odd[10, 30] = ~odd[10, 30]
+    drawn = RegionRecord(kind="drawn", source="plan", geometry_um=_territory_polygon())
+    regions = dataclasses.replace(
+        regions,
+        masks={**regions.masks, "rubrospinal_territory": odd},
+        records={**regions.records, "rubrospinal_territory": drawn},
+    )
+    gray = shapely.geometry.mapping(shapely.Point(rs.MID_X_UM, rs.MID_Y_UM).buffer(10.0))
+    edited, _ = regions.apply([RegionEdit("gray_matter", "drawn", geometry_um=gray)])
+    np.testing.assert_array_equal(edited.masks["rubrospinal_territory"], odd & saved.masks["section"])
+    grown, _ = regions.apply([RegionEdit("section", "edited", mask=np.ones(rs.GRID_SHAPE, bool))])
+    polygon = rasterize_geometry_um(_territory_polygon(), grid=regions.grid)
+    np.testing.assert_array_equal(grown.masks["rubrospinal_territory"], polygon)  # regrown from its polygon
+
+
 @pytest.mark.parametrize(
     ("edit", "match"),
     [
