@@ -620,6 +620,9 @@ class SectionAnalysis:
             maps = heatmaps(
                 section.accumulator, bin_um=self.settings.heatmap_bin_um, tissue_mask=regions.masks["section"]
             )
+        # regions given as plan polygons are drawn, as their records in the file say
+        drawn = set(regions.user_regions)
+        table = [dataclasses.replace(r, kind="drawn") if r.region in drawn else r for r in table]
         return SectionResults(self.section_id, regions, table, maps, n, reg, section is not self, section)
 
     def write(self, h5_group: h5py.Group, results: SectionResults) -> None:

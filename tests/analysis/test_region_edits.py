@@ -388,3 +388,39 @@ def test_demo_section_reanalyses_in_well_under_a_second(demo_section: Path) -> N
     assert rows["rubrospinal_territory"].area_um2 > 1.1 * before["rubrospinal_territory"].area_um2
     assert rows["rubrospinal_territory"].kind == "edited"
     assert rows["section"] == before["section"]
+
+
+def test_plan_polygons_are_written_as_drawn_regions(tmp_path: Path) -> None:
+    from analysis.section_analysis import SectionAnalysis
+
+    ring = shapely.Point(1040.0, 2016.0).buffer(30.0).exterior.coords[:-1]
+    square = [(1060.0, 2000.0), (1080.0, 2000.0), (1080.0, 2020.0), (1060.0, 2020.0)]
+    section = SectionAnalysis(
+        section_id=rs.SECTION,
+        tile_xy_um=rs.tile_centres(),
+        tile_shape_px=(rs.H, rs.W),
+        pixel_size_um=rs.PIXEL_UM,
+        n_channels=2,
+        tracer_channel=1,
+        anatomy_channel=0,
+        section_attrs={
+            "orientation": "coronal",
+            "injection_side": "left",
+            "region_polygons_um": {"section": [list(p) for p in ring], "rubrospinal_territory": square},
+        },
+        channel_names=rs.CHANNELS,
+    )
+    for t in range(len(rs.tile_centres())):
+        section.add_tile(rs.tile_pixels(t), tile_index=t)
+    results = section.results()
+    kinds = {r.region: r.kind for r in results.table}
+    assert kinds.pop("section") == kinds.pop("rubrospinal_territory") == "drawn"
+    assert set(kinds.values()) == {"automatic"}
+    with h5py.File(tmp_path / "a.h5", "w") as f:
+        section.write(f.create_group("analysis"), results)
+        saved = read_analysis(f["analysis"])
+    assert saved.table == results.table
+    record = saved.regions["rubrospinal_territory"]
+    assert (record.kind, record.source) == ("drawn", "plan")
+    assert shapely.geometry.shape(record.geometry_um).equals(shapely.Polygon(square))
+    assert datetime.fromisoformat(saved.regions["white_matter"].when_iso).tzinfo is not None
