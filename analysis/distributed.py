@@ -59,7 +59,7 @@ def _merge(
 ) -> FileTables:
     """Write the sections' results into the scan file (from this process only); return its tables."""
     kept: FileTables = {sid: t for sid in order if (t := tables[sid]) is not None}
-    merge_section_results(path, {sid: parts[sid] if sid in kept else None for sid in order}, kept)
+    merge_section_results(path, {sid: parts[sid] if sid in kept else None for sid in order})
     return kept
 
 

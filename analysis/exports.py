@@ -28,6 +28,7 @@ stage y).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -44,8 +45,14 @@ from numpy.typing import NDArray
 
 from acquisition.errors import CordScopeError
 from acquisition.storage import ScanFile, SectionReader
-from analysis.maps import REGION_COLUMNS, RegionRow, write_region_csv
-from analysis.scan_analysis import region_csv_path
+from analysis.results_format import (
+    SavedAnalysis,
+    has_analysis,
+    read_analysis,
+    read_registered_tile_xy_um,
+    region_csv_path,
+    write_scan_region_csv,
+)
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -58,8 +65,9 @@ __all__ = [
     "tile_positions_um",
 ]
 
-EXPORT_FORMATS = ("bdv", "ome-zarr", "csv")
-"""Formats :func:`export_bdv`, :func:`export_ome_zarr` and :func:`export_csv` write."""
+EXPORT_FORMATS = ("bdv", "ome-zarr", "csv", "qupath")
+"""Formats :func:`export_bdv`, :func:`export_ome_zarr`, :func:`export_csv` and
+:func:`analysis.qupath.export_qupath` write."""
 
 #: Name of the registered tile positions in a section's analysis group.
 REGISTERED_XY = "registered_tile_xy_um"
@@ -68,6 +76,45 @@ ZARR_CHUNK_PX = 512
 _BDV_SUBSAMPLING = ((1, 1, 1), (1, 2, 2), (1, 4, 4))
 _BDV_BLOCKS = ((1, 256, 256), (1, 256, 256), (1, 256, 256))
 _CHANNEL_COLORS = {"dapi": "0000FF", "tdtomato": "FF0000"}
+#: Percentiles of the imaged pixels that set each channel's display window (OME-Zarr ``omero``).
+DISPLAY_PERCENTILES = (1.0, 99.8)
+#: Display windows come from the finest pyramid level with at most this many pixels.
+_WINDOW_SAMPLE_PX = 2048 * 2048
+
+#: Display colour (R, G, B) of each region (OME-Zarr labels, QuPath classifications).
+REGION_COLORS: dict[str, tuple[int, int, int]] = {
+    "section": (160, 160, 160),
+    "white_matter": (230, 230, 120),
+    "gray_matter": (120, 120, 230),
+    "left": (80, 200, 200),
+    "right": (200, 80, 200),
+    "dorsal": (80, 200, 80),
+    "ventral": (200, 120, 40),
+    "rubrospinal_territory": (255, 60, 60),
+}
+_BIN_COLORS = ((40, 160, 220), (220, 160, 40))  # rostro-caudal bins alternate
+
+
+def region_color(region: str) -> tuple[int, int, int]:
+    """Display colour ``(R, G, B)`` of a region (bins alternate; other names get a steady hash colour)."""
+    if region in REGION_COLORS:
+        return REGION_COLORS[region]
+    if region.startswith("rc_"):
+        try:
+            start = int(region.split("_")[1])
+        except (IndexError, ValueError):
+            start = 0
+        return _BIN_COLORS[(start // 500) % 2]
+    h = sum((i + 1) * ord(ch) for i, ch in enumerate(region))
+    return (60 + h % 180, 60 + (h // 7) % 180, 60 + (h // 49) % 180)
+
+
+def tile_name(section_id: str, tile_index: int) -> str:
+    """A tile's name in every output: ``<section>/<4-digit index>`` (e.g. ``rat01-Th7/0005``).
+
+    The same name as the stage positions of the scan's MDA sequence (``acquisition.plan``).
+    """
+    return f"{section_id}/{int(tile_index):04d}"
 
 
 class ExportError(CordScopeError):
@@ -119,10 +166,9 @@ def tile_positions_um(section: SectionReader) -> NDArray[np.float64]:
         registered) wins over the planned ``tile_xy_um``, tile by tile.
     """
     planned = section.tile_xy_um
-    group = section.analysis_group
-    if group is None or REGISTERED_XY not in group:
+    registered = read_registered_tile_xy_um(section.analysis_group)
+    if registered is None:
         return planned
-    registered = np.asarray(group[REGISTERED_XY][()], dtype=np.float64)
     if registered.shape != planned.shape:
         raise ExportError(
             f"section {section.section_id}: analysis/{REGISTERED_XY} has shape {registered.shape}, "
@@ -233,9 +279,9 @@ def export_bdv(
 ) -> Path:
     """Write a BigDataViewer / BigStitcher dataset (XML + HDF5) of every done tile.
 
-    Every tile × channel is a view setup (tile attribute ``<section>/<tile>``,
-    channel attribute the channel name, setup name ``<section> tile <t>
-    <channel>``) holding the tile's ``(n_z, H, W)`` planes at three
+    Every tile × channel is a view setup (tile attribute the tile's name
+    ``<section>/<0005>`` (:func:`tile_name`), channel attribute the channel
+    name, setup name ``<section>/<0005> <channel>``) holding the tile's ``(n_z, H, W)`` planes at three
     resolutions (1, 1/2, 1/4). Its registration places it at its stage
     position: voxel size = pixel size (µm), calibration ``(1, 1, dz/p)``,
     then a translation in pixels (BigStitcher's convention), so the view's
@@ -285,7 +331,7 @@ def export_bdv(
         names: dict[int, str] = {}
         done = 0
         try:
-            tile_labels = [f"{s.section_id}/{t}" for s in sections for t in range(s.n_tiles)]
+            tile_labels = [tile_name(s.section_id, t) for s in sections for t in range(s.n_tiles)]
             writer.set_attribute_labels("tile", tuple(tile_labels))
             writer.set_attribute_labels("channel", tuple(channels))
             for s_index, sec in enumerate(sections):
@@ -316,7 +362,7 @@ def export_bdv(
                             voxel_units="µm",
                             calibration=(1.0, 1.0, dz / p),
                         )
-                        names[c * n_tiles + tile] = f"{sec.section_id} tile {t} {channel}"
+                        names[c * n_tiles + tile] = f"{tile_name(sec.section_id, t)} {channel}"
                     done += 1
                     report(ExportProgress(done, total, sec.section_id, "tiles"))
             writer.write_xml(microscope_name="CordScope")
@@ -356,7 +402,15 @@ def _pyramid_shapes(shape_px: tuple[int, int]) -> list[tuple[int, int]]:
 
 
 def _image_model(
-    *, axes: list[Any], level_scales: list[list[float]], level_translations: list[list[float]], omero: Any
+    *,
+    axes: list[Any],
+    level_scales: list[list[float]],
+    level_translations: list[list[float]],
+    omero: Any,
+    name: str,
+    method: str | None,
+    metadata: dict[str, Any],
+    image_label: Any = None,
 ) -> Any:
     from yaozarrs import v05
 
@@ -370,7 +424,11 @@ def _image_model(
         )
         for k, (scale, shift) in enumerate(zip(level_scales, level_translations, strict=True))
     ]
-    return v05.Image(multiscales=[v05.Multiscale(axes=axes, datasets=datasets)], omero=omero)
+    # NGFF recommends name, type (how the levels were made) and metadata on every multiscale
+    multiscale = v05.Multiscale(name=name, axes=axes, datasets=datasets, type=method, metadata=metadata)
+    if image_label is not None:
+        return v05.LabelImage(multiscales=[multiscale], **{"image-label": image_label})
+    return v05.Image(multiscales=[multiscale], omero=omero)
 
 
 def _blocks(shape: tuple[int, int], step: int) -> Iterator[tuple[slice, slice]]:
@@ -403,6 +461,64 @@ def _downsample_level(src: Any, dst: Any, lead: tuple[int, ...]) -> Iterator[Non
         yield None
 
 
+def place_done_tiles(
+    sec: SectionReader, done: NDArray[np.intp], geometry: MosaicGeometry, dest: Any, *, z_projection: bool
+) -> Iterator[int]:
+    """Write each done tile into a full-resolution mosaic array at its corner; yield each tile index.
+
+    ``dest`` is ``(C, rows, cols)`` (single-plane tiles, or ``z_projection``: planes max-projected)
+    or ``(C, Z, rows, cols)``; later tiles overwrite earlier ones where they overlap.
+    """
+    h, w = sec.tile_shape_px
+    for t, (r0, c0) in zip(done, geometry.corners_px, strict=True):
+        pixels = sec.read_tile(int(t))  # (C, Z, H, W)
+        if z_projection:
+            block = pixels.max(axis=1)
+        else:
+            block = pixels[:, 0] if len(dest.shape) == 3 else pixels
+        lead = block.shape[:-2]
+        dest[(*[slice(None)] * len(lead), slice(int(r0), int(r0) + h), slice(int(c0), int(c0) + w))] = block
+        yield int(t)
+
+
+def display_windows(level: Any, n_channels: int) -> list[tuple[float, float]]:
+    """Display window ``(start, end)`` per channel: :data:`DISPLAY_PERCENTILES` of the imaged pixels.
+
+    Parameters
+    ----------
+    level : (C, rows, cols) or (C, Z, rows, cols) array-like
+        A pyramid level (pixels equal to 0 were not imaged and are left out).
+    n_channels : int
+    """
+    out = []
+    for c in range(n_channels):
+        values = np.asarray(level[c]).ravel()
+        values = values[values > 0]
+        if values.size == 0:
+            out.append((0.0, 1.0))
+            continue
+        low, high = (float(v) for v in np.percentile(values, DISPLAY_PERCENTILES))
+        out.append((low, max(high, low + 1.0)))
+    return out
+
+
+def _window_level(shapes: list[tuple[int, int]]) -> int:
+    for k, (rows, cols) in enumerate(shapes):
+        if rows * cols <= _WINDOW_SAMPLE_PX:
+            return k
+    return len(shapes) - 1
+
+
+def _set_omero_windows(dest: Path, windows: list[tuple[float, float]]) -> None:
+    import zarr
+
+    group = zarr.open_group(str(dest), mode="r+")
+    ome: dict[str, Any] = json.loads(json.dumps(group.attrs["ome"]))
+    for channel, (start, end) in zip(ome["omero"]["channels"], windows, strict=True):
+        channel["window"].update(start=start, end=end)
+    group.attrs["ome"] = ome
+
+
 def export_ome_zarr(
     scan_path: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -410,7 +526,7 @@ def export_ome_zarr(
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
 ) -> list[Path]:
-    """Write each section's full-resolution mosaic (and heatmap) as OME-Zarr images.
+    """Write each section's full-resolution mosaic (with region labels, and heatmap) as OME-Zarr images.
 
     Per section ``<out_dir>/<section>.ome.zarr``: uint16 ``(c, y, x)`` (or
     ``(c, z, y, x)`` for z-stacks), done tiles placed at their registered
@@ -418,15 +534,20 @@ def export_ome_zarr(
     to whole pixels, later tiles over earlier ones where they overlap; not
     imaged pixels are 0. Levels ``0, 1, …`` halve the resolution until an
     image fits in one 512 × 512 chunk, each the 2 × 2 mean of the one
-    above. Scales are in µm; the translation places every level in stage
-    coordinates (centre of pixel ``(0, 0)``); ``omero`` names the channels.
+    above (multiscale ``type`` ``"mean"``). Scales are in µm; the translation
+    places every level in stage coordinates (centre of pixel ``(0, 0)``);
+    ``omero`` names the channels, with display windows from the data
+    (:data:`DISPLAY_PERCENTILES` of the imaged pixels, :func:`display_windows`).
 
-    Where the section has an analysis, ``<out_dir>/<section>_pct_axonal_area.ome.zarr``
-    holds its % axonal area heatmap (float32 ``(y, x)``, NaN outside the
-    tissue, scale = bin size) in the same coordinates.
+    Where the section was analysed, ``labels/<region>`` holds each region's
+    mask as an NGFF label image (uint8, 1 inside, with the region's name, kind
+    and colour in ``image-label``) on the same pixels and levels as the image,
+    and ``<out_dir>/<section>_pct_axonal_area.ome.zarr`` its % axonal area
+    heatmap (float32 ``(y, x)``, NaN outside the tissue, scale = bin size) in the
+    same coordinates.
 
-    The mosaic is written tile by tile and the pyramid chunk by chunk, so
-    memory stays at a few tiles whatever the section's size.
+    The mosaic is written tile by tile and the pyramid and labels chunk by
+    chunk, so memory stays at a few tiles whatever the section's size.
 
     Returns
     -------
@@ -451,7 +572,6 @@ def export_ome_zarr(
             h, w = sec.tile_shape_px
             p = sec.pixel_size_um
             geometry = mosaic_geometry(tile_positions_um(sec)[done], (h, w), p)
-            corners = dict(zip((int(t) for t in done), geometry.corners_px, strict=True))
             shapes = _pyramid_shapes(geometry.shape_px)
             lead: tuple[int, ...] = (n_c,) if n_z == 1 else (n_c, n_z)
             axes: list[Any] = [v05.ChannelAxis(name="c")]
@@ -478,13 +598,25 @@ def export_ome_zarr(
                     v05.OmeroChannel(
                         label=name,
                         color=_CHANNEL_COLORS.get(name.lower(), "FFFFFF"),
+                        # replaced by windows from the data once the pyramid is written
                         window=v05.OmeroWindow(start=0, end=65535, min=0, max=65535),
                         active=True,
                     )
                     for name in sec.channel_names
                 ]
             )
-            image = _image_model(axes=axes, level_scales=scales, level_translations=shifts, omero=omero)
+            image = _image_model(
+                axes=axes,
+                level_scales=scales,
+                level_translations=shifts,
+                omero=omero,
+                name=sid,
+                method="mean",
+                metadata={
+                    "description": "level k is the 2 x 2 block mean of level k - 1 (rounded to uint16)",
+                    "tiles": "done tiles at registered (else planned) positions; 0 where not imaged",
+                },
+            )
             chunks = (1,) * len(lead) + (ZARR_CHUNK_PX, ZARR_CHUNK_PX)
             dest, arrays = prepare_image(
                 out / f"{sid}.ome.zarr",
@@ -494,46 +626,144 @@ def export_ome_zarr(
                 writer="zarr",
                 extra_attributes={"cordscope": {"scan": str(scan.path), "section_id": sid}},
             )
-            steps = done.size + sum(
-                math.ceil(s[0] / ZARR_CHUNK_PX) * math.ceil(s[1] / ZARR_CHUNK_PX) for s in shapes[1:]
-            )
+            group = sec.analysis_group
+            saved = read_analysis(group) if group is not None and has_analysis(group) else None
+            n_labels = len(saved.masks) if saved is not None and saved.mask_origin_um is not None else 0
+            steps = done.size + n_labels
+            steps += sum(math.ceil(r / ZARR_CHUNK_PX) * math.ceil(c / ZARR_CHUNK_PX) for r, c in shapes[1:])
             step = 0
-            level0 = arrays["0"]
-            for t in done:
-                t = int(t)
-                r0, c0 = (int(v) for v in corners[t])
-                pixels = sec.read_tile(t)  # (C, Z, H, W)
-                block = pixels[:, 0] if n_z == 1 else pixels
-                level0[(*[slice(None)] * len(lead), slice(r0, r0 + h), slice(c0, c0 + w))] = block
+            for _ in place_done_tiles(sec, done, geometry, arrays["0"], z_projection=False):
                 step += 1
                 report(ExportProgress(step, steps, sid, "tiles"))
             for k in range(1, len(shapes)):
                 for _ in _downsample_level(arrays[str(k - 1)], arrays[str(k)], lead):
                     step += 1
                     report(ExportProgress(step, steps, sid, "pyramid"))
+            _set_omero_windows(dest, display_windows(arrays[str(_window_level(shapes))], n_c))
+            if saved is not None and n_labels:
+                for region in _write_region_labels(dest, saved, geometry, shapes, scales, shifts, n_z):
+                    step += 1
+                    report(ExportProgress(step, steps, sid, f"label {region}"))
             written.append(dest)
-            heatmap = _write_heatmap(sec, out / f"{sid}_pct_axonal_area.ome.zarr")
+            heatmap = _write_heatmap(sec, saved, out / f"{sid}_pct_axonal_area.ome.zarr")
             if heatmap is not None:
                 written.append(heatmap)
     return written
 
 
-def _write_heatmap(sec: SectionReader, dest: Path) -> Path | None:
+def _label_block(
+    mask: NDArray[np.bool_],
+    saved: SavedAnalysis,
+    x_um: NDArray[np.float64],
+    y_um: NDArray[np.float64],
+) -> NDArray[np.uint8]:
+    """The mask at stage pixel centres (columns at ``x_um``, rows at ``y_um``): the cell each falls in."""
+    assert saved.mask_origin_um is not None and saved.mask_cell_um is not None
+    o, cell = saved.mask_origin_um, saved.mask_cell_um
+    cols = np.floor((x_um - o[0]) / cell).astype(np.int64)
+    rows = np.floor((y_um - o[1]) / cell).astype(np.int64)
+    ok_c = (cols >= 0) & (cols < mask.shape[1])
+    ok_r = (rows >= 0) & (rows < mask.shape[0])
+    block = mask[np.clip(rows, 0, mask.shape[0] - 1)[:, None], np.clip(cols, 0, mask.shape[1] - 1)[None, :]]
+    return (block & ok_r[:, None] & ok_c[None, :]).astype(np.uint8)
+
+
+def _write_region_labels(
+    dest: Path,
+    saved: SavedAnalysis,
+    geometry: MosaicGeometry,
+    shapes: list[tuple[int, int]],
+    scales: list[list[float]],
+    shifts: list[list[float]],
+    n_z: int,
+) -> Iterator[str]:
+    """One NGFF label image per region under ``dest/labels``, on the image's pixels and levels."""
+    from yaozarrs import v05
+    from yaozarrs.write.v05 import LabelsBuilder
+
+    yx_axes: list[Any] = [
+        v05.SpaceAxis(name="y", unit="micrometer"),
+        v05.SpaceAxis(name="x", unit="micrometer"),
+    ]
+    builder = LabelsBuilder(dest / "labels", writer="zarr", chunks=(ZARR_CHUNK_PX, ZARR_CHUNK_PX))
+    for region in saved.masks:
+        record = saved.regions.get(region)
+        kind = record.kind if record is not None else "automatic"
+        r, g, b = region_color(region)
+        label = v05.ImageLabel.model_validate(
+            {
+                "colors": [{"label-value": 1, "rgba": [r, g, b, 255]}],
+                "properties": [{"label-value": 1}],  # name and kind: _label_properties
+                "source": {"image": "../../"},
+                "version": "0.5",
+            }
+        )
+        builder.add_label(
+            region,
+            _image_model(
+                axes=yx_axes,
+                level_scales=[sc[-2:] for sc in scales],
+                level_translations=[sh[-2:] for sh in shifts],
+                omero=None,
+                name=region,
+                method="nearest",
+                metadata={
+                    "description": "1 where the pixel centre lies in a cell of the region's mask "
+                    "(the analysis grid), sampled at each level's pixel centres",
+                    "kind": kind,
+                },
+                image_label=label,
+            ),
+            [(shape, "uint8") for shape in shapes],
+        )
+    _, arrays = builder.prepare()
+    _label_properties(dest / "labels", saved)
+    p = geometry.pixel_size_um
+    for region, mask in saved.masks.items():
+        for k, shape in enumerate(shapes):
+            f = 2**k
+            # centre of level-k pixel (i, j): the level's translation plus i·(f·p)
+            x0 = geometry.origin_um[0] + (f - 1) / 2 * p
+            y0 = geometry.origin_um[1] + (f - 1) / 2 * p
+            target = arrays[f"{region}/{k}"]
+            for rs, cs in _blocks(shape, ZARR_CHUNK_PX):
+                x = x0 + np.arange(cs.start, cs.stop) * f * p
+                y = y0 + np.arange(rs.start, rs.stop) * f * p
+                target[rs, cs] = _label_block(mask, saved, x, y)
+        yield region
+
+
+def _label_properties(labels: Path, saved: SavedAnalysis) -> None:
+    """Name and kind of each region in its label's ``image-label.properties`` (yaozarrs drops extras)."""
+    import zarr
+
+    for region in saved.masks:
+        record = saved.regions.get(region)
+        group = zarr.open_group(str(labels / region), mode="r+")
+        ome: dict[str, Any] = json.loads(json.dumps(group.attrs["ome"]))
+        ome["image-label"]["properties"] = [
+            {"label-value": 1, "name": region, "kind": record.kind if record is not None else "automatic"}
+        ]
+        group.attrs["ome"] = ome
+
+
+def _write_heatmap(sec: SectionReader, saved: SavedAnalysis | None, dest: Path) -> Path | None:
     from yaozarrs import v05
     from yaozarrs.write.v05 import prepare_image
 
-    group = sec.analysis_group
-    if group is None or "pct_axonal_area_map" not in group:
+    if saved is None:
         return None
-    ds = group["pct_axonal_area_map"]
-    values = np.asarray(ds[()], dtype=np.float32)
-    origin = np.asarray(ds.attrs["origin_um"], dtype=np.float64)
-    bin_um = float(ds.attrs["bin_um"])
+    maps = saved.maps
+    values = np.asarray(maps.pct_axonal_area, dtype=np.float32)
+    origin, bin_um = maps.origin_um, maps.bin_um
     image = _image_model(
         axes=[v05.SpaceAxis(name="y", unit="micrometer"), v05.SpaceAxis(name="x", unit="micrometer")],
         level_scales=[[bin_um, bin_um]],
         level_translations=[[float(origin[1]) + bin_um / 2, float(origin[0]) + bin_um / 2]],
         omero=None,
+        name=f"{sec.section_id} % axonal area",
+        method=None,
+        metadata={"description": "% axonal area of the imaged tissue per bin; NaN outside the tissue"},
     )
     path, arrays = prepare_image(
         dest,
@@ -558,11 +788,12 @@ def export_csv(
     *,
     progress: ProgressCallback | None = None,
 ) -> Path:
-    """Write every analysed section's region table to one CSV (a ``section_id`` column first).
+    """Write every analysed section's region table to one CSV, with its labels and region kinds.
 
     The numbers are those of ``/sections/<id>/analysis/regions_table``, in
-    the format of :func:`analysis.maps.write_region_csv` (the CSV that
-    ``cordscope analyze`` writes).
+    the format of :func:`analysis.results_format.write_region_csv` (the CSV that
+    ``cordscope analyze`` writes beside the scan): columns
+    :data:`~analysis.results_format.CSV_COLUMNS`, units in the names, rounded values.
 
     Parameters
     ----------
@@ -585,20 +816,12 @@ def export_csv(
             target.mkdir(parents=True, exist_ok=True)
             target = target / default.name
         target.parent.mkdir(parents=True, exist_ok=True)
-    rows: dict[str, list[RegionRow]] = {}
+    analysed = 0
     with ScanFile.open(scan_path) as scan:
         ids = scan.section_ids
         for i, sid in enumerate(ids):
-            group = scan.section(sid).analysis_group
-            if group is not None and "regions_table" in group:
-                rows[sid] = [_region_row(r) for r in group["regions_table"][()]]
+            analysed += has_analysis(scan.section(sid).analysis_group)
             report(ExportProgress(i + 1, len(ids), sid, "regions"))
-    if not rows:
+    if not analysed:
         raise ExportError(f"{scan_path} has no analysed section; run: cordscope analyze {scan_path}")
-    return write_region_csv(target, rows)
-
-
-def _region_row(record: np.void) -> RegionRow:
-    region = record["region"]
-    name = region.decode() if isinstance(region, bytes) else str(region)
-    return RegionRow(name, *(float(record[k]) for k in REGION_COLUMNS[1:]))
+    return write_scan_region_csv(scan_path, target)

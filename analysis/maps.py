@@ -58,30 +58,20 @@ it). On the demo slide (objects lie inside their regions) this is well below
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
-import json
 import math
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
-import h5py
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 __all__ = [
     "Heatmaps",
     "RegionRow",
-    "SavedAnalysis",
     "SectionAccumulator",
     "heatmaps",
-    "read_analysis",
     "region_table",
-    "replace_dataset",
-    "write_analysis",
-    "write_region_csv",
 ]
 
 F64 = NDArray[np.float64]
@@ -394,6 +384,9 @@ class RegionRow:
         tracer image, e.g. ADU; NaN if nothing imaged).
     imaged_fraction : float
         Imaged area / region area (0..1).
+    kind : str
+        Where the region's mask came from: ``"automatic"`` (from the DAPI mosaic),
+        ``"edited"``, ``"drawn"`` or ``"imported"`` (see :mod:`analysis.results_format`).
     """
 
     region: str
@@ -402,6 +395,7 @@ class RegionRow:
     pct_axonal_area: float
     mean_tracer_intensity: float
     imaged_fraction: float
+    kind: str = "automatic"
 
 
 def region_table(acc: SectionAccumulator, masks: Mapping[str, ArrayLike]) -> list[RegionRow]:
@@ -526,228 +520,17 @@ def heatmaps(
 
 # ---------------------------------------------------------------- output
 
-
-def _rows_csv(rows: Sequence[RegionRow], section_id: str | None = None) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    head = list(REGION_COLUMNS)
-    writer.writerow((["section_id"] if section_id is not None else []) + head)
-    for r in rows:
-        values = [getattr(r, k) for k in head]
-        writer.writerow(([section_id] if section_id is not None else []) + [_fmt(v) for v in values])
-    return buf.getvalue()
+#: Names that moved to :mod:`analysis.results_format` (the one reader and writer of the
+#: ``analysis/`` group); still importable from here.
+_MOVED = frozenset(
+    {"SavedAnalysis", "read_analysis", "replace_dataset", "write_analysis", "write_region_csv"}
+)
 
 
-def _fmt(v: object) -> str:
-    if isinstance(v, float):
-        return "" if math.isnan(v) else repr(v)
-    return str(v)
+def __getattr__(name: str) -> Any:
+    # resolved on first use: results_format imports this module
+    if name in _MOVED:
+        from analysis import results_format
 
-
-def replace_dataset(group: h5py.Group, name: str, data: Any, **kwargs: Any) -> h5py.Dataset:
-    """Create dataset ``name`` in ``group``, replacing one already there."""
-    if name in group:
-        del group[name]
-    return group.create_dataset(name, data=data, **kwargs)
-
-
-def write_analysis(
-    h5_group: h5py.Group,
-    *,
-    maps: Heatmaps,
-    masks: Mapping[str, ArrayLike],
-    table: Sequence[RegionRow],
-    parameters: Mapping[str, Any],
-    accumulator: SectionAccumulator | None = None,
-    grid_origin_um: ArrayLike | None = None,
-    grid_cell_um: float | None = None,
-    mosaic: ArrayLike | None = None,
-    mosaic_origin_um: ArrayLike | None = None,
-    mosaic_pixel_um: float | None = None,
-    channel_names: Sequence[str] = (),
-) -> None:
-    """Write a section's maps, region masks, region table and parameters into its ``analysis/`` group.
-
-    Everything is a plain dataset (readable with h5py alone); names already
-    present are replaced, so an offline rerun overwrites the live results.
-
-    Layout::
-
-        pct_axonal_area_map          float32 (ny, nx)   attrs origin_um, bin_um, units
-        mean_tracer_map              float32 (ny, nx)
-        imaged_tissue_fraction_map   float32 (ny, nx)
-        masks/<region>               uint8 (rows, cols) 0/1   attrs origin_um, cell_um (if given)
-        regions_table                compound, one record per region (columns of RegionRow)
-        regions_table_csv            the same as CSV text
-        parameters_json              JSON text of ``parameters``
-        grid/imaged_area_um2, grid/axon_area_um2, grid/tracer_sum   (with ``accumulator``)
-        mosaic                       float32 (C, rows, cols), NaN where not imaged
-                                     attrs origin_um, pixel_um, channel_names  (with ``mosaic``)
-
-    Parameters
-    ----------
-    h5_group : h5py.Group
-        The section's ``analysis`` group, open for writing.
-    maps : Heatmaps
-    masks : mapping of region name → (rows, cols) bool on the analysis grid
-    table : sequence of RegionRow
-    parameters : mapping
-        JSON-serialisable parameters used (segmentation settings, bin size, ...).
-    accumulator : SectionAccumulator, optional
-        Also write its per-cell grids (and take the mask geometry from it).
-    grid_origin_um, grid_cell_um : optional
-        Geometry of the mask grid when no accumulator is given.
-    mosaic : (C, rows, cols) array, optional
-        The reduced section mosaic (corrected values), one plane per channel.
-    mosaic_origin_um, mosaic_pixel_um, channel_names : optional
-        Its top-left corner (stage µm), pixel size (µm) and channel names.
-    """
-    common = {"origin_um": maps.origin_um, "bin_um": maps.bin_um}
-    for name, data, units in (
-        ("pct_axonal_area_map", maps.pct_axonal_area, "percent of imaged tissue area"),
-        ("mean_tracer_map", maps.mean_tracer, "mean corrected tracer value per pixel"),
-        ("imaged_tissue_fraction_map", maps.imaged_tissue_fraction, "fraction of bin area"),
-    ):
-        ds = replace_dataset(h5_group, name, np.asarray(data, dtype=np.float32))
-        ds.attrs.update(common)
-        ds.attrs["units"] = units
-    if accumulator is not None:
-        grid_origin_um, grid_cell_um = accumulator.origin_um, accumulator.cell_um
-    if "masks" in h5_group:
-        del h5_group["masks"]
-    mg = h5_group.create_group("masks")
-    if grid_origin_um is not None:
-        mg.attrs["origin_um"] = np.asarray(grid_origin_um, dtype=np.float64)
-    if grid_cell_um is not None:
-        mg.attrs["cell_um"] = float(grid_cell_um)
-    for region, m in masks.items():
-        mg.create_dataset(region, data=np.asarray(m, dtype=bool).astype(np.uint8), compression="gzip")
-    str_t = h5py.string_dtype()
-    dt = np.dtype([("region", str_t)] + [(k, np.float64) for k in REGION_COLUMNS[1:]])
-    rec = np.array([tuple(getattr(r, k) for k in REGION_COLUMNS) for r in table], dtype=dt)
-    replace_dataset(h5_group, "regions_table", rec)
-    replace_dataset(h5_group, "regions_table_csv", _rows_csv(table), dtype=str_t)
-    replace_dataset(h5_group, "parameters_json", json.dumps(dict(parameters), sort_keys=True), dtype=str_t)
-    if accumulator is not None:
-        if "grid" in h5_group:
-            del h5_group["grid"]
-        gg = h5_group.create_group("grid")
-        gg.attrs["origin_um"] = accumulator.origin_um
-        gg.attrs["cell_um"] = accumulator.cell_um
-        gg.create_dataset("imaged_area_um2", data=accumulator.imaged_area_um2, compression="gzip")
-        gg.create_dataset("axon_area_um2", data=accumulator.axon_area_um2, compression="gzip")
-        gg.create_dataset("tracer_sum", data=accumulator.tracer_sum, compression="gzip")
-    if mosaic is not None:
-        if mosaic_origin_um is None or mosaic_pixel_um is None:
-            raise ValueError("a mosaic needs mosaic_origin_um and mosaic_pixel_um")
-        ds = replace_dataset(h5_group, "mosaic", np.asarray(mosaic, dtype=np.float32), compression="gzip")
-        ds.attrs["origin_um"] = np.asarray(mosaic_origin_um, dtype=np.float64)
-        ds.attrs["pixel_um"] = float(mosaic_pixel_um)
-        ds.attrs["channel_names"] = json.dumps(list(channel_names))
-        ds.attrs["units"] = "corrected ADU (dark offset subtracted), mean over each mosaic pixel"
-
-
-@dataclasses.dataclass(frozen=True)
-class SavedAnalysis:
-    """A section's analysis as written by :func:`write_analysis`, read back.
-
-    Attributes
-    ----------
-    maps : Heatmaps
-    masks : dict of region name → (rows, cols) bool on the analysis grid
-    mask_origin_um : (2,) float64 or None
-        Stage (x, y) of the mask grid's top-left corner.
-    mask_cell_um : float or None
-    table : list of RegionRow
-    parameters : dict
-    mosaic : (C, rows, cols) float32 or None
-    mosaic_origin_um : (2,) float64 or None
-    mosaic_pixel_um : float or None
-    channel_names : tuple of str
-    """
-
-    maps: Heatmaps
-    masks: dict[str, NDArray[np.bool_]]
-    mask_origin_um: F64 | None
-    mask_cell_um: float | None
-    table: list[RegionRow]
-    parameters: dict[str, Any]
-    mosaic: F32 | None = None
-    mosaic_origin_um: F64 | None = None
-    mosaic_pixel_um: float | None = None
-    channel_names: tuple[str, ...] = ()
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def read_analysis(h5_group: h5py.Group) -> SavedAnalysis:
-    """Read a section's ``analysis/`` group (as written by :func:`write_analysis`).
-
-    Raises
-    ------
-    KeyError
-        If the group lacks the maps or the region table (no analysis written).
-    """
-    pct = h5_group["pct_axonal_area_map"]
-    maps = Heatmaps(
-        pct_axonal_area=pct[()],
-        mean_tracer=h5_group["mean_tracer_map"][()],
-        imaged_tissue_fraction=h5_group["imaged_tissue_fraction_map"][()],
-        origin_um=np.asarray(pct.attrs["origin_um"], dtype=np.float64),
-        bin_um=float(pct.attrs["bin_um"]),
-        cells_per_bin=0,
-    )
-    mg = h5_group["masks"]
-    masks = {name: mg[name][()].astype(bool) for name in mg}
-    origin = mg.attrs.get("origin_um")
-    cell = mg.attrs.get("cell_um")
-    if cell is not None:
-        maps = dataclasses.replace(maps, cells_per_bin=max(1, round(maps.bin_um / float(cell))))
-    rec = h5_group["regions_table"][()]
-    table = [RegionRow(_text(r["region"]), *(float(r[k]) for k in REGION_COLUMNS[1:])) for r in rec]
-    params = json.loads(_text(h5_group["parameters_json"][()]))
-    mosaic = mosaic_origin = mosaic_pixel = None
-    names: tuple[str, ...] = ()
-    if "mosaic" in h5_group:
-        ds = h5_group["mosaic"]
-        mosaic = ds[()]
-        mosaic_origin = np.asarray(ds.attrs["origin_um"], dtype=np.float64)
-        mosaic_pixel = float(ds.attrs["pixel_um"])
-        names = tuple(json.loads(_text(ds.attrs.get("channel_names", "[]"))))
-    return SavedAnalysis(
-        maps=maps,
-        masks=masks,
-        mask_origin_um=None if origin is None else np.asarray(origin, dtype=np.float64),
-        mask_cell_um=None if cell is None else float(cell),
-        table=table,
-        parameters=params,
-        mosaic=mosaic,
-        mosaic_origin_um=mosaic_origin,
-        mosaic_pixel_um=mosaic_pixel,
-        channel_names=names,
-    )
-
-
-def write_region_csv(path: str | Path, section_rows: Mapping[str, Sequence[RegionRow]]) -> Path:
-    """Write the region tables of one or more sections to one CSV (a ``section_id`` column first).
-
-    Parameters
-    ----------
-    path : path of the CSV (e.g. the scan file's name with ``.csv``)
-    section_rows : mapping of section id → its region rows
-
-    Returns
-    -------
-    Path
-        The written file. NaN is written as an empty field.
-    """
-    out = Path(path)
-    with out.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["section_id", *REGION_COLUMNS])
-        for section_id, rows in section_rows.items():
-            for r in rows:
-                writer.writerow([section_id, *(_fmt(getattr(r, k)) for k in REGION_COLUMNS)])
-    return out
+        return getattr(results_format, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -47,8 +47,9 @@ import h5py
 import numpy as np
 
 from acquisition.storage import ScanFile, SectionReader, TileStatus, tile_name
-from analysis.maps import RegionRow, write_region_csv
+from analysis.maps import RegionRow
 from analysis.regions import SectionRegions
+from analysis.results_format import region_csv_path, write_scan_region_csv
 from analysis.section_analysis import LiveSnapshot, SectionAnalysis, SectionResults, saved_snapshot
 from analysis.settings import AnalysisSettings, load_flat_fields, settings_of_scan
 
@@ -84,12 +85,6 @@ class AnalysisFault:
     section_id: str
     tile_index: int
     message: str
-
-
-def region_csv_path(scan_path: str | Path) -> Path:
-    """The region CSV written beside a scan file: ``<scan>.regions.csv``."""
-    p = Path(scan_path)
-    return p.with_name(p.stem + ".regions.csv")
 
 
 def _done_tile_reader(scan: ScanFile, section_id: str) -> Callable[[int], np.ndarray | None]:
@@ -334,7 +329,7 @@ class ScanAnalysis:
                             self._finalized.add(sid)
                 finally:
                     self._scan = None
-            write_region_csv(region_csv_path(self.scan_path), tables)
+            write_scan_region_csv(self.scan_path)
         finally:
             self.close()
         return tables
@@ -473,16 +468,13 @@ def analyze_section_into(
         analysis.close()
 
 
-def merge_section_results(
-    path: str | Path, parts: Mapping[str, Path | None], tables: Mapping[str, list[RegionRow]]
-) -> Path:
+def merge_section_results(path: str | Path, parts: Mapping[str, Path | None]) -> Path:
     """Copy sections' results written by :func:`analyze_section_into` into the scan file; write its CSV.
 
     Parameters
     ----------
     path : the scan file (opened for writing here, by this process only)
     parts : section id → the file its results were written to (None: no results)
-    tables : section id → region table, in the file's section order
 
     Returns
     -------
@@ -497,4 +489,4 @@ def merge_section_results(
                 del group["analysis"]
             with h5py.File(part, "r") as src:
                 src.copy(src["analysis"], group, name="analysis")
-    return write_region_csv(region_csv_path(path), tables)
+    return write_scan_region_csv(path)

@@ -49,19 +49,11 @@ import yaml
 from numpy.typing import ArrayLike, NDArray
 
 from acquisition.storage import SectionReader
-from analysis.maps import (
-    Heatmaps,
-    RegionRow,
-    SavedAnalysis,
-    SectionAccumulator,
-    heatmaps,
-    read_analysis,
-    region_table,
-    replace_dataset,
-    write_analysis,
-)
+from analysis.maps import Heatmaps, RegionRow, SectionAccumulator, heatmaps, region_table
 from analysis.mosaic import Registration, SectionMosaic, measure_pair_shift, registration_from_pairs
+from analysis.region_edits import analysis_records
 from analysis.regions import SectionAxes, SectionRegions, section_regions
+from analysis.results_format import SavedAnalysis, read_analysis, write_analysis
 from analysis.settings import AnalysisSettings, segmentation_settings
 from analysis.tile import correct_tile, segment_axons
 
@@ -628,11 +620,22 @@ class SectionAnalysis:
             maps = heatmaps(
                 section.accumulator, bin_um=self.settings.heatmap_bin_um, tissue_mask=regions.masks["section"]
             )
+        # regions given as plan polygons are drawn, as their records in the file say
+        drawn = set(regions.user_regions)
+        table = [dataclasses.replace(r, kind="drawn") if r.region in drawn else r for r in table]
         return SectionResults(self.section_id, regions, table, maps, n, reg, section is not self, section)
 
     def write(self, h5_group: h5py.Group, results: SectionResults) -> None:
         """Write ``results`` into a section's ``analysis`` group (open for writing)."""
         section = results.source or self
+        reg = results.registration
+        positions = np.full((self.n_tiles, 2), np.nan)
+        if reg is not None:
+            done = np.zeros(self.n_tiles, dtype=bool)
+            done[list(self._added)] = True
+            positions[done] = reg.positions_um[done]
+        names = list(results.regions.masks)
+        plan_polygons = {k: v for k, v in (self.attrs.get("region_polygons_um") or {}).items() if k in names}
         # held while writing: the sums must not change under the writer (add_tile takes the lock)
         with section._lock:
             write_analysis(
@@ -650,33 +653,11 @@ class SectionAnalysis:
                 mosaic_origin_um=section.mosaic.origin_um,
                 mosaic_pixel_um=section.mosaic.pixel_size_um,
                 channel_names=self.channel_names,
+                regions=analysis_records(names, plan_polygons_um=plan_polygons),
+                regions_json=regions_to_json(results.regions),
+                registration=reg,
+                registered_tile_xy_um=positions,
             )
-        replace_dataset(h5_group, "regions_json", regions_to_json(results.regions), dtype=h5py.string_dtype())
-        if "registration" in h5_group:
-            del h5_group["registration"]
-        reg = results.registration
-        if reg is not None:
-            g = h5_group.create_group("registration")
-            g.attrs["description"] = (
-                "pairs (i, j) of overlapping tiles, measured offset of j from i minus the planned "
-                "offset (x, y, full-resolution px), normalised cross-correlation, used in the solve"
-            )
-            g.create_dataset("pairs", data=reg.pairs)
-            g.create_dataset("pair_shift_px", data=reg.pair_shift_px)
-            g.create_dataset("pair_ncc", data=reg.pair_ncc)
-            g.create_dataset("pair_used", data=reg.pair_used)
-            g.create_dataset("residual_px", data=reg.residual_px)
-            g.create_dataset("correction_um", data=reg.correction_um)
-        positions = np.full((self.n_tiles, 2), np.nan)
-        if reg is not None:
-            done = np.zeros(self.n_tiles, dtype=bool)
-            done[list(self._added)] = True
-            positions[done] = reg.positions_um[done]
-        ds = replace_dataset(h5_group, "registered_tile_xy_um", positions)
-        ds.attrs["description"] = (
-            "registered stage position (x, y, µm) of each tile centre; NaN where not analysed "
-            "or registration is off"
-        )
 
     def snapshot(self, regions: SectionRegions | None = None) -> LiveSnapshot:
         """A consistent copy of the section's state now, safe to use from another thread.
@@ -748,7 +729,4 @@ class SectionAnalysis:
 def saved_snapshot(group: h5py.Group, section_id: str) -> LiveSnapshot:
     """Snapshot of a section from an ``analysis`` group written by :meth:`SectionAnalysis.write`."""
     saved = read_analysis(group)
-    text = group["regions_json"][()] if "regions_json" in group else None
-    if isinstance(text, bytes):
-        text = text.decode()
-    return snapshot_from_saved(section_id, saved, text)
+    return snapshot_from_saved(section_id, saved, saved.regions_json)

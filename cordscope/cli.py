@@ -369,7 +369,12 @@ def info(scan_file: Annotated[Path, typer.Argument(help="Scan file (.h5).")]) ->
 def export(
     scan_file: Annotated[Path, typer.Argument(help="Scan file (.h5).")],
     export_format: Annotated[
-        str, typer.Option("--format", "-f", help="bdv (Fiji BigDataViewer/BigStitcher), ome-zarr or csv.")
+        str,
+        typer.Option(
+            "--format",
+            "-f",
+            help="bdv (Fiji BigDataViewer/BigStitcher), ome-zarr, csv, or qupath (OME-TIFF + GeoJSON).",
+        ),
     ],
     out: Annotated[
         Path | None,
@@ -377,7 +382,7 @@ def export(
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier export of this scan in --out.")] = False,
 ) -> None:
-    """Export a scan for other tools: Fiji BigStitcher (bdv), OME-Zarr viewers, spreadsheets (csv)."""
+    """Export a scan for other tools: Fiji BigStitcher (bdv), OME-Zarr viewers, spreadsheets (csv), QuPath."""
     from cordscope.export_cli import run_export
 
     for path in run_export(scan_file, export_format, out, overwrite=overwrite, console=console):
@@ -390,7 +395,7 @@ def view(
     scan_file: Annotated[Path, typer.Argument(help="Scan file (.h5).")],
     tiles: Annotated[bool, typer.Option(help="Also add every done tile at full resolution.")] = False,
 ) -> None:
-    """Open a scan's section mosaics, heatmaps (and tiles) as napari layers (needs cordscope[napari])."""
+    """Open a scan's section mosaics, heatmaps (and tiles) as napari layers (needs napari installed)."""
     from gui.napari_view import NapariMissingError, view_scan
 
     try:
@@ -398,6 +403,21 @@ def view(
     except NapariMissingError as e:
         err_console.print(str(e), highlight=False, markup=False)
         raise typer.Exit(2) from None
+
+
+@app.command()
+@_user_errors
+def regions(
+    scan_file: Annotated[Path, typer.Argument(help="Analysed scan file (.h5).")],
+    export_path: Annotated[
+        Path, typer.Option("--export", help="GeoJSON file to write: every section's regions in stage µm.")
+    ],
+) -> None:
+    """Write a scan's regions (stage µm, with kind, who and when) to GeoJSON; edit, then analyze --regions."""
+    from analysis.qupath import export_regions_geojson
+
+    out = export_regions_geojson(scan_file, export_path)
+    console.print(f"wrote {out}")
 
 
 @app.command()
@@ -421,6 +441,17 @@ def analyze(
             help="Analyse the files on an existing Dask cluster (scheduler address, e.g. tcp://host:8786)."
         ),
     ] = None,
+    regions_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--regions",
+            help="GeoJSON regions to apply (cordscope regions --export, or QuPath's) and re-analyse "
+            "from the stored sums, without segmenting tiles again.",
+        ),
+    ] = None,
+    section: Annotated[
+        str | None, typer.Option(help="Section a QuPath GeoJSON belongs to (default: from its file name).")
+    ] = None,
 ) -> None:
     """Rerun the regional analysis of scan files offline (same code as the live run).
 
@@ -432,6 +463,13 @@ def analyze(
     from analysis.scan_analysis import analyze_scan, region_csv_path
     from cordscope.tables import print_region_tables
 
+    if regions_file is not None:
+        from cordscope.regions_cli import run_regions_import
+
+        if len(scan_files) != 1 or workers is not None or scheduler is not None:
+            raise ValueError("--regions applies to one scan file, without --workers/--scheduler")
+        run_regions_import(console, scan_files[0], regions_file, section=section)
+        return
     overrides = {
         k: v for k, v in (("dark_offset_adu", dark_offset_adu), ("heatmap_bin_um", bin_um)) if v is not None
     }

@@ -60,4 +60,9 @@ def run_export(
         if fmt == "ome-zarr":
             assert out is not None
             return export_ome_zarr(scan_file, out, overwrite=overwrite, progress=show)
+        if fmt == "qupath":
+            from analysis.qupath import export_qupath
+
+            assert out is not None
+            return export_qupath(scan_file, out, overwrite=overwrite, progress=show)
         return [export_csv(scan_file, out, progress=show)]

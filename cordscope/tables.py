@@ -10,11 +10,12 @@ from rich.table import Column, Table
 
 
 def print_region_tables(console: Console, name: str, tables: Mapping[str, Sequence[Any]]) -> None:
-    """Print one table per section: area, axon area, % axonal area, mean tracer, imaged fraction."""
+    """Print one table per section: kind, area, axon area, % axonal area, mean tracer, imaged fraction."""
     for section_id, rows in tables.items():
         width = max((len(r.region) for r in rows), default=6)
         table = Table(
             Column("region", no_wrap=True, min_width=width),
+            "kind",
             "area mm²",
             "axon area µm²",
             "% axonal area",
@@ -25,6 +26,7 @@ def print_region_tables(console: Console, name: str, tables: Mapping[str, Sequen
         for r in rows:
             table.add_row(
                 r.region,
+                str(getattr(r, "kind", "automatic")),
                 f"{r.area_um2 / 1e6:.3f}",
                 f"{r.axon_area_um2:.0f}",
                 f"{r.pct_axonal_area:.3f}",

@@ -1,6 +1,6 @@
 """``cordscope view``: a scan's section mosaics, heatmaps and tiles as napari layers.
 
-napari is an optional extra (``pip install 'cordscope[napari]'``). The
+napari is an optional extra (:data:`NAPARI_MISSING` says how to install it). The
 layers are described first (:func:`scan_layers`, no napari needed), then
 added to a viewer (:func:`add_scan_layers`). Every layer is placed in stage
 coordinates (µm: ``scale`` = pixel size, ``translate`` = centre of pixel
@@ -10,8 +10,9 @@ heatmaps and tiles overlay.
 
 from __future__ import annotations
 
-import json
 import os
+import shlex
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,8 @@ from numpy.typing import NDArray
 
 from acquisition.errors import CordScopeError
 from acquisition.storage import ScanFile, SectionReader
-from analysis.exports import mosaic_geometry, tile_positions_um
+from analysis.exports import mosaic_geometry, tile_name, tile_positions_um
+from analysis.results_format import SavedAnalysis, has_analysis, read_analysis
 
 __all__ = [
     "NAPARI_MISSING",
@@ -32,8 +34,13 @@ __all__ = [
     "view_scan",
 ]
 
-NAPARI_MISSING = "napari is not installed: pip install 'cordscope[napari]'"
-"""What ``cordscope view`` says without napari."""
+NAPARI_MISSING = (
+    f"napari is not installed: {shlex.quote(sys.executable)} -m pip install 'napari>=0.6' "
+    "(or, in a CordScope clone: .venv/bin/pip install -e '.[napari]')"
+)
+"""What ``cordscope view`` says without napari: pip of the Python running CordScope, so it
+installs into the right environment from any folder (a bare ``pip install 'cordscope[napari]'``
+looks for CordScope on the package index, where it is not)."""
 
 #: Pixel size of a mosaic built from the tiles when the scan has no analysis (µm; at least the tiles').
 PREVIEW_PIXEL_UM = 4.0
@@ -80,16 +87,23 @@ def _channel_options(name: str, data: NDArray[Any]) -> dict[str, Any]:
     }
 
 
-def _analysis_mosaic(sec: SectionReader) -> list[LayerSpec]:
+def _saved(sec: SectionReader) -> SavedAnalysis | None:
     group = sec.analysis_group
-    if group is None or "mosaic" not in group:
+    return read_analysis(group) if group is not None and has_analysis(group) else None
+
+
+def _analysis_mosaic(sec: SectionReader, saved: SavedAnalysis | None) -> list[LayerSpec]:
+    if (
+        saved is None
+        or saved.mosaic is None
+        or saved.mosaic_origin_um is None
+        or saved.mosaic_pixel_um is None
+    ):
         return []
-    ds = group["mosaic"]
-    origin = np.asarray(ds.attrs["origin_um"], dtype=np.float64)  # top-left corner
-    pixel = float(ds.attrs["pixel_um"])
-    raw = ds.attrs.get("channel_names", "[]")
-    names = json.loads(raw.decode() if isinstance(raw, bytes) else str(raw)) or list(sec.channel_names)
-    mosaic = np.asarray(ds[()], dtype=np.float32)
+    origin = saved.mosaic_origin_um  # top-left corner
+    pixel = saved.mosaic_pixel_um
+    names = list(saved.channel_names) or list(sec.channel_names)
+    mosaic = np.asarray(saved.mosaic, dtype=np.float32)
     return [
         LayerSpec(
             name=f"{sec.section_id} {name}",
@@ -139,14 +153,12 @@ def _tile_mosaic(sec: SectionReader) -> list[LayerSpec]:
     ]
 
 
-def _heatmap(sec: SectionReader) -> list[LayerSpec]:
-    group = sec.analysis_group
-    if group is None or "pct_axonal_area_map" not in group:
+def _heatmap(sec: SectionReader, saved: SavedAnalysis | None) -> list[LayerSpec]:
+    if saved is None:
         return []
-    ds = group["pct_axonal_area_map"]
-    values = np.asarray(ds[()], dtype=np.float32)
-    origin = np.asarray(ds.attrs["origin_um"], dtype=np.float64)
-    bin_um = float(ds.attrs["bin_um"])
+    values = np.asarray(saved.maps.pct_axonal_area, dtype=np.float32)
+    origin = saved.maps.origin_um
+    bin_um = saved.maps.bin_um
     finite = values[np.isfinite(values)]
     high = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
     return [
@@ -176,7 +188,7 @@ def _tiles(sec: SectionReader) -> list[LayerSpec]:
         for c, name in enumerate(sec.channel_names):
             layers.append(
                 LayerSpec(
-                    name=f"{sec.section_id}/{t} {name}",
+                    name=f"{tile_name(sec.section_id, t)} {name}",
                     data=pixels[c, 0],
                     scale_um=(p, p),
                     translate_um=(
@@ -195,15 +207,17 @@ def scan_layers(path: str | os.PathLike[str], *, tiles: bool = False) -> list[La
     Per section: each channel's mosaic (the analysis ``mosaic`` when the
     section was analysed, else block means of the done tiles at about
     :data:`PREVIEW_PIXEL_UM`), then the % axonal area heatmap if analysed,
-    then (``tiles=True``) every done tile × channel at full resolution,
+    then (``tiles=True``) every done tile × channel at full resolution
+    (named ``<section>/<0005> <channel>``, :func:`analysis.exports.tile_name`),
     hidden until switched on.
     """
     layers: list[LayerSpec] = []
     with ScanFile.open(path) as scan:
         for sid in scan.section_ids:
             sec = scan.section(sid)
-            layers += _analysis_mosaic(sec) or _tile_mosaic(sec)
-            layers += _heatmap(sec)
+            saved = _saved(sec)
+            layers += _analysis_mosaic(sec, saved) or _tile_mosaic(sec)
+            layers += _heatmap(sec, saved)
             if tiles:
                 layers += _tiles(sec)
     return layers

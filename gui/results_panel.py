@@ -357,12 +357,13 @@ class ResultsPanel(QWidget):
         scan = self._require_scan()
         if scan is None:
             return
-        from analysis.maps import write_region_csv
+        from analysis.results_format import write_region_csv
 
         out = Path(path)
         tables = {sid: scan.sections[sid].analysis.table for sid in scan.analysed}  # type: ignore[union-attr]
+        labels = {sid: scan.sections[sid].attrs for sid in scan.analysed}
         self._background(
-            lambda: write_region_csv(out, tables),
+            lambda: write_region_csv(out, tables, section_attrs=labels),
             f"region tables of {len(tables)} sections written: {out}",
             f"cannot write {out}",
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -10,9 +11,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import zarr
 
 from acquisition.storage import ScanFile, ScanWriter, SectionLayout
 from analysis.exports import (
+    DISPLAY_PERCENTILES,
     ExportError,
     ExportProgress,
     export_bdv,
@@ -55,9 +58,15 @@ def _heatmaps() -> Heatmaps:
 
 
 ROWS = [
-    RegionRow("section", 12000.0, 600.0, 5.0, 321.5, 1.0),
-    RegionRow("white_matter", 8000.0, 480.0, 6.0, float("nan"), 0.75),
+    RegionRow("section", 12000.04, 600.0, 5.123456, 321.5062, 1.0),
+    RegionRow("white_matter", 8000.0, 480.0, 6.0, float("nan"), 0.7512345),
 ]
+# S1's analysis grid: 3 µm cells over its tiles (x 988..1052 µm, y 1992..2022 µm)
+MASK_ORIGIN_UM = np.array([985.0, 1990.0])
+MASK_CELL_UM = 3.0
+MASKS = {"section": np.ones((12, 24), bool), "white_matter": np.zeros((12, 24), bool)}
+MASKS["section"][:3, :4] = False
+MASKS["white_matter"][2:9, 5:15] = True
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +76,8 @@ def scan_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
         SectionLayout(sid, _grid(x0, y0), CHANNELS, 1, (H, W), PIXEL_UM, (W * PIXEL_UM, H * PIXEL_UM))
         for sid, x0, y0 in (("S1", 1000.0, 2000.0), ("S2", 5000.5, 2000.0))
     ]
+    labels = {"animal": "rat01", "group": "vehicle", "level": "Th7"}
+    layouts[0] = dataclasses.replace(layouts[0], attrs=labels)
     with ScanWriter.create(
         path, plan_yaml="name: t\n", sections=layouts, config_path="demo.cfg", config_text="", core_state={}
     ) as writer:
@@ -79,7 +90,15 @@ def scan_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 writer.complete_tile(sid, t, z_um=0.0, meta={})
     with h5py.File(path, "r+") as f:
         g = f["sections/S1/analysis"]
-        write_analysis(g, maps=_heatmaps(), masks={}, table=ROWS, parameters={"bin_um": 25.0})
+        write_analysis(
+            g,
+            maps=_heatmaps(),
+            masks=MASKS,
+            table=ROWS,
+            parameters={"bin_um": 25.0},
+            grid_origin_um=MASK_ORIGIN_UM,
+            grid_cell_um=MASK_CELL_UM,
+        )
         registered = np.full((6, 2), np.nan)
         planned = f["sections/S2/tile_xy_um"][()]
         for t, (dx, dy) in REGISTERED_SHIFT_UM.items():
@@ -119,7 +138,7 @@ def test_bdv_round_trips_with_npy2bdv_reader(scan_path: Path, tmp_path: Path) ->
     setups = {int(v.findtext("id")): v for v in root.iterfind("./SequenceDescription/ViewSetups/ViewSetup")}
     assert len(setups) == 11 * 2
     tiles = [e.findtext("name") for e in root.iterfind(".//Attributes[@name='tile']/Tile")]
-    assert tiles == [f"S{s}/{t}" for s in (1, 2) for t in range(6)]
+    assert tiles == [f"S{s}/{t:04d}" for s in (1, 2) for t in range(6)]  # the plan's position names
     channels = [e.findtext("name") for e in root.iterfind(".//Attributes[@name='channel']/Channel")]
     assert channels == list(CHANNELS)
     missing = {int(m.get("setup")) for m in root.iterfind(".//MissingViews/MissingView")}
@@ -147,7 +166,7 @@ def test_bdv_round_trips_with_npy2bdv_reader(scan_path: Path, tmp_path: Path) ->
                     np.testing.assert_allclose(affine[:, 3], expected, atol=1e-6)
                     np.testing.assert_array_equal(affine[:, :3], np.eye(3))
                     setup = setups[c * 12 + tile]
-                    assert setup.findtext("name") == f"{sid} tile {t} {channel}"
+                    assert setup.findtext("name") == f"{sid}/{t:04d} {channel}"
                     assert setup.findtext("voxelSize/size") == f"{PIXEL_UM} {PIXEL_UM} {PIXEL_UM}"
                     assert setup.findtext("size") == f"{W} {H} 1"
         # downsampled level for BigStitcher's fast browsing
@@ -276,6 +295,95 @@ def test_ome_zarr_mosaic_round_trips_with_zarr(scan_path: Path, tmp_path: Path) 
         np.testing.assert_allclose(level1[:, r, c], np.rint(block), atol=0.5)
 
 
+def test_ome_zarr_display_windows_come_from_the_data(scan_path: Path, tmp_path: Path) -> None:
+    export_ome_zarr(scan_path, tmp_path)
+    for sid in ("S1", "S2"):
+        _, levels, ome = _read_image(tmp_path / f"{sid}.ome.zarr")
+        level0 = levels[0][...]
+        for c, channel in enumerate(ome["omero"]["channels"]):
+            imaged = level0[c][level0[c] > 0]  # 0: not imaged
+            low, high = np.percentile(imaged, DISPLAY_PERCENTILES)
+            window = channel["window"]
+            assert (window["start"], window["end"]) == pytest.approx((low, high))
+            assert (window["min"], window["max"]) == (0, 65535)  # the data type's range
+            assert window["end"] < 65535 * 0.9999 or imaged.max() == 65535
+
+
+def test_ome_zarr_multiscales_carry_name_type_and_metadata(scan_path: Path, tmp_path: Path) -> None:
+    export_ome_zarr(scan_path, tmp_path)
+    multiscale, _, _ = _read_image(tmp_path / "S1.ome.zarr")
+    assert multiscale["name"] == "S1" and multiscale["type"] == "mean"
+    assert "2 x 2 block mean" in multiscale["metadata"]["description"]
+    heat, _, _ = _read_image(tmp_path / "S1_pct_axonal_area.ome.zarr")
+    assert heat["name"] == "S1 % axonal area" and "NaN outside" in heat["metadata"]["description"]
+
+
+def _label_expected(x_um: np.ndarray, y_um: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    # independent of the writer: the analysis-grid cell holding each pixel centre
+    cols = np.floor((x_um - MASK_ORIGIN_UM[0]) / MASK_CELL_UM).astype(int)
+    rows = np.floor((y_um - MASK_ORIGIN_UM[1]) / MASK_CELL_UM).astype(int)
+    out = np.zeros((len(y_um), len(x_um)), dtype=np.uint8)
+    for i, r in enumerate(rows):
+        for j, c in enumerate(cols):
+            if 0 <= r < mask.shape[0] and 0 <= c < mask.shape[1]:
+                out[i, j] = mask[r, c]
+    return out
+
+
+def test_ome_zarr_region_masks_are_ngff_labels(scan_path: Path, tmp_path: Path) -> None:
+    import yaozarrs
+
+    from analysis import exports
+
+    monkey_chunk = exports.ZARR_CHUNK_PX
+    try:
+        exports.ZARR_CHUNK_PX = 32  # a pyramid: labels need as many levels as the image
+        export_ome_zarr(scan_path, tmp_path)
+    finally:
+        exports.ZARR_CHUNK_PX = monkey_chunk
+    image = tmp_path / "S1.ome.zarr"
+    yaozarrs.validate_zarr_store(image)  # checks the labels group and each label image too
+    multiscale, levels, _ = _read_image(image)
+    labels_meta = json.loads((image / "labels" / "zarr.json").read_text())["attributes"]["ome"]
+    assert labels_meta["labels"] == list(MASKS)
+    for region, mask in MASKS.items():
+        meta = json.loads((image / "labels" / region / "zarr.json").read_text())["attributes"]["ome"]
+        label = meta["image-label"]
+        assert label["properties"] == [{"label-value": 1, "name": region, "kind": "automatic"}]
+        assert label["colors"][0]["label-value"] == 1 and len(label["colors"][0]["rgba"]) == 4
+        assert label["source"] == {"image": "../../"}
+        lab_ms = meta["multiscales"][0]
+        assert [a["name"] for a in lab_ms["axes"]] == ["y", "x"] and lab_ms["name"] == region
+        assert len(lab_ms["datasets"]) == len(multiscale["datasets"]) >= 2
+        group = zarr.open_group(str(image / "labels" / region), mode="r")
+        for k, (lab_ds, img_ds) in enumerate(zip(lab_ms["datasets"], multiscale["datasets"], strict=True)):
+            data = group[lab_ds["path"]][...]
+            assert data.dtype == np.uint8 and data.shape == levels[k].shape[1:]
+            scale, (ty, tx) = _transforms(lab_ds)
+            assert scale == _transforms(img_ds)[0][1:] and [ty, tx] == _transforms(img_ds)[1][1:]
+            x = tx + np.arange(data.shape[1]) * scale[1]
+            y = ty + np.arange(data.shape[0]) * scale[0]
+            np.testing.assert_array_equal(data, _label_expected(x, y, mask), err_msg=f"{region} level {k}")
+    assert not (tmp_path / "S2.ome.zarr" / "labels").exists()  # S2 has no analysis
+
+
+def test_ome_zarr_read_by_ome_zarr_py(scan_path: Path, tmp_path: Path) -> None:
+    reader_mod = pytest.importorskip("ome_zarr.reader")
+    from ome_zarr.io import parse_url
+
+    export_ome_zarr(scan_path, tmp_path)
+    location = parse_url(str(tmp_path / "S1.ome.zarr"))
+    assert location is not None
+    nodes = list(reader_mod.Reader(location)())
+    image = nodes[0]
+    assert image.metadata["name"] == "S1"
+    assert image.metadata["channel_names"] == list(CHANNELS)
+    windows = image.metadata["contrast_limits"]
+    assert all(0 < lo < hi < 65535 for lo, hi in windows)
+    label_nodes = [n for n in nodes if n.load(reader_mod.Label)]
+    assert {n.metadata["name"] for n in label_nodes} == set(MASKS)
+
+
 def test_ome_zarr_heatmap_in_stage_coordinates(scan_path: Path, tmp_path: Path) -> None:
     export_ome_zarr(scan_path, tmp_path)
     multiscale, levels, _ = _read_image(tmp_path / "S1_pct_axonal_area.ome.zarr")
@@ -291,17 +399,35 @@ def test_ome_zarr_heatmap_in_stage_coordinates(scan_path: Path, tmp_path: Path) 
 # ----------------------------------------------------------------------- CSV
 
 
-def test_csv_has_the_numbers_of_the_analysis_group(scan_path: Path, tmp_path: Path) -> None:
+def test_csv_has_the_numbers_labels_and_kinds_rounded(scan_path: Path, tmp_path: Path) -> None:
     out = export_csv(scan_path, tmp_path / "tables")
     assert out == tmp_path / "tables" / "slide.regions.csv"
     with out.open(newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [(r["section_id"], r["region"]) for r in rows] == [("S1", "section"), ("S1", "white_matter")]
-    assert float(rows[0]["mean_tracer_intensity"]) == 321.5 and rows[1]["mean_tracer_intensity"] == ""
+    assert list(rows[0]) == [
+        "section_id", "animal", "group", "level", "region", "region_kind", "area_um2", "axon_area_um2",
+        "pct_axonal_area", "mean_tracer_intensity_adu", "imaged_pct",
+    ]  # fmt: skip
+    assert rows[0] == {
+        "section_id": "S1",
+        "animal": "rat01",
+        "group": "vehicle",
+        "level": "Th7",
+        "region": "section",
+        "region_kind": "automatic",
+        "area_um2": "12000.0",  # 0.1 µm²
+        "axon_area_um2": "600.0",
+        "pct_axonal_area": "5.1235",  # 4 decimals
+        "mean_tracer_intensity_adu": "321.51",  # 2 decimals, rounded
+        "imaged_pct": "100.00",
+    }
+    assert rows[1]["mean_tracer_intensity_adu"] == "" and rows[1]["imaged_pct"] == "75.12"
     # the same text as the CSV written from the results the file holds
     saved = load_scan_results(scan_path)
     reference = write_region_csv(
-        tmp_path / "reference.csv", {sid: s.analysis.table for sid, s in saved.items() if s.analysis}
+        tmp_path / "reference.csv",
+        {sid: s.analysis.table for sid, s in saved.items() if s.analysis},
+        section_attrs={sid: s.attrs for sid, s in saved.items()},
     )
     assert out.read_text() == reference.read_text()
 

@@ -80,7 +80,8 @@ def test_offline_rerun_gives_the_same_table_and_writes_the_outputs(th7_live_scan
         assert g["masks/section"][()].any()
         assert "dark_offset_adu" in g["parameters_json"][()].decode()
     csv_text = region_csv_path(path).read_text()
-    assert csv_text.startswith("section_id,region") and csv_text.count(TH7) == len(offline[TH7])
+    assert csv_text.startswith("section_id,animal,group,level,region,region_kind")
+    assert csv_text.count(TH7) == len(offline[TH7])
 
 
 def test_saved_results_read_back_with_mosaic_and_labels(th7_live_scan):
