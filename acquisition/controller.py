@@ -40,16 +40,17 @@ from pymmcore_plus.metadata import summary_metadata
 
 from .engine import DeviceTimeoutError, ScanEngine, TileRef, _one_line
 from .errors import CordScopeError
-from .hardware import objective_group
 from .plan import (
     PlannedTile,
     ScanPlan,
     plan_from_yaml,
+    resolve_plan_groups,
     section_tiles,
     sequence_for_tiles,
     tile_size_um,
     validate_plan,
 )
+from .roles import pixel_affine_um
 from .storage import (
     EventKind,
     MDAWriterOutput,
@@ -404,6 +405,8 @@ class ScanController:
 
     def _prepare(self) -> tuple[ScanWriter, list[PlannedTile]]:
         self._set_state("preparing")
+        # groups decided from the config once, and stored with the plan in the file
+        self.plan = resolve_plan_groups(self.plan, self.core)
         core, plan = self.core, self.plan
         resuming = self._resume_path is not None
         validate_plan(
@@ -413,9 +416,9 @@ class ScanController:
             overwrite=self._overwrite,
             resume=resuming,
         )
-        group = plan.objective_group or objective_group(core)
-        core.setConfig(group, plan.objective)
-        core.waitForConfig(group, plan.objective)
+        assert plan.objective_group is not None  # resolved above
+        core.setConfig(plan.objective_group, plan.objective)
+        core.waitForConfig(plan.objective_group, plan.objective)
         if resuming:
             writer = ScanWriter.open_for_resume(self.output_path)
             self._check_resume_matches(writer)
@@ -446,6 +449,7 @@ class ScanController:
     def _create_file(self) -> ScanWriter:
         core, plan = self.core, self.plan
         size_um = tile_size_um(core, plan)
+        affine = pixel_affine_um(core)  # the objective is set: the affine the tiles are taken with
         centres = section_tiles(plan, tile_size_um=size_um)
         z_of = self._focus_function(centres)
         layouts = []
@@ -464,6 +468,10 @@ class ScanController:
                 else None,
                 "rostral_direction_deg": section.rostral_direction_deg,
             }
+            if section.region_polygons_um:  # hand-drawn regions replace the automatic ones in the analysis
+                attrs["region_polygons_um"] = {
+                    k: [list(v) for v in poly] for k, poly in section.region_polygons_um.items()
+                }
             if self._focus_points.get(section.id) is not None:
                 attrs["focus_points_um"] = self._focus_points[section.id]
             layouts.append(
@@ -474,6 +482,7 @@ class ScanController:
                     n_z=plan.n_z_slices,
                     tile_shape_px=(core.getImageHeight(), core.getImageWidth()),
                     pixel_size_um=core.getPixelSizeUm(),
+                    pixel_affine_um=affine,
                     tile_size_um=size_um,
                     planned_tile_z_um=z,
                     attrs=attrs,
@@ -505,7 +514,7 @@ class ScanController:
             core,
             {s.id: np.asarray(s.polygon_um, dtype=np.float64) for s in plan.sections},
             points_per_section=plan.focus.points_per_section,
-            channel_group=plan.channel_group,
+            channel_group=plan.groups[0],
             channel=anatomy.preset,
             exposure_ms=anatomy.exposure_ms,
             coarse_range_um=plan.focus.coarse_range_um,

@@ -36,6 +36,14 @@ ConfigOpt = Annotated[
     Path | None,
     typer.Option("--config", "-c", help="Micro-Manager .cfg file (default: the demo microscope)."),
 ]
+ChannelGroupOpt = Annotated[
+    str | None,
+    typer.Option(help="Config group that selects the channel (default: decided from the config)."),
+]
+ObjectiveGroupOpt = Annotated[
+    str | None,
+    typer.Option(help="Config group that selects the objective (default: decided from the config)."),
+]
 TrustOpt = Annotated[
     bool,
     typer.Option(
@@ -84,10 +92,8 @@ def _core(config: Path | None, trust_config: bool) -> Any:
 def devices(
     config: ConfigOpt = None,
     trust_config: TrustOpt = False,
-    channel_group: Annotated[str | None, typer.Option(help="Config group that selects the channel.")] = None,
-    objective_group: Annotated[
-        str | None, typer.Option(help="Config group that selects the objective.")
-    ] = None,
+    channel_group: ChannelGroupOpt = None,
+    objective_group: ObjectiveGroupOpt = None,
 ) -> None:
     """List the devices and roles, and what CordScope decided about the rig, and why."""
     from acquisition.hardware import describe_hardware
@@ -129,9 +135,11 @@ def snap(
     exposure_ms: Annotated[float | None, typer.Option(help="Exposure (ms) for every channel.")] = None,
     x_um: Annotated[float | None, typer.Option(help="Stage X (µm) to snap at.")] = None,
     y_um: Annotated[float | None, typer.Option(help="Stage Y (µm) to snap at.")] = None,
+    channel_group: ChannelGroupOpt = None,
+    objective_group: ObjectiveGroupOpt = None,
 ) -> None:
     """Snap one field of view in one or more channels and write it to a file."""
-    from acquisition.hardware import objective_group
+    from acquisition.roles import decide_channel_group, decide_objective_group
     from acquisition.snap import snap_channels
     from analysis.figures import save_channel_image
 
@@ -141,14 +149,15 @@ def snap(
         raise ValueError(f"--out {out}: use a .tif or .png file name")
     core = _core(config, trust_config)
     if objective:
-        group = objective_group(core)
-        if not group:
-            raise ValueError("this config has no Objective group; cannot set --objective")
+        group = decide_objective_group(core, objective_group).group
         core.setConfig(group, objective)
+        core.waitForConfig(group, objective)
     xy = (x_um, y_um) if x_um is not None and y_um is not None else None
     if xy is None and demo:
         xy = _demo_snap_position(core)
-    channels = channel or list(core.getAvailableConfigs(core.getChannelGroup()))
+    channels_of = decide_channel_group(core, channel_group).group
+    core.setChannelGroup(channels_of)  # snap_channels switches presets of the core's channel group
+    channels = channel or list(core.getAvailableConfigs(channels_of))
     exposures = [exposure_ms] * len(channels) if exposure_ms is not None else None
     result = snap_channels(core, channels, exposures_ms=exposures, xy_um=xy)
     path = save_channel_image(out, result.images, result.channel_names, pixel_size_um=result.pixel_size_um)
@@ -215,9 +224,14 @@ def overview(
     scan_objective: Annotated[str, typer.Option(help="Objective preset the plan scans with.")] = "10x",
     exposure_ms: Annotated[float, typer.Option(help="Overview exposure (ms).")] = 20.0,
     region_um: Annotated[
-        tuple[float, float, float, float],
-        typer.Option(help="Slide area to survey: x0 y0 x1 y1 in stage µm (default: all but the label end)."),
-    ] = (20_000.0, 0.0, 75_000.0, 25_000.0),
+        tuple[float, float, float, float] | None,
+        typer.Option(
+            help="Slide area to survey: x0 y0 x1 y1 in stage µm (default: the slide beside its label, from "
+            "the rig profile beside the config, within the stage travel)."
+        ),
+    ] = None,
+    channel_group: ChannelGroupOpt = None,
+    objective_group: ObjectiveGroupOpt = None,
 ) -> None:
     """Survey the slide at low magnification, find the sections, write a plan for them."""
     from cordscope.overview_plan import overview_to_plan
@@ -227,6 +241,8 @@ def overview(
         _core(config, trust_config),
         out=out,
         config=config,
+        channel_group=channel_group,
+        objective_group=objective_group,
         anatomy_channel=anatomy_channel,
         tracer_channel=tracer_channel,
         objective=objective,
@@ -252,15 +268,24 @@ def validate(
     config: ConfigOpt = None,
     trust_config: TrustOpt = False,
     overwrite: Annotated[bool, typer.Option(help="An existing output file will be replaced.")] = False,
+    channel_group: ChannelGroupOpt = None,
+    objective_group: ObjectiveGroupOpt = None,
 ) -> None:
     """Check a plan against its hardware config without moving anything."""
     from acquisition.plan import load_plan, validate_plan
 
     the_plan = load_plan(plan_file)  # names a bad key (analysis: included) before the hardware loads
+    the_plan = _with_groups(the_plan, channel_group, objective_group)
     core = _core(config or the_plan.hardware_config, trust_config)
     summary = validate_plan(the_plan, core, overwrite=overwrite)
     console.print(f"[green]ok[/]: {plan_file}")
     _print_plan_summary(summary)
+
+
+def _with_groups(the_plan: Any, channel_group: str | None, objective_group: str | None) -> Any:
+    """The plan with the groups given on the command line (they win over the plan's)."""
+    update = {k: v for k, v in (("channel_group", channel_group), ("objective_group", objective_group)) if v}
+    return the_plan.model_copy(update=update) if update else the_plan
 
 
 def _print_plan_summary(summary: Any) -> None:
@@ -299,6 +324,8 @@ def scan(
     figures: Annotated[
         Path | None, typer.Option(help="Folder for a PNG per section: mosaic with its heatmap.")
     ] = None,
+    channel_group: ChannelGroupOpt = None,
+    objective_group: ObjectiveGroupOpt = None,
 ) -> None:
     """Tile every section of a plan into one HDF5 file, with progress and a summary.
 
@@ -319,6 +346,7 @@ def scan(
         sensor_px=sensor_px,
         analysis=analysis,
         figures=figures,
+        groups=(channel_group, objective_group),
     )
     if code:
         raise typer.Exit(code)

@@ -8,9 +8,11 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from acquisition.hardware import CordScopeCore, objective_group
+from acquisition.hardware import CordScopeCore
 from acquisition.overview import acquire_overview, save_overview
 from acquisition.plan import ScanPlan, plan_from_dict, save_plan
+from acquisition.rig_profile import rig_profile_for
+from acquisition.roles import decide_roles
 from analysis.sections import FoundSection, find_sections
 
 
@@ -25,14 +27,21 @@ def overview_to_plan(
     objective: str,
     scan_objective: str,
     exposure_ms: float,
-    region_um: tuple[float, float, float, float],
+    region_um: tuple[float, float, float, float] | None,
+    channel_group: str | None = None,
+    objective_group: str | None = None,
 ) -> tuple[ScanPlan, Path, list[FoundSection]]:
     """Acquire the overview, save it beside the plan, and write a plan of its sections.
 
     Sections are numbered S01, S02, ... in slide order (rows top to bottom,
-    left to right); animal, group and level are left for the user.
+    left to right); animal, group and level are left for the user. The
+    groups are decided from the config unless named; the default region is
+    the slide beside its label (:meth:`acquisition.rig_profile.ResolvedRig.overview_region_um`).
     """
-    group = objective_group(core)
+    roles = decide_roles(core, channel_group=channel_group, objective_group=objective_group)
+    group, channels_of = roles.objective.group, roles.channel.group
+    if region_um is None:
+        region_um = rig_profile_for(core, config).overview_region_um()
     with Progress(
         TextColumn("overview"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
     ) as bar:
@@ -42,7 +51,7 @@ def overview_to_plan(
             region_um=region_um,
             objective_group=group,
             objective=objective,
-            channel_group=core.getChannelGroup(),
+            channel_group=channels_of,
             channel=anatomy_channel,
             exposure_ms=exposure_ms,
             progress=lambda i, n: bar.update(task, completed=i, total=n),
@@ -66,7 +75,7 @@ def overview_to_plan(
             "output": str(out.with_suffix(".h5")),
             "objective_group": group,
             "objective": scan_objective,
-            "channel_group": core.getChannelGroup(),
+            "channel_group": channels_of,
             "channels": [
                 {"preset": anatomy_channel, "exposure_ms": exposure_ms, "role": "anatomy"},
                 {"preset": tracer_channel, "exposure_ms": 50.0, "role": "tracer"},

@@ -70,13 +70,15 @@ def run_scan_cli(
     sensor_px: int | None,
     analysis: bool = True,
     figures: Path | None = None,
+    groups: tuple[str | None, str | None] = (None, None),
 ) -> int:
     """Run one scan session from the command line; return the exit code (0 = all tiles done).
 
     With ``analysis`` the tiles stream into the live analysis (its own
     process); at the end the region tables are printed, written into the
     file's ``analysis/`` groups and a CSV beside it, and (with ``figures``) a
-    PNG per section.
+    PNG per section. ``groups`` (channel, objective) name the configuration
+    groups when the plan's (or the config's) would not do.
     """
     chosen = sum(x is not None and x is not False for x in (plan_file, resume)) + int(demo)
     if chosen != 1:
@@ -99,6 +101,9 @@ def run_scan_cli(
             the_plan = the_plan.model_copy(update={"output": out})
         if config is not None:  # stored with the plan, so --resume uses the same microscope
             the_plan = the_plan.model_copy(update={"hardware_config": config})
+        named = {k: v for k, v in zip(("channel_group", "objective_group"), groups, strict=True) if v}
+        if named:  # stored with the plan too
+            the_plan = the_plan.model_copy(update=named)
         core = build_core(config or the_plan.hardware_config, trust_config=trust_config)
         _set_sensor(core, sensor_px)
         session = ScanSession(core, the_plan, overwrite=overwrite, analysis=live)

@@ -29,7 +29,16 @@ directory).
 """
 
 from .analysis_settings import AnalysisSettings
-from .checks import PlanSummary, pixel_size_for_objective, tile_size_um, validate_plan
+from .checks import (
+    PlanSummary,
+    covered_extent_um,
+    pixel_affine_for_objective,
+    pixel_size_for_objective,
+    resolve_plan_groups,
+    stage_limits_for,
+    tile_size_um,
+    validate_plan,
+)
 from .compile import PlannedTile, compile_plan, plan_tiles, section_tiles, sequence_for_tiles
 from .model import (
     DEFAULT_HARDWARE_CONFIG,
@@ -62,14 +71,18 @@ __all__ = [
     "SectionPlan",
     "ZStack",
     "compile_plan",
+    "covered_extent_um",
     "load_plan",
+    "pixel_affine_for_objective",
     "pixel_size_for_objective",
     "plan_from_dict",
     "plan_from_yaml",
     "plan_tiles",
+    "resolve_plan_groups",
     "save_plan",
     "section_tiles",
     "sequence_for_tiles",
+    "stage_limits_for",
     "tile_size_um",
     "validate_plan",
 ]

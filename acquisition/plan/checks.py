@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from collections.abc import Callable
@@ -9,6 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
+from ..rig_profile import rig_profile_for
+from ..roles import RoleError, camera_binning, decide_roles, pixel_affine_for_config_um
 from .compile import section_tiles
 from .model import (
     _STORED_BYTES_PER_PIXEL,
@@ -21,30 +26,21 @@ from .model import (
 )
 
 if TYPE_CHECKING:
+    from numpy.typing import NDArray
     from pymmcore_plus import CMMCorePlus
+
+#: ((x_min, x_max), (y_min, y_max)) in stage µm.
+StageLimits = tuple[tuple[float, float], tuple[float, float]]
 
 # ============================================================ hardware checks
 
 
-def _binning(core: CMMCorePlus) -> float:
-    cam = core.getCameraDevice()
-    if not cam or not core.hasProperty(cam, "Binning"):
-        return 1.0
-    value = str(core.getProperty(cam, "Binning"))
-    try:
-        return float(value.split("x")[0])  # "2" or "2x2"
-    except ValueError:
-        return 1.0
+def _pixel_config_for_objective(core: CMMCorePlus, objective_group: str, objective: str) -> str:
+    """The pixel-size configuration the camera will have with ``objective``, without moving anything.
 
-
-def pixel_size_for_objective(core: CMMCorePlus, objective_group: str, objective: str) -> float:
-    """Image pixel size (µm) the camera will have with ``objective``, without moving anything.
-
-    The pixel-size configuration used is the one whose settings agree with
-    the objective preset's settings (settings the preset does not touch, e.g.
-    a magnifier, must agree with the devices' current state). The result is
-    scaled by the camera's binning and the magnification factor, as
-    ``getPixelSizeUm`` does for the current configuration.
+    The configuration used is the one whose settings agree with the
+    objective preset's settings (settings the preset does not touch, e.g. a
+    magnifier, must agree with the devices' current state).
 
     Raises
     ------
@@ -103,38 +99,126 @@ def pixel_size_for_objective(core: CMMCorePlus, objective_group: str, objective:
                 )
             ]
         )
-    size = float(core.getPixelSizeUmByID(best[1])) * _binning(core) / float(core.getMagnificationFactor())
-    if not size > 0:
-        raise PlanError(
-            [
-                PlanProblem(
-                    "objective",
-                    f"pixel-size configuration {best[1]!r} of objective {objective!r} has "
-                    f"pixel size {size:g} µm",
-                )
-            ]
-        )
-    return size
+    return best[1]
 
 
-def tile_size_um(core: CMMCorePlus, plan: ScanPlan) -> tuple[float, float]:
-    """Field of view (width, height) in µm: the camera's current ROI × the objective's pixel size.
+def pixel_affine_for_objective(
+    core: CMMCorePlus, objective_group: str, objective: str
+) -> NDArray[np.float64]:
+    """The 2×2 pixel affine (stage µm per pixel step) the camera will have with ``objective``.
+
+    Micro-Manager's convention (see :mod:`acquisition.roles`), scaled by the
+    camera's binning and the magnification factor, as ``getPixelSizeAffine``
+    does for the current configuration.
 
     Raises
     ------
     PlanError
-        If the plan's objective has no pixel size on this core.
+        If the objective has no usable pixel-size configuration.
     """
+    config = _pixel_config_for_objective(core, objective_group, objective)
+    affine = pixel_affine_for_config_um(core, config, binning=camera_binning(core))
+    affine = affine / float(core.getMagnificationFactor())
+    size = math.sqrt(abs(float(np.linalg.det(affine))))
+    if not (math.isfinite(size) and size > 0):
+        raise PlanError(
+            [
+                PlanProblem(
+                    "objective",
+                    f"pixel-size configuration {config!r} of objective {objective!r} has "
+                    f"pixel size {size:g} µm",
+                )
+            ]
+        )
+    return affine
+
+
+def pixel_size_for_objective(core: CMMCorePlus, objective_group: str, objective: str) -> float:
+    """Image pixel size (µm) the camera will have with ``objective`` (√|det| of its pixel affine).
+
+    Raises
+    ------
+    PlanError
+        If the group or preset does not exist, or no pixel-size
+        configuration matches the preset.
+    """
+    affine = pixel_affine_for_objective(core, objective_group, objective)
+    return math.sqrt(abs(float(np.linalg.det(affine))))
+
+
+def covered_extent_um(affine: NDArray[np.float64], image_px: tuple[int, int]) -> tuple[float, float]:
+    """Width and height (µm, along the stage's x and y) of the stage rectangle one image surely covers.
+
+    A camera aligned with the stage covers ``W·p × H·p``; a camera turned by
+    90° swaps them; a slightly rotated one covers a slightly smaller
+    stage-aligned rectangle (the centred rectangle inside its rotated field),
+    which is what tiles must be spaced by so that no gap opens.
+
+    Parameters
+    ----------
+    affine : (2, 2) array
+        Pixel affine, µm per pixel step (column 0: along image columns).
+    image_px : (int, int)
+        Image (width, height) in pixels.
+    """
+    w, h = float(image_px[0]), float(image_px[1])
+    out = []
+    for row in np.abs(np.asarray(affine, dtype=np.float64)):
+        along_w, along_h = row[0] * w, row[1] * h
+        out.append(abs(along_w - along_h) if along_w and along_h else along_w + along_h)
+    return (out[0], out[1])
+
+
+def tile_size_um(core: CMMCorePlus, plan: ScanPlan) -> tuple[float, float]:
+    """Stage extent (x, y) in µm that one tile surely covers: the camera's ROI through the pixel affine.
+
+    Raises
+    ------
+    PlanError
+        If the plan's groups cannot be decided or its objective has no pixel size on this core.
+    """
+    groups = resolve_plan_groups(plan, core)
     _, _, width_px, height_px = core.getROI()
-    px = pixel_size_for_objective(core, plan.objective_group, plan.objective)
-    return (float(width_px) * px, float(height_px) * px)
+    affine = pixel_affine_for_objective(core, groups.groups[1], plan.objective)
+    return covered_extent_um(affine, (int(width_px), int(height_px)))
 
 
-def _demo_stage_limits() -> tuple[tuple[float, float], tuple[float, float]]:
-    from acquisition.demo.devices import XY_TRAVEL_UM
+def resolve_plan_groups(plan: ScanPlan, core: CMMCorePlus) -> ScanPlan:
+    """The plan with its channel and objective groups decided from the hardware config.
 
-    (x0, x1), (y0, y1) = XY_TRAVEL_UM
-    return ((float(x0), float(x1)), (float(y0), float(y1)))
+    Groups the plan names are checked; groups it leaves out are decided by
+    what they do (:func:`acquisition.roles.decide_roles`). The scan file
+    stores the resolved plan, so a resumed scan uses the same groups.
+
+    Raises
+    ------
+    PlanError
+        Naming the group that is unknown or cannot be decided, and the candidates.
+    """
+    try:
+        roles = decide_roles(core, channel_group=plan.channel_group, objective_group=plan.objective_group)
+    except RoleError as e:
+        field = "objective_group" if "objective" in str(e).split(":")[0] else "channel_group"
+        raise PlanError([PlanProblem(field, str(e))]) from None
+    if (roles.channel.group, roles.objective.group) == (plan.channel_group, plan.objective_group):
+        return plan
+    return plan.model_copy(
+        update={"channel_group": roles.channel.group, "objective_group": roles.objective.group}
+    )
+
+
+def stage_limits_for(
+    core: CMMCorePlus, plan: ScanPlan
+) -> tuple[tuple[tuple[float, float], tuple[float, float]], str]:
+    """XY limits to check a plan's positions against, and what they are (the rig profile's words).
+
+    The stage travel from the rig profile beside the plan's ``.cfg``, else
+    the limits the XY stage adapter reports, else the slide frame only
+    (:func:`acquisition.rig_profile.rig_profile_for`).
+    """
+    config = core.systemConfigurationFile() or plan.hardware_config
+    travel, source = rig_profile_for(core, config).xy_limits_um()
+    return ((travel.x_min_um, travel.x_max_um), (travel.y_min_um, travel.y_max_um)), source
 
 
 @dataclass(frozen=True)
@@ -291,8 +375,9 @@ def validate_plan(
     core : CMMCorePlus
         The loaded microscope.
     stage_limits_um : ((xmin, xmax), (ymin, ymax)), optional
-        XY stage travel in µm. Default: the demo stage's travel (a 75 × 25 mm
-        slide); pass a real rig's travel.
+        XY stage travel in µm. Default: the rig's (:func:`stage_limits_for`:
+        the rig profile beside the ``.cfg``, the adapter's limits, or the
+        slide frame only).
     overwrite, resume : bool
         Whether an existing output file may be replaced / continued.
     disk_free_bytes : callable, optional
@@ -306,24 +391,19 @@ def validate_plan(
     Raises
     ------
     PlanError
-        Listing every problem found: unknown channel group or preset, unknown
+        Listing every problem found: a channel or objective group that is
+        unknown or cannot be decided, an unknown channel preset, unknown
         objective or objective without pixel size, section polygons (or tile
         centres) outside the stage travel, output file that exists, output
         folder not writable or not creatable, not enough free disk
         (estimated size × 1.1).
     """
     problems: list[PlanProblem] = []
-    groups = list(core.getAvailableConfigGroups())
-
-    if plan.channel_group not in groups:
-        problems.append(
-            PlanProblem(
-                "channel_group",
-                f"no config group {plan.channel_group!r} in this hardware config "
-                f"(available: {', '.join(groups)})",
-            )
-        )
-    else:
+    try:
+        plan = resolve_plan_groups(plan, core)
+    except PlanError as e:
+        problems.extend(e.problems)
+    if plan.channel_group is not None:
         presets = list(core.getAvailableConfigs(plan.channel_group))
         for i, ch in enumerate(plan.channels):
             if ch.preset not in presets:
@@ -335,15 +415,19 @@ def validate_plan(
                     )
                 )
 
-    pixel_size: float | None = None
-    try:
-        pixel_size = pixel_size_for_objective(core, plan.objective_group, plan.objective)
-    except PlanError as e:
-        problems.extend(e.problems)
+    affine: NDArray[np.float64] | None = None
+    if plan.objective_group is not None:
+        try:
+            affine = pixel_affine_for_objective(core, plan.objective_group, plan.objective)
+        except PlanError as e:
+            problems.extend(e.problems)
 
-    limits = stage_limits_um if stage_limits_um is not None else _demo_stage_limits()
+    if stage_limits_um is not None:
+        limits, source = stage_limits_um, "stage travel (given)"
+    else:
+        limits, source = stage_limits_for(core, plan)
     (x0, x1), (y0, y1) = limits
-    travel = f"the stage travel (x {x0:g}..{x1:g}, y {y0:g}..{y1:g} µm)"
+    travel = f"the {source}: x {x0:g}..{x1:g}, y {y0:g}..{y1:g} µm"
     polygon_inside: dict[str, bool] = {}
     for i, section in enumerate(plan.sections):
         bad = [(j, v) for j, v in enumerate(section.polygon_um) if _outside(v[0], v[1], limits)]
@@ -359,9 +443,10 @@ def validate_plan(
             )
 
     summary: PlanSummary | None = None
-    if pixel_size is not None:
+    if affine is not None:
         _, _, width_px, height_px = (int(v) for v in core.getROI())
-        tile = (width_px * pixel_size, height_px * pixel_size)
+        pixel_size = math.sqrt(abs(float(np.linalg.det(affine))))
+        tile = covered_extent_um(affine, (width_px, height_px))
         tiles = section_tiles(plan, tile_size_um=tile)
         for i, section in enumerate(plan.sections):
             if not polygon_inside[section.id]:

@@ -146,8 +146,7 @@ def sequence_for_tiles(
         meta = sections_meta.setdefault(sid, {"n_tiles": 0, "first_position": p})
         meta["n_tiles"] += 1
     channels = [
-        useq.Channel(config=ch.preset, group=plan.channel_group, exposure=ch.exposure_ms)
-        for ch in plan.channels
+        useq.Channel(config=ch.preset, group=plan.groups[0], exposure=ch.exposure_ms) for ch in plan.channels
     ]
     metadata = {
         "cordscope": {

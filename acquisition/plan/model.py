@@ -332,12 +332,18 @@ class ScanPlan(_PlanModel):
         default=DEFAULT_HARDWARE_CONFIG, description="Micro-Manager .cfg of the microscope."
     )
     output: Path = Field(description="HDF5 scan file to write (.h5).")
-    objective_group: str = Field(
-        default="Objective", min_length=1, description="Config group that selects the objective."
+    objective_group: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Config group that selects the objective; null: the group whose presets select the "
+        "pixel-size configurations.",
     )
     objective: str = Field(default="10x", min_length=1, description="Preset of objective_group to scan with.")
-    channel_group: str = Field(
-        default="Channel", min_length=1, description="Config group of the channel presets."
+    channel_group: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Config group of the channel presets; null: the core's ChannelGroup, else the group "
+        "pymmcore-plus guesses, else the only group that switches a filter/state device.",
     )
     channels: list[ChannelSetting] = Field(
         min_length=2,
@@ -422,6 +428,26 @@ class ScanPlan(_PlanModel):
     def anatomy_channel(self) -> ChannelSetting:
         """The counterstain channel (outlines, focus)."""
         return next(ch for ch in self.channels if ch.role == "anatomy")
+
+    @property
+    def groups(self) -> tuple[str, str]:
+        """(channel_group, objective_group) once decided (:func:`acquisition.plan.resolve_plan_groups`).
+
+        Raises
+        ------
+        PlanError
+            If the plan leaves a group to be decided from the hardware config and it was not yet.
+        """
+        if self.channel_group is None or self.objective_group is None:
+            missing = "channel_group" if self.channel_group is None else "objective_group"
+            raise PlanError(
+                [
+                    PlanProblem(
+                        missing, "not decided yet: resolve the plan's groups against the hardware config"
+                    )
+                ]
+            )
+        return self.channel_group, self.objective_group
 
     @property
     def n_z_slices(self) -> int:

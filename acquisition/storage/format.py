@@ -46,7 +46,7 @@ STANDARD_SECTION_ATTRS: tuple[str, ...] = (
     "lesion_epicenter_um",
 )
 # Section attributes that the writer sets itself from the layout.
-_LAYOUT_ATTRS = frozenset({"channel_names", "pixel_size_um", "tile_size_um", "json_attrs"})
+_LAYOUT_ATTRS = frozenset({"channel_names", "pixel_size_um", "pixel_affine_um", "tile_size_um", "json_attrs"})
 _SECTION_DATASETS = ("tiles", "tile_xy_um", "tile_z_um", "tile_status", "tile_meta")
 _STR = h5py.string_dtype("utf-8")
 

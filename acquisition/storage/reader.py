@@ -95,7 +95,7 @@ class SectionReader:
     def attrs(self) -> dict[str, Any]:
         """Section attributes, JSON ones decoded; standard ones ``None`` when absent."""
         raw = {k: _decode_attr(v) for k, v in self._group.attrs.items()}
-        json_names = set(json.loads(raw.pop("json_attrs", "[]"))) | {"channel_names"}
+        json_names = set(json.loads(raw.pop("json_attrs", "[]"))) | {"channel_names", "pixel_affine_um"}
         out: dict[str, Any] = dict.fromkeys(STANDARD_SECTION_ATTRS)
         for key, value in raw.items():
             out[key] = json.loads(value) if key in json_names and isinstance(value, str) else value
@@ -127,6 +127,18 @@ class SectionReader:
     def pixel_size_um(self) -> float:
         """Image pixel size on the slide (µm)."""
         return float(self._group.attrs["pixel_size_um"])
+
+    @property
+    def pixel_affine_um(self) -> np.ndarray:
+        """Stage µm per pixel step along columns (column 0) and rows (column 1), ``(2, 2)`` float64.
+
+        Micro-Manager's pixel-size affine as the scan used it; files written
+        before it was stored read as ``pixel_size_um`` times the identity.
+        """
+        raw = self._group.attrs.get("pixel_affine_um")
+        if raw is None:
+            return np.eye(2) * self.pixel_size_um
+        return np.asarray(json.loads(_decode_attr(raw)), dtype=np.float64).reshape(2, 2)
 
     @property
     def tile_xy_um(self) -> np.ndarray:

@@ -84,6 +84,11 @@ class SectionLayout:
         Focus planned for each tile, shape ``(n_tiles,)`` (µm; NaN: none),
         e.g. from a focus map measured at the start, so that a resumed scan
         images its pending tiles at the same focus. Default: all NaN.
+    pixel_affine_um : (2, 2) array, optional
+        Stage µm per pixel step along the image's columns (column 0) and rows
+        (column 1), Micro-Manager's pixel-size affine with binning applied
+        (:func:`acquisition.roles.pixel_affine_um`). Default: ``pixel_size_um``
+        times the identity (a camera aligned with the stage).
     """
 
     section_id: str
@@ -95,6 +100,7 @@ class SectionLayout:
     tile_size_um: tuple[float, float]
     attrs: Mapping[str, Any] = field(default_factory=dict)
     planned_tile_z_um: np.ndarray | None = None
+    pixel_affine_um: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         sid = self.section_id
@@ -127,6 +133,16 @@ class SectionLayout:
                     f"got {planned_z.shape}"
                 )
         planned_z.setflags(write=False)
+        if self.pixel_affine_um is None:
+            affine = np.eye(2) * float(self.pixel_size_um)
+        else:
+            affine = np.array(self.pixel_affine_um, dtype=np.float64)
+            if affine.shape != (2, 2) or not np.all(np.isfinite(affine)) or np.linalg.det(affine) == 0:
+                raise ValueError(
+                    f"section {sid}: pixel_affine_um must be an invertible 2×2 matrix, got {affine}"
+                )
+        affine.setflags(write=False)
+        object.__setattr__(self, "pixel_affine_um", affine)
         reserved = _LAYOUT_ATTRS & set(self.attrs)
         if reserved:
             raise ValueError(f"section {sid}: attrs may not set {sorted(reserved)} (taken from the layout)")
@@ -160,6 +176,7 @@ def _write_section(sections: h5py.Group, layout: SectionLayout, compression: str
             json_attrs.append(key)
     g.attrs["channel_names"] = _to_json(layout.channel_names)
     g.attrs["pixel_size_um"] = layout.pixel_size_um
+    g.attrs["pixel_affine_um"] = _to_json(layout.pixel_affine_um)
     g.attrs["tile_size_um"] = np.asarray(layout.tile_size_um, dtype=np.float64)
     g.attrs["json_attrs"] = _to_json(sorted(json_attrs))
     tiles_options: dict[str, Any] = {"compression": compression}

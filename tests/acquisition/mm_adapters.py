@@ -160,10 +160,22 @@ def _kinds(adapters: Path) -> dict[str, MMDemoConfig]:
             objective_group="Objectives",
             affines_um=mirrored,
         ),
+        "beads": MMDemoConfig(
+            kind="beads",
+            path=MM_CONFIGS / "dcam-beads.cfg",
+            adapters=adapters,
+            bit_depth=16,
+            binning=1,
+            roi=None,
+            channel_group="Channel",
+            channel_reason="guessed by pymmcore-plus from the group name",
+            objective_group="Nosepiece",
+            affines_um={"Res4x": ((2.5, 0.0), (0.0, 2.5)), "Res10x": ((1.0, 0.0), (0.0, 1.0))},
+        ),
     }
 
 
-MM_DEMO_KINDS: tuple[str, ...] = ("8bit", "16bit-bin2", "12bit-roi")
+MM_DEMO_KINDS: tuple[str, ...] = ("8bit", "16bit-bin2", "12bit-roi", "beads")
 
 
 @pytest.fixture

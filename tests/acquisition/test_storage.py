@@ -165,8 +165,10 @@ def test_reader_round_trip(scan_path: Path) -> None:
             "rostral_direction_deg": 180.0,
             "channel_names": ("DAPI", "tdTomato"),
             "pixel_size_um": 0.65,
+            "pixel_affine_um": [[0.65, 0.0], [0.0, 0.65]],
             "tile_size_um": (W * 0.65, H * 0.65),
         }
+        np.testing.assert_array_equal(s1.pixel_affine_um, [[0.65, 0.0], [0.0, 0.65]])
         np.testing.assert_array_equal(s1.tile_xy_um, [[100, 200], [110, 200], [120, 200], [130, 200]])
         np.testing.assert_array_equal(s1.planned_tile_z_um, [1.0, 1.5, 2.0, 2.5])
         np.testing.assert_array_equal(s1.tile_status, [1, 0, 1, 2])
@@ -493,7 +495,7 @@ def test_a_file_cut_short_is_repaired_on_resume(tmp_path: Path) -> None:
         writer.log_event("start")
         for t in range(4):
             _complete(writer, 0, "S1", t, 1)
-            writer.log_event("retry", tile=t)
+            writer.log_event("tile_retried", tile=t)
     os.truncate(path, path.stat().st_size - 3000)  # lose the newest metadata
     with pytest.raises(StorageError, match=r"short\.h5: it is 3000 bytes short.*open_for_resume repairs it"):
         ScanFile.open(path)
