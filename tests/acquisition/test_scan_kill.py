@@ -34,7 +34,7 @@ import pytest
 
 from acquisition.demo.plans import demo_plan
 from acquisition.hardware import DEMO_CONFIG
-from acquisition.plan import ScanPlan, save_plan, validate_plan
+from acquisition.plan import ScanPlan, resolve_plan_groups, save_plan, validate_plan
 from acquisition.storage import ScanFile
 from tests.conftest import make_demo_core
 
@@ -118,9 +118,9 @@ class CameraTruth:
 
     def __init__(self, plan: ScanPlan) -> None:
         self.channels = [(ch.preset, ch.exposure_ms) for ch in plan.channels]
-        self.channel_group = plan.channel_group
         self.core = make_demo_core(sensor_px=SENSOR_PX, noise=False)
-        self.core.setConfig(plan.objective_group, plan.objective)
+        self.channel_group, objective_group = resolve_plan_groups(plan, self.core).groups
+        self.core.setConfig(objective_group, plan.objective)
         self._digests: dict[tuple[float, float, float, int], bytes] = {}
 
     def image(self, x_um: float, y_um: float, z_um: float, c: int) -> np.ndarray:
