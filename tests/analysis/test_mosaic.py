@@ -112,7 +112,7 @@ def test_exactly_placed_tiles_reproduce_the_reduced_texture():
     for c in corners:
         t = cut(tex, tuple(c), size)
         mos.add_tile(np.stack([t, 2 * t]), center_um=tuple(centre_um(c, size)), pixel_size_um=PIXEL_UM)
-    np.testing.assert_allclose(np.array(mos.placement_residual_um), 0, atol=1e-9)
+
     expected = block_reduce_mean(tex, f)
     cov = mos.coverage
     lo, hi = 60 // f, (60 + 3 * step + size) // f
