@@ -633,6 +633,35 @@ class TileOnGrid:
         dv = np.minimum(self.v_px + h / 2, h / 2 - self.v_px)
         return np.broadcast_to(np.minimum(du, dv), self.shape)
 
+    def feather_weights(self, *, quantum: float) -> F64:
+        """Blending weight of each cell: distance to the nearest tile edge in blocks, on a dyadic grid.
+
+        Rounded to ``quantum`` (a power of two), at least one quantum inside the
+        footprint, 0 outside it: sums of such weights are exact, so a blend does
+        not depend on the order tiles are added in.
+
+        Returns
+        -------
+        (n_rows, n_cols) float64 (a fresh array)
+        """
+        h, w = self.lattice.tile_shape
+        inv = 1.0 / (quantum * self.lattice.factor)
+
+        def per_axis(c: F64, n: int) -> F64:
+            d = np.round(np.minimum(c + n / 2, n / 2 - c) * inv)
+            np.maximum(d, 1.0, out=d)
+            d[(c < -n / 2) | (c >= n / 2)] = 0.0  # outside the footprint along this axis
+            return d
+
+        # u, v are 1-D along one axis each for a separable affine: one 2-D operation only
+        out = np.minimum(
+            per_axis(np.asarray(self.u_px, dtype=np.float64), w),
+            per_axis(np.asarray(self.v_px, dtype=np.float64), h),
+        )
+        out = np.array(np.broadcast_to(out, self.shape), dtype=np.float64)
+        out *= quantum
+        return out
+
     def resample(self, blocks: NDArray[Any]) -> F32:
         """Block values at the cell centres: the nearest block, or bilinear interpolation.
 

@@ -125,13 +125,28 @@ class AccumulatorContribution:
     Attributes
     ----------
     at : (rows, cols) slices of the grid
-    imaged_px, axon_px, tracer_sum : (n_rows, n_cols) float64
+    sums : (3, n_rows, n_cols) float64
+        Imaged pixels, axon pixels and tracer sum (also as properties).
     """
 
     at: tuple[slice, slice]
-    imaged_px: F64
-    axon_px: F64
-    tracer_sum: F64
+    sums: F64
+    """(3, n_rows, n_cols): imaged pixels, axon pixels, tracer sum."""
+
+    @property
+    def imaged_px(self) -> F64:
+        """(n_rows, n_cols) imaged pixels."""
+        return self.sums[0]
+
+    @property
+    def axon_px(self) -> F64:
+        """(n_rows, n_cols) axon pixels."""
+        return self.sums[1]
+
+    @property
+    def tracer_sum(self) -> F64:
+        """(n_rows, n_cols) tracer sum."""
+        return self.sums[2]
 
 
 class SectionAccumulator:
@@ -212,9 +227,9 @@ class SectionAccumulator:
         corners = footprint_corners_um((0.0, 0.0), self.affine_um, self.tile_shape)
         self._footprint_lo, self._footprint_hi = corners.min(axis=0), corners.max(axis=0)
         self._tree: cKDTree | None = None
-        self.imaged_px = np.zeros(self.shape, dtype=np.float64)
-        self.axon_px = np.zeros(self.shape, dtype=np.float64)
-        self.tracer_sum = np.zeros(self.shape, dtype=np.float64)
+        # one array, so a tile's three contributions are added in one operation
+        self._sums = np.zeros((3, *self.shape), dtype=np.float64)
+        self.imaged_px, self.axon_px, self.tracer_sum = self._sums
         self.n_tiles_added = 0
 
     @classmethod
@@ -340,19 +355,19 @@ class SectionAccumulator:
         own = self.owned_cells(on, tile_index=tile_index)
         if not own.any():
             return None
-        imaged = np.where(own, self.cell_px, 0.0)
-        axon = _quantised(np.multiply(imaged, axon_fraction, dtype=np.float64), _PX_QUANTUM_INV)
-        signal = _quantised(np.multiply(imaged, tracer_mean, dtype=np.float64), _SIGNAL_QUANTUM_INV)
-        return AccumulatorContribution((on.rows, on.cols), imaged, axon, signal)
+        sums = np.empty((3, *on.shape), dtype=np.float64)
+        imaged = sums[0]
+        np.multiply(own, self.cell_px, out=imaged)
+        _quantised(np.multiply(imaged, axon_fraction, out=sums[1]), _PX_QUANTUM_INV)
+        _quantised(np.multiply(imaged, tracer_mean, out=sums[2]), _SIGNAL_QUANTUM_INV)
+        return AccumulatorContribution((on.rows, on.cols), sums)
 
     def add(self, contribution: AccumulatorContribution | None) -> None:
         """Add a contribution from :meth:`contribution` (does not count a tile)."""
         if contribution is None:
             return
         r, c = contribution.at
-        self.imaged_px[r, c] += contribution.imaged_px
-        self.axon_px[r, c] += contribution.axon_px
-        self.tracer_sum[r, c] += contribution.tracer_sum
+        self._sums[:, r, c] += contribution.sums
 
     def reduce(self, axon_mask: ArrayLike, tracer_corrected: ArrayLike) -> tuple[F32, F32]:
         """A tile's per-block mean tracer and axon fraction, each (nh, nw) float32.

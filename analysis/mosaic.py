@@ -44,7 +44,7 @@ slanted neighbour in the pixels), grown by a search margin
    summed-area tables (so the strips are treated as finite; plain phase
    correlation of a narrow strip is pulled towards zero shift), peak refined
    by a parabola.
-2. **Fine**, at full resolution on a window of at most 256 × 128 pixels (the
+2. **Fine**, at full resolution on a window of at most 192 × 96 pixels (the
    most textured part of the overlap along its length): the integer offset
    by hill-climbing the NCC, then the sub-pixel remainder from the vertex of
    a parabola through the NCC at the peak and its neighbours, per axis.
@@ -139,15 +139,24 @@ class MosaicContribution:
     Attributes
     ----------
     at : (rows, cols) slices of the mosaic
-    weighted : (C, n_rows, n_cols) float64
-        Feather weight × value, per channel.
-    weight : (n_rows, n_cols) float64
-        Feather weight (0 outside the tile's footprint).
+    sums : (C + 1, n_rows, n_cols) float64
+        Feather weight × value per channel, then the feather weight (0 outside the
+        tile's footprint); also as ``weighted`` and ``weight``.
     """
 
     at: tuple[slice, slice]
-    weighted: F64
-    weight: F64
+    sums: F64
+    """(C + 1, n_rows, n_cols): weighted values per channel, then the weight."""
+
+    @property
+    def weighted(self) -> F64:
+        """(C, n_rows, n_cols) feather weight × value."""
+        return self.sums[:-1]
+
+    @property
+    def weight(self) -> F64:
+        """(n_rows, n_cols) feather weight."""
+        return self.sums[-1]
 
 
 class SectionMosaic:
@@ -205,8 +214,10 @@ class SectionMosaic:
         )
         self.grid = StageGrid((x0, y0), self.pixel_size_um, self.shape)
         self.n_channels = int(n_channels)
-        self._sum = np.zeros((self.n_channels, *self.shape), dtype=np.float64)
-        self._weight = np.zeros(self.shape, dtype=np.float64)
+        # weighted sums of the channels and the sum of weights, in one array (one add per tile)
+        self._sums = np.zeros((self.n_channels + 1, *self.shape), dtype=np.float64)
+        self._sum = self._sums[: self.n_channels]
+        self._weight = self._sums[self.n_channels]
         self._lattices: dict[tuple[int, int], BlockLattice] = {}
 
     def lattice(self, tile_shape: tuple[int, int]) -> BlockLattice:
@@ -241,26 +252,23 @@ class SectionMosaic:
             raise ValueError(
                 f"values must be ({self.n_channels}, {on.shape[0]}, {on.shape[1]}), got {v.shape}"
             )
-        d = on.edge_distance_px() / self.factor
-        weight = np.round(d * _FEATHER_QUANTUM_INV)
-        np.maximum(weight, 1.0, out=weight)
-        weight *= 1.0 / _FEATHER_QUANTUM_INV
-        weight[~on.covered] = 0.0
+        sums = np.empty((self.n_channels + 1, *on.shape), dtype=np.float64)
+        weight = sums[-1]
+        weight[...] = on.feather_weights(quantum=1.0 / _FEATHER_QUANTUM_INV)
         # rounded to a dyadic grid, so the float64 sums are exact and the blend does not
         # depend on the order tiles arrive in (live and offline mosaics are identical)
-        part = np.multiply(v, weight, dtype=np.float64)
-        part *= _MOSAIC_QUANTUM_INV
+        part = sums[:-1]
+        np.multiply(v, weight * _MOSAIC_QUANTUM_INV, out=part)
         np.round(part, out=part)
         part *= _MOSAIC_QUANTUM
-        return MosaicContribution((on.rows, on.cols), part, weight)
+        return MosaicContribution((on.rows, on.cols), sums)
 
     def add(self, contribution: MosaicContribution | None) -> None:
         """Add a contribution from :meth:`contribution`."""
         if contribution is None:
             return
         r, c = contribution.at
-        self._sum[:, r, c] += contribution.weighted
-        self._weight[r, c] += contribution.weight
+        self._sums[:, r, c] += contribution.sums
 
     def add_reduced(
         self, block_means: ArrayLike, *, tile_shape: tuple[int, int], center_um: Sequence[float]
@@ -462,8 +470,9 @@ def _parabola_vertex(left: float, centre: float, right: float) -> float:
     return float(np.clip(0.5 * (left - right) / curvature, -0.5, 0.5))
 
 
-_FINE_ALONG_PX = 256
-_FINE_ACROSS_PX = 128
+_COARSE_ALONG_PX = 1024
+_FINE_ALONG_PX = 192
+_FINE_ACROSS_PX = 96
 _FINE_MIN_PX = 4
 
 
@@ -506,17 +515,21 @@ def measure_strip_shift(
         g, ra, rb = 1, _block_mean(a, 1), _block_mean(b, 1)
     reach = math.ceil(radius / g) + 1
     ey, ex = round(float(e[1]) / g), round(float(e[0]) / g)
+    # a long overlap: the coarse search runs on its most textured part (offsets move with the crop)
+    ca, cb, (sy, sx) = _coarse_crop(ra, rb, (ey, ex), _COARSE_ALONG_PX // g)
+    ey, ex = ey + sy, ex + sx
     ky = np.arange(ey - reach, ey + reach + 1, dtype=np.intp)
     kx = np.arange(ex - reach, ex + reach + 1, dtype=np.intp)
     # overlap of the reduced strips at the requested offset: a shift may lose at most half of it
-    n_req = max(0, min(ra.shape[0], rb.shape[0] + ey) - max(0, ey)) * max(
-        0, min(ra.shape[1], rb.shape[1] + ex) - max(0, ex)
+    n_req = max(0, min(ca.shape[0], cb.shape[0] + ey) - max(0, ey)) * max(
+        0, min(ca.shape[1], cb.shape[1] + ex) - max(0, ex)
     )
-    surface = _ncc_surface(ra, rb, ky, kx, min_overlap_px=max(4.0, 0.5 * n_req))
+    surface = _ncc_surface(ca, cb, ky, kx, min_overlap_px=max(4.0, 0.5 * n_req))
     if not np.isfinite(surface).any():
         return None
     iy, ix = np.unravel_index(int(np.argmax(surface)), surface.shape)
-    cy, cx = float(ky[iy]), float(kx[ix])
+    cy = float(ky[iy] - sy)
+    cx = float(kx[ix] - sx)
     if 0 < iy < len(ky) - 1:
         cy += _parabola_vertex(surface[iy - 1, ix], surface[iy, ix], surface[iy + 1, ix])
     if 0 < ix < len(kx) - 1:
@@ -565,19 +578,52 @@ def measure_strip_shift(
         k, best = cand, score(cand)
     if not np.isfinite(best):
         return None
-    sy = k[0] + _parabola_vertex(score((k[0] - 1, k[1])), best, score((k[0] + 1, k[1])))
-    sx = k[1] + _parabola_vertex(score((k[0], k[1] - 1)), best, score((k[0], k[1] + 1)))
-    measured = np.array([sx, sy])
+    fy = k[0] + _parabola_vertex(score((k[0] - 1, k[1])), best, score((k[0] + 1, k[1])))
+    fx = k[1] + _parabola_vertex(score((k[0], k[1] - 1)), best, score((k[0], k[1] + 1)))
+    measured = np.array([fx, fy])
     return PairShift(shift_px=measured - e, offset_um=measured, ncc=float(best), n_px=int(n_win))
+
+
+def _textured_start(lines: NDArray[Any], keep: int) -> int:
+    """First of the ``keep`` consecutive lines (rows of ``lines``) with most texture in both directions.
+
+    Texture is the energy of differences across the lines and along them, whichever
+    is smaller over the window: nuclei score in both, a straight tissue edge (which
+    pins an offset in one direction only) in one.
+    """
+    x = lines.astype(np.float64)
+    across = np.r_[(np.diff(x, axis=1) ** 2).sum(axis=1)]
+    along = np.r_[(np.diff(x, axis=0) ** 2).sum(axis=1), 0.0]
+    window = np.ones(keep)
+    run = np.minimum(np.convolve(across, window, mode="valid"), np.convolve(along, window, mode="valid"))
+    return int(np.argmax(run))
+
+
+def _coarse_crop(ra: F32, rb: F32, offset: tuple[int, int], keep: int) -> tuple[F32, F32, tuple[int, int]]:
+    """Crop two reduced strips along their long axis to ``keep`` lines, where ``ra`` has most texture.
+
+    ``rb`` is cut where it lies on that part of ``ra`` at the requested
+    ``offset`` (rows, cols; ``rb[q]`` on ``ra[q + offset]``). Returns the crops and
+    what to add to an offset between the originals to get one between the crops.
+    """
+    axis = 0 if ra.shape[0] >= ra.shape[1] else 1
+    n = ra.shape[axis]
+    if n <= keep or rb.shape[axis] <= keep or min(ra.shape) < 2:
+        return ra, rb, (0, 0)
+    la0 = _textured_start(ra if axis == 0 else ra.T, keep)
+    lb0 = min(max(la0 - offset[axis], 0), rb.shape[axis] - keep)
+    if axis == 0:
+        return ra[la0 : la0 + keep], rb[lb0 : lb0 + keep], (lb0 - la0, 0)
+    return ra[:, la0 : la0 + keep], rb[:, lb0 : lb0 + keep], (0, lb0 - la0)
 
 
 def _fine_window(
     reduced_a: F32, g: int, rows: tuple[int, int], cols: tuple[int, int]
 ) -> tuple[tuple[int, int], tuple[int, int]]:
-    """The most textured ≤ 256 × 128 px part of ``a[rows, cols]`` (long side along the overlap).
+    """The most textured ≤ 192 × 96 px part of ``a[rows, cols]`` (long side along the overlap).
 
-    Texture is the variance of the reduced strip (``g``-px block means) across each
-    line of blocks, summed along the window: structure at the scale of nuclei.
+    Texture is measured on the reduced strip (``g``-px block means), as in
+    :func:`_textured_start`: structure at the scale of nuclei, in both directions.
     """
     r0, r1 = rows
     c0, c1 = cols
@@ -598,9 +644,7 @@ def _fine_window(
         lo = r0 if along_rows else c0
         if q1 - q0 >= 2 and l1 - l0 >= per:
             lines = reduced_a[l0:l1, q0:q1] if along_rows else reduced_a[q0:q1, l0:l1].T
-            var = lines.astype(np.float64).var(axis=1)
-            run = np.convolve(var, np.ones(per), mode="valid")
-            start = (l0 + int(np.argmax(run))) * g
+            start = (l0 + _textured_start(lines, per)) * g
         else:
             start = lo + (n_along - _FINE_ALONG_PX) // 2
         start = min(max(start, lo), lo + n_along - _FINE_ALONG_PX)

@@ -611,13 +611,14 @@ class SectionAnalysis:
         raw : (C, H, W) array
             Raw tile (ADU), planes already projected.
         tracer_corrected : (H, W) float32
-            The corrected tracer channel (already computed for segmentation).
+            The corrected tracer channel (already computed for segmentation); used only
+            with a flat field (otherwise the raw tile, half the bytes, gives the same means).
         axon_mask : (H, W) bool
         """
         lat = self.lattice
         means = np.empty((self.n_channels, *lat.n_blocks), dtype=np.float32)
         for c in range(self.n_channels):
-            if c == self.tracer_channel:
+            if c == self.tracer_channel and self.flat_fields[c] is not None:
                 means[c] = lat.block_means(tracer_corrected)
             elif self.flat_fields[c] is None:
                 # block means of the raw values minus the offset: the mean of the corrected values
