@@ -31,13 +31,15 @@ in its own pixel frame to the means of ``f × f`` pixel blocks
 at 10x), then pulled onto the section's stage-aligned grid
 (:class:`StageGrid`, cells of ``f · p`` µm, rows along +y, columns along +x)
 by :class:`TileOnGrid`: each grid cell whose centre lies in the tile's
-footprint takes the bilinear interpolation of the block lattice at that
-centre (mapped into the tile's pixel frame through ``A⁻¹``). For an affine
-that is diagonal or anti-diagonal (identity, 90° rotations, mirrors) the
-interpolation is separable (two 1-D gathers); otherwise it is a 2-D gather
-of the four surrounding blocks. Block coordinates are rounded to 2⁻¹²
-block (≈ 1 nm at 10x) so that a tile placed exactly on the grid reproduces
-its blocks bit for bit and the interpolation weights are dyadic.
+footprint takes the block values at that centre (mapped into the tile's
+pixel frame through ``A⁻¹``). When a block is exactly one cell (identity,
+90° rotations, mirrors) each cell takes its nearest block: two 1-D gathers,
+sums conserved, nothing blurred. Otherwise (a camera rotated by 1–2°, cells
+that are not a whole number of pixels) the blocks are interpolated
+bilinearly (a 2-D gather of the four surrounding blocks). Block coordinates
+are rounded to 2⁻¹² block (≈ 1 nm at 10x) so that a tile placed exactly on
+the grid reproduces its blocks bit for bit and interpolation weights are
+dyadic.
 """
 
 from __future__ import annotations

@@ -15,14 +15,16 @@ Placement (:class:`SectionMosaic`)
 Each tile is reduced once, in its own pixel frame, to the means of ``f × f``
 pixel blocks (``f = round(mosaic_pixel_um / p)``, 6 × 0.65 µm = 3.9 µm at
 10x; :class:`~analysis.geometry.BlockLattice`), then pulled onto the mosaic
-grid: every mosaic pixel whose centre lies in the tile's footprint takes the
-bilinear interpolation of the blocks at that centre
-(:class:`~analysis.geometry.TileOnGrid`; separable, i.e. two 1-D gathers,
-for the identity, 90° rotations and mirrors; a 2-D gather for a slightly
-rotated camera). Full-resolution pixels are never resampled. Overlaps are
-blended by feathering: each contribution is weighted by the distance of the
-mosaic pixel's centre to the nearest tile edge (in mosaic pixels, rounded to
-2⁻⁸, at least 2⁻⁸), and the mosaic keeps the weighted sum and the sum of
+grid (:class:`~analysis.geometry.TileOnGrid`): every mosaic pixel whose
+centre lies in the tile's footprint takes the block at that centre. For the
+identity, 90° rotations and mirrors a block is exactly one mosaic pixel, and
+each mosaic pixel takes its nearest block (two 1-D gathers; a block moves by
+at most half a mosaic pixel, ≈ 2 µm, and nothing is blurred); for a slightly
+rotated camera the blocks are interpolated bilinearly (a 2-D gather).
+Full-resolution pixels are never resampled. Overlaps are blended by
+feathering: each contribution is weighted by the distance of the mosaic
+pixel's centre to the nearest tile edge (in mosaic pixels, rounded to 2⁻⁸,
+at least 2⁻⁸), and the mosaic keeps the weighted sum and the sum of
 weights; each weighted contribution is rounded to a dyadic grid (2⁻¹⁶) so
 the float64 sums are exact and the blend does not depend on tile order, to
 the last bit. A tile placed exactly on the grid reproduces its block means.
@@ -215,7 +217,8 @@ class SectionMosaic:
         self.grid = StageGrid((x0, y0), self.pixel_size_um, self.shape)
         self.n_channels = int(n_channels)
         # weighted sums of the channels and the sum of weights, in one array (one add per tile)
-        self._sums = np.zeros((self.n_channels + 1, *self.shape), dtype=np.float64)
+        # filled, not np.zeros: the pages are touched now rather than by the tiles (page faults)
+        self._sums = np.full((self.n_channels + 1, *self.shape), 0.0, dtype=np.float64)
         self._sum = self._sums[: self.n_channels]
         self._weight = self._sums[self.n_channels]
         self._lattices: dict[tuple[int, int], BlockLattice] = {}
