@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tracemalloc
 
 import h5py
@@ -147,3 +148,42 @@ def test_memory_estimate_bounds_a_scanned_section(world):  # noqa: F811
         settings=section.settings,
     )
     assert 0 < held <= need
+
+
+@dataclasses.dataclass
+class FakeSection:
+    """The parts of a SectionReader that SectionAnalysis.from_reader reads."""
+
+    attrs: dict
+    section_id: str = "s1"
+    channel_names: tuple[str, ...] = ("DAPI", "tdTomato")
+    tile_xy_um: np.ndarray = dataclasses.field(default_factory=lambda: np.array([(0.0, 0.0), (150.0, 0.0)]))
+    tile_shape_px: tuple[int, int] = (252, 252)
+    pixel_size_um: float = P
+
+
+PLAN = "channels: [{preset: DAPI, role: anatomy}, {preset: tdTomato, role: tracer}]"
+
+
+@pytest.mark.parametrize(
+    ("attr", "expected"),
+    [
+        (None, P * np.eye(2)),
+        ("[[0.0, -0.65], [0.65, 0.0]]", AFFINES["rot90"]),
+        ([[-0.65, 0.0], [0.0, 0.65]], AFFINES["mirror"]),
+    ],
+    ids=["absent-means-pixel-size", "json-text", "decoded-list"],
+)
+def test_from_reader_takes_the_sections_pixel_affine(attr, expected):
+    attrs = {"orientation": "coronal"} | ({} if attr is None else {"pixel_affine_um": attr})
+    section = SectionAnalysis.from_reader(FakeSection(attrs), plan_yaml=PLAN)
+    np.testing.assert_allclose(section.pixel_affine_um, expected)
+    np.testing.assert_allclose(section.parameters()["pixel_affine_um"], expected)
+    # the grid is stage-aligned and covers the footprints through the affine
+    x0, y0 = section.mosaic.origin_um
+    assert x0 <= -126 * P and y0 <= -126 * P
+
+
+def test_from_reader_refuses_a_bad_affine_naming_the_section():
+    with pytest.raises(ValueError, match=r"section s1: .*singular"):
+        SectionAnalysis.from_reader(FakeSection({"pixel_affine_um": "[[1, 2], [2, 4]]"}), plan_yaml=PLAN)
