@@ -77,6 +77,7 @@ import numpy as np
 import scipy.sparse as sp
 from numpy.typing import ArrayLike, NDArray
 from scipy import fft as sfft
+from scipy.sparse.csgraph import connected_components
 from scipy.sparse.linalg import spsolve
 from scipy.spatial import cKDTree
 
@@ -364,9 +365,9 @@ class PairShift:
 
 def _range_1d(d: int, n: int, margin: int) -> tuple[slice, slice]:
     """Index ranges of the overlap (grown by ``margin``) in tile a and tile b, b offset by ``d`` px."""
-    a = slice(max(0, d - margin), min(n, n + d + margin))
-    b = slice(max(0, -d - margin), min(n, n - d + margin))
-    return a, b
+    a0, b0 = min(n, max(0, d - margin)), min(n, max(0, -d - margin))
+    # clipped from below too: a negative stop would count from the end
+    return slice(a0, max(a0, min(n, n + d + margin))), slice(b0, max(b0, min(n, n - d + margin)))
 
 
 def overlap_regions(
@@ -805,8 +806,9 @@ def solve_positions(
 ) -> tuple[F64, NDArray[np.bool_], F64]:
     """Least-squares corrections (px) of tile positions from pairwise shifts, with outlier rejection.
 
-    Sparse normal equations (a graph Laplacian plus a weak pull to zero), so the
-    cost grows with the number of pairs, not with the square of the tile count.
+    Sparse normal equations (a graph Laplacian, one tile pinned per connected
+    group, then each group's mean removed), so the cost grows with the number of
+    pairs, not with the square of the tile count.
 
     Parameters
     ----------
@@ -835,23 +837,9 @@ def solve_positions(
     used = measured & (wt > 0)
     corr = np.zeros((n_tiles, 2))
     resid = np.full(m, np.nan)
-    reg = 1e-6  # weak pull to the requested position: fixes each group's mean (minimum norm)
-    eye = sp.identity(n_tiles, format="csc") * reg
     while True:
         idx = np.flatnonzero(used)
-        if len(idx):
-            i, j, w = pr[idx, 0], pr[idx, 1], wt[idx]
-            rows = np.arange(len(idx))
-            inc = sp.csr_matrix(
-                (np.r_[-np.ones(len(idx)), np.ones(len(idx))], (np.r_[rows, rows], np.r_[i, j])),
-                shape=(len(idx), n_tiles),
-            )
-            weighted = inc.T.multiply(w[None, :]).tocsr()
-            normal = (weighted @ inc + eye).tocsc()
-            rhs = weighted @ sh[idx]
-            corr = np.asarray(spsolve(normal, rhs), dtype=np.float64).reshape(n_tiles, 2)
-        else:
-            corr = np.zeros((n_tiles, 2))
+        corr = _solve_groups(n_tiles, pr[idx], sh[idx], wt[idx])
         resid = np.full(m, np.nan)
         resid[measured] = np.hypot(*(corr[pr[measured, 1]] - corr[pr[measured, 0]] - sh[measured]).T)
         if not len(idx):
@@ -861,6 +849,45 @@ def solve_positions(
             break
         used[worst] = False
     return corr, used, resid
+
+
+def _solve_groups(n_tiles: int, pairs: NDArray[np.int64], shifts: F64, weights: F64) -> F64:
+    """Weighted least squares of ``x[j] − x[i] = shift`` with zero mean over each connected group.
+
+    The normal equations are a graph Laplacian, singular once per group: one tile
+    per group is pinned (its row and column dropped), the rest solved sparsely in
+    one go, then each group's mean is removed. Exact, unlike a ridge, which
+    would pull long chains of tiles towards their planned positions.
+    """
+    corr = np.zeros((n_tiles, 2))
+    if not len(pairs):
+        return corr
+    i, j = pairs[:, 0], pairs[:, 1]
+    n = len(pairs)
+    rows = np.arange(n)
+    inc = sp.csr_matrix(
+        (np.r_[-np.ones(n), np.ones(n)], (np.r_[rows, rows], np.r_[i, j])), shape=(n, n_tiles)
+    )
+    weighted = inc.T.multiply(weights[None, :]).tocsr()
+    laplacian = (weighted @ inc).tocsc()
+    rhs = weighted @ shifts
+    _, group = connected_components(laplacian, directed=False)
+    linked = np.zeros(n_tiles, dtype=bool)
+    linked[i] = linked[j] = True
+    # the first tile of each group (in index order) is pinned at 0
+    members = np.flatnonzero(linked)
+    _, first = np.unique(group[members], return_index=True)
+    free = linked.copy()
+    free[members[first]] = False
+    keep = np.flatnonzero(free)
+    if len(keep):
+        sub = laplacian[keep][:, keep].tocsc()
+        corr[keep] = np.asarray(spsolve(sub, rhs[keep]), dtype=np.float64).reshape(len(keep), 2)
+    sums = np.zeros((group.max() + 1, 2))
+    np.add.at(sums, group[members], corr[members])
+    counts = np.bincount(group[members], minlength=group.max() + 1)
+    corr[members] -= sums[group[members]] / counts[group[members], None]
+    return corr
 
 
 def register_tiles(
