@@ -175,6 +175,7 @@ def _new_section(xy: np.ndarray, tiles: np.ndarray, attrs: dict):
         anatomy_channel=0,
         channel_names=("DAPI", "tdTomato"),
         section_attrs=attrs,
+        read_tile=lambda t: tiles[t],  # from memory: what a re-read would cost at best
     )
 
 
