@@ -2,71 +2,83 @@
 
 Analysis grid
 -------------
-:class:`SectionAccumulator` keeps, per cell of a grid aligned with the
-section's :class:`~analysis.mosaic.SectionMosaic` (same ``origin_um``,
-``pixel_size_um`` and ``shape``, 3.9 µm cells at 10x), three sums over the
-*full-resolution* pixels whose centres fall in the cell:
+:class:`SectionAccumulator` keeps, per cell of a stage-aligned grid (the
+section's :class:`~analysis.mosaic.SectionMosaic` grid: same ``origin_um``,
+cell size and ``shape``, 3.9 µm cells at 10x), three sums:
 
-* ``imaged_px``: pixels imaged (owned share, see below),
-* ``axon_px``: of those, pixels in the axon mask,
-* ``tracer_sum``: sum of the corrected tracer value of those pixels
-  (each pixel weighted by its owned share).
+* ``imaged_px``: imaged area, in full-resolution pixels (pixel area ``|det A|``),
+* ``axon_px``: axon area, in pixels,
+* ``tracer_sum``: sum of the corrected tracer value over the imaged pixels.
 
-Areas are pixel counts × ``p²`` (``p`` the tile pixel size), so the axon area
-is measured at full resolution, not on the reduced mosaic. When the cell
-size is a whole number of tile pixels (the mosaic's integer ``factor``), an
-interior cell receives exactly ``factor²`` pixel centres whatever the
-sub-pixel offset of the tile, so a fully imaged cell holds exactly one cell
-area. Per tile the sums are block sums over the cells (the cell index of a
-pixel row/column is monotone, so a pad-and-reshape sum when cells are whole
-pixels, ``np.add.reduceat`` otherwise), i.e. ``O(H·W)`` with no per-pixel
-index array.
+Each tile is reduced once, in its own pixel frame, to ``f × f`` pixel
+blocks (``f`` = the cell size in pixels): per block the number of axon-mask
+pixels (the mask itself is full-resolution, so the axon area is measured at
+full resolution) and the mean corrected tracer value
+(:class:`~analysis.geometry.BlockLattice`). A grid cell owned by the tile
+(below) then takes the tile's axon fraction and mean tracer at the cell's
+centre (:class:`~analysis.geometry.TileOnGrid`, through the pixel-size
+affine, so rotated and mirrored cameras are placed correctly: the nearest
+block, or bilinear interpolation for a slightly rotated camera), times the
+cell's area in pixels. A fully imaged cell therefore holds exactly
+one cell area, whatever the sub-pixel offset of the tile, and the per-tile
+work is three passes over the tile (block sums) plus work on the reduced
+grid; no full-resolution index arrays, no whole-section arrays.
 
 Overlap rule (each slide point counted once)
 --------------------------------------------
-Ownership is a fixed partition of stage space decided by the *planned*
-tile centres of the section (``tile_centres_um``), not by what has arrived:
-a stage point belongs to the tile whose planned centre is nearest among the
-planned tiles whose planned footprint contains it (ties go to the lower tile
-index). A tile adds only what it owns, so overlapping tiles never
-double count, the result does not depend on tile order, and an offline
-rerun gives the same numbers as the live run. Pixels are placed at the
-tile's actual (requested or registered) ``center_um``; ownership is tested
-at those stage positions, so a stage error smaller than half the overlap
-leaves neither gaps nor double counts. The two tiles of an overlap sample
-it on pixel lattices offset by a fraction of a pixel, so a hard cut at the
-boundary would lose or double one pixel column per boundary (≈ 0.2 % of
-the area per axis for 512² tiles): a pixel cut by the boundary counts by
-the share of its footprint on the tile's side (a ramp one pixel wide), which
-adds up exactly for boundaries along the axes. Limitation: the part of an overlap
-owned by a tile that *fails* is not counted from its neighbour (the imaged
-fraction of the region then drops below 1, which the table reports).
+Ownership is a partition of the grid's cells decided by the tile centres
+given to the accumulator (``tile_centres_um``: the planned centres, or the
+registered ones when a section is rebuilt at registered positions), not by
+what has arrived: a cell belongs to tile ``i`` when its centre lies in the
+footprint of ``i`` placed at ``center_um`` and no other tile ``j`` whose
+footprint (at ``tile_centres_um[j]``) contains the centre is nearer to it
+(ties go to the lower tile index). Each cell is decided by its centre alone,
+with the same floating-point expression whichever tile asks, so overlapping
+tiles never double count or leave a gap between them, the result does not
+depend on tile order, and an offline rerun gives the same numbers as the
+live run. A tile placed off its entry in ``tile_centres_um`` (the stage
+missed) by less than half the overlap still leaves neither gaps nor double
+counts. Limitation: the part of an overlap owned by a tile that *fails* is
+not counted from its neighbour (the imaged fraction of the region then drops
+below 1, which the table reports).
 
 Region boundaries
 -----------------
 Region masks come on the analysis grid (one bool per cell, a cell belongs
 to a region when its centre does, as :mod:`analysis.regions` draws them).
-Whole cells are assigned: the axon pixels, imaged pixels and signal of a
+Whole cells are assigned: the axon area, imaged area and signal of a
 boundary cell all go to the region(s) whose mask contains the cell, and the
 region's area is its number of cells × cell area. % axonal area is axon
 area / imaged area *within the same cells*, so coverage and boundary
 discretisation largely cancel; the remaining error comes from axon pixels
-in cells straddling a region edge (at most half a cell, ≈ 2 µm, away from
-it). On the demo slide (objects lie inside their regions) this is well below
-0.05 percentage points per region, see ``tests/analysis/test_maps.py``.
+near a region edge (a block, and the axon pixels in it, lands in the cell
+nearest its centre, up to about a cell, ≈ 4 µm, from where a pixel lies). On
+the demo slide (objects lie inside their regions) this is within 0.003
+percentage points per region, see ``tests/analysis/test_maps.py``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+from scipy.spatial import cKDTree
+
+from analysis.geometry import (
+    BlockLattice,
+    StageGrid,
+    TileOnGrid,
+    footprint_corners_um,
+    pixel_size_from_affine,
+    validate_affine,
+)
 
 __all__ = [
+    "AccumulatorContribution",
     "Heatmaps",
     "RegionRow",
     "SectionAccumulator",
@@ -86,6 +98,48 @@ REGION_COLUMNS = (
     "imaged_fraction",
 )
 
+# dyadic grids that make per-cell sums exact, so they do not depend on tile order
+_PX_QUANTUM_INV = 2.0**24
+_SIGNAL_QUANTUM_INV = 2.0**16
+
+
+def _quantised(a: F64, quantum_inv: float) -> F64:
+    a *= quantum_inv
+    np.round(a, out=a)
+    a *= 1.0 / quantum_inv
+    return a
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class AccumulatorContribution:
+    """What one tile adds to a :class:`SectionAccumulator` (rounded: adding is order-independent).
+
+    Attributes
+    ----------
+    at : (rows, cols) slices of the grid
+    sums : (3, n_rows, n_cols) float64
+        Imaged pixels, axon pixels and tracer sum (also as properties).
+    """
+
+    at: tuple[slice, slice]
+    sums: F64
+    """(3, n_rows, n_cols): imaged pixels, axon pixels, tracer sum."""
+
+    @property
+    def imaged_px(self) -> F64:
+        """(n_rows, n_cols) imaged pixels."""
+        return self.sums[0]
+
+    @property
+    def axon_px(self) -> F64:
+        """(n_rows, n_cols) axon pixels."""
+        return self.sums[1]
+
+    @property
+    def tracer_sum(self) -> F64:
+        """(n_rows, n_cols) tracer sum."""
+        return self.sums[2]
+
 
 class SectionAccumulator:
     """Overlap-safe per-cell sums of imaged area, axon area and tracer signal for one section.
@@ -99,20 +153,23 @@ class SectionAccumulator:
     shape : (rows, cols)
         Grid shape (``SectionMosaic.shape``).
     tile_centres_um : (n_tiles, 2) array
-        Planned (x, y) stage centres (µm) of *all* tiles of the section: they
-        define which tile owns each stage point (see the module docstring).
+        (x, y) stage centres (µm) of *all* tiles of the section: they decide which
+        tile owns each cell (see the module docstring).
     tile_shape : (H, W)
         Full-resolution tile shape (pixels), the same for every tile.
     tile_pixel_size_um : float
         Full-resolution pixel size (µm).
+    affine_um : (2, 2) array, optional
+        Pixel-size affine of the tiles (default ``tile_pixel_size_um · I``).
 
     Attributes
     ----------
     imaged_px, axon_px : (rows, cols) float64
-        Owned pixels and owned axon pixels whose centres fall in each cell (pixels on an
-        ownership boundary count by their owned share, 0..1).
+        Imaged and axon area of each cell, in full-resolution pixels.
     tracer_sum : (rows, cols) float64
-        Sum of the corrected tracer value over the owned pixels of each cell.
+        Sum of the corrected tracer value over the imaged pixels of each cell.
+    lattice : BlockLattice
+        The blocks tiles are reduced to (``round(cell_um / pixel)`` pixels).
     n_tiles_added : int
     """
 
@@ -125,6 +182,7 @@ class SectionAccumulator:
         tile_centres_um: ArrayLike,
         tile_shape: tuple[int, int],
         tile_pixel_size_um: float,
+        affine_um: ArrayLike | None = None,
     ) -> None:
         self.origin_um = np.asarray(origin_um, dtype=np.float64).reshape(2)
         self.cell_um = float(cell_um)
@@ -141,9 +199,29 @@ class SectionAccumulator:
         self.tile_pixel_size_um = float(tile_pixel_size_um)
         if not (math.isfinite(self.tile_pixel_size_um) and self.tile_pixel_size_um > 0):
             raise ValueError(f"tile_pixel_size_um must be positive, got {tile_pixel_size_um!r}")
-        self.imaged_px = np.zeros(self.shape, dtype=np.float64)
-        self.axon_px = np.zeros(self.shape, dtype=np.float64)
-        self.tracer_sum = np.zeros(self.shape, dtype=np.float64)
+        if affine_um is None:
+            self.affine_um = self.tile_pixel_size_um * np.eye(2)
+        else:
+            self.affine_um = validate_affine(affine_um)
+            p = pixel_size_from_affine(self.affine_um)
+            if not math.isclose(p, self.tile_pixel_size_um, rel_tol=1e-6):
+                raise ValueError(
+                    f"the pixel affine's pixel size {p} µm differs from the tile pixel size "
+                    f"{tile_pixel_size_um} µm"
+                )
+        self.grid = StageGrid((float(self.origin_um[0]), float(self.origin_um[1])), self.cell_um, self.shape)
+        factor = max(1, round(self.cell_um / self.tile_pixel_size_um))
+        self.lattice = BlockLattice(self.tile_shape, min(factor, *self.tile_shape))
+        det = abs(float(np.linalg.det(self.affine_um)))
+        # pixels per cell, on the dyadic grid (exactly f² for the mosaic grid)
+        self.cell_px = round(self.cell_um**2 / det * _PX_QUANTUM_INV) / _PX_QUANTUM_INV
+        self._pixel_area_um2 = det
+        corners = footprint_corners_um((0.0, 0.0), self.affine_um, self.tile_shape)
+        self._footprint_lo, self._footprint_hi = corners.min(axis=0), corners.max(axis=0)
+        self._tree: cKDTree | None = None
+        # one array, so a tile's three contributions are added in one operation
+        self._sums = np.full((3, *self.shape), 0.0, dtype=np.float64)  # touched now, not by the tiles
+        self.imaged_px, self.axon_px, self.tracer_sum = self._sums
         self.n_tiles_added = 0
 
     @classmethod
@@ -154,7 +232,7 @@ class SectionAccumulator:
         tile_centres_um: ArrayLike,
         tile_shape: tuple[int, int],
     ) -> SectionAccumulator:
-        """Accumulator on the grid of a :class:`~analysis.mosaic.SectionMosaic` (same cells)."""
+        """Accumulator on the grid of a :class:`~analysis.mosaic.SectionMosaic` (same cells and affine)."""
         return cls(
             origin_um=mosaic.origin_um,
             cell_um=mosaic.pixel_size_um,
@@ -162,14 +240,15 @@ class SectionAccumulator:
             tile_centres_um=tile_centres_um,
             tile_shape=tile_shape,
             tile_pixel_size_um=mosaic.tile_pixel_size_um,
+            affine_um=getattr(mosaic, "affine_um", None),
         )
 
     # ------------------------------------------------------------ derived grids
 
     @property
     def pixel_area_um2(self) -> float:
-        """Area of one full-resolution pixel (µm²)."""
-        return self.tile_pixel_size_um**2
+        """Area of one full-resolution pixel (µm²): ``|det A|``."""
+        return self._pixel_area_um2
 
     @property
     def cell_area_um2(self) -> float:
@@ -187,56 +266,120 @@ class SectionAccumulator:
         return self.axon_px * self.pixel_area_um2
 
     def tile_index_of(self, center_um: tuple[float, float]) -> int:
-        """Index of the planned tile centre nearest to ``center_um``."""
-        d2 = ((self.tile_centres_um - np.asarray(center_um, dtype=np.float64)) ** 2).sum(axis=1)
-        return int(np.argmin(d2))
+        """Index of the tile centre nearest to ``center_um``."""
+        return int(self._kdtree().query(np.asarray(center_um, dtype=np.float64))[1])
+
+    def _kdtree(self) -> cKDTree:
+        if self._tree is None:
+            self._tree = cKDTree(self.tile_centres_um)
+        return self._tree
+
+    def neighbours(self, center_um: Sequence[float], *, tile_index: int) -> list[int]:
+        """Tiles other than ``tile_index`` whose footprint may meet that of a tile at ``center_um``."""
+        size = self._footprint_hi - self._footprint_lo
+        c = np.asarray(center_um, dtype=np.float64)
+        near = self._kdtree().query_ball_point(c, float(size.max()), p=np.inf)
+        d = np.abs(self.tile_centres_um[near] - c) if near else np.zeros((0, 2))
+        return sorted(int(j) for j, dj in zip(near, d, strict=True) if j != tile_index and (dj < size).all())
 
     # ------------------------------------------------------------ accumulation
 
-    def ownership(self, center_um: tuple[float, float], *, tile_index: int) -> tuple[F64, F64, F32]:
-        """Stage coordinates of a tile's pixel centres and the pixels it owns.
+    def placement(self, center_um: Sequence[float]) -> TileOnGrid:
+        """Where a tile centred at ``center_um`` lands on the grid."""
+        return TileOnGrid(self.grid, self.lattice, center_um=center_um, affine_um=self.affine_um)
+
+    def owned_cells(self, on: TileOnGrid, *, tile_index: int) -> NDArray[np.bool_]:
+        """(n_rows, n_cols) bool over ``on``'s cells: the cells this tile owns (see the module docstring)."""
+        i = int(tile_index)
+        if not 0 <= i < len(self.tile_centres_um):
+            raise ValueError(f"tile_index {i} outside 0..{len(self.tile_centres_um) - 1}")
+        own = np.array(on.covered)
+        x, y = on.x_um, on.y_um  # (1, n_cols), (n_rows, 1)
+        for j in self.neighbours(on.center_um, tile_index=i):
+            cj = self.tile_centres_um[j]
+            lo_xy, hi_xy = cj + self._footprint_lo, cj + self._footprint_hi
+            rows, cols = self.grid.cells_within(
+                float(lo_xy[0]), float(lo_xy[1]), float(hi_xy[0]), float(hi_xy[1])
+            )
+            r0, r1 = max(rows.start, on.rows.start), min(rows.stop, on.rows.stop)
+            c0, c1 = max(cols.start, on.cols.start), min(cols.stop, on.cols.stop)
+            if r1 <= r0 or c1 <= c0:
+                continue
+            sr, sc = (
+                slice(r0 - on.rows.start, r1 - on.rows.start),
+                slice(c0 - on.cols.start, c1 - on.cols.start),
+            )
+            in_j = on.in_footprint(cj, rows=sr, cols=sc)
+            # the same expression whichever of the two tiles evaluates it: lower index first
+            a, b = (self.tile_centres_um[i], cj) if i < j else (cj, self.tile_centres_um[i])
+            xs, ys = x[:, sc], y[sr, :]
+            s = ((xs - a[0]) ** 2 - (xs - b[0]) ** 2) + ((ys - a[1]) ** 2 - (ys - b[1]) ** 2)
+            i_wins = (s <= 0.0) if i < j else (s > 0.0)
+            own[sr, sc] &= i_wins | ~in_j
+        return own
+
+    def contribution(
+        self,
+        on: TileOnGrid,
+        *,
+        tracer_mean: NDArray[Any],
+        axon_fraction: NDArray[Any],
+        tile_index: int,
+    ) -> AccumulatorContribution | None:
+        """What a placed tile adds, from its block values resampled at the cell centres.
+
+        Parameters
+        ----------
+        on : TileOnGrid
+            From :meth:`placement`.
+        tracer_mean, axon_fraction : (n_rows, n_cols) arrays
+            The tile's mean corrected tracer and axon-pixel fraction per block,
+            resampled (``on.resample``).
+        tile_index : int
+            This tile's index in ``tile_centres_um``.
 
         Returns
         -------
-        x_um : (W,) float64
-        y_um : (H,) float64
-        owned : (H, W) float32
-            Share of each pixel owned by this tile: 1 inside its ownership cell, 0 outside,
-            in between for pixels cut by an ownership boundary.
+        AccumulatorContribution, or None if the tile owns no cell of the grid.
         """
-        h, w = self.tile_shape
-        p = self.tile_pixel_size_um
-        x = np.asarray(center_um[0] + (np.arange(w) + 0.5 - w / 2) * p, dtype=np.float64)
-        y = np.asarray(center_um[1] + (np.arange(h) + 0.5 - h / 2) * p, dtype=np.float64)
-        owned = np.ones((h, w), dtype=np.float32)
-        ci = self.tile_centres_um[tile_index]
-        half_w, half_h = w / 2 * p, h / 2 * p
-        cs = self.tile_centres_um
-        # only planned tiles whose footprint meets this tile's pixels can take pixels from it
-        near = (np.abs(cs[:, 0] - center_um[0]) < 2 * half_w) & (np.abs(cs[:, 1] - center_um[1]) < 2 * half_h)
-        near[tile_index] = False
-        dxi2, dyi2 = (x - ci[0]) ** 2, (y - ci[1]) ** 2
-        for j in np.flatnonzero(near):
-            cj = cs[j]
-            sep = float(np.hypot(*(cj - ci)))
-            if sep == 0.0:
-                raise ValueError(f"planned tiles {tile_index} and {j} have the same centre {tuple(ci)}")
-            # rows/cols inside tile j's planned footprint (half-open, like pixel ownership)
-            cols = np.flatnonzero((x >= cj[0] - half_w) & (x < cj[0] + half_w))
-            rows = np.flatnonzero((y >= cj[1] - half_h) & (y < cj[1] + half_h))
-            if len(cols) == 0 or len(rows) == 0:
-                continue
-            cs_, rs_ = slice(cols[0], cols[-1] + 1), slice(rows[0], rows[-1] + 1)
-            di = dyi2[rs_, None] + dxi2[None, cs_]
-            dj = (y[rs_, None] - cj[1]) ** 2 + (x[None, cs_] - cj[0]) ** 2
-            # signed distance (µm) of the pixel centre from the bisector, + on this tile's side;
-            # the pixel's share is the part of its footprint on this side (a ramp one pixel wide
-            # across the boundary), so the two lattices of an overlap add up to the true area
-            signed_um = (dj - di) / (2.0 * sep)
-            width_um = p * (abs(cj[0] - ci[0]) + abs(cj[1] - ci[1])) / sep
-            share = np.clip(0.5 + signed_um / width_um, 0.0, 1.0).astype(np.float32)
-            np.minimum(owned[rs_, cs_], share, out=owned[rs_, cs_])
-        return x, y, owned
+        if on.empty:
+            return None
+        own = self.owned_cells(on, tile_index=tile_index)
+        if not own.any():
+            return None
+        sums = np.empty((3, *on.shape), dtype=np.float64)
+        imaged = sums[0]
+        np.multiply(own, self.cell_px, out=imaged)
+        _quantised(np.multiply(imaged, axon_fraction, out=sums[1]), _PX_QUANTUM_INV)
+        _quantised(np.multiply(imaged, tracer_mean, out=sums[2]), _SIGNAL_QUANTUM_INV)
+        return AccumulatorContribution((on.rows, on.cols), sums)
+
+    def add(self, contribution: AccumulatorContribution | None) -> None:
+        """Add a contribution from :meth:`contribution` (does not count a tile)."""
+        if contribution is None:
+            return
+        r, c = contribution.at
+        self._sums[:, r, c] += contribution.sums
+
+    def reduce(self, axon_mask: ArrayLike, tracer_corrected: ArrayLike) -> tuple[F32, F32]:
+        """A tile's per-block mean tracer and axon fraction, each (nh, nw) float32.
+
+        Parameters
+        ----------
+        axon_mask : (H, W) bool
+            Full-resolution axon mask (e.g. ``segment_axons(...).mask``).
+        tracer_corrected : (H, W) float
+            Corrected tracer image (e.g. ``correct_tile`` output, ADU above dark).
+        """
+        mask = np.asarray(axon_mask, dtype=bool)
+        tracer = np.asarray(tracer_corrected)
+        if mask.shape != self.tile_shape or tracer.shape != self.tile_shape:
+            raise ValueError(
+                f"axon_mask {mask.shape} and tracer {tracer.shape} must both have the tile "
+                f"shape {self.tile_shape}"
+            )
+        f2 = np.float32(1.0 / self.lattice.factor**2)
+        return self.lattice.block_means(tracer), self.lattice.block_counts(mask).astype(np.float32) * f2
 
     def add_tile(
         self,
@@ -247,7 +390,7 @@ class SectionAccumulator:
         pixel_size_um: float,
         tile_index: int | None = None,
     ) -> None:
-        """Add the owned pixels of one tile to the per-cell sums.
+        """Add the cells one tile owns to the per-cell sums.
 
         Parameters
         ----------
@@ -261,106 +404,19 @@ class SectionAccumulator:
         pixel_size_um : float
             Must equal ``tile_pixel_size_um``.
         tile_index : int, optional
-            Index of this tile in ``tile_centres_um``; default: the nearest planned centre.
+            Index of this tile in ``tile_centres_um``; default: the nearest centre.
         """
-        mask = np.asarray(axon_mask, dtype=bool)
-        tracer = np.asarray(tracer_corrected)
-        if mask.shape != self.tile_shape or tracer.shape != self.tile_shape:
-            raise ValueError(
-                f"axon_mask {mask.shape} and tracer {tracer.shape} must both have the tile "
-                f"shape {self.tile_shape}"
-            )
         if not np.isclose(pixel_size_um, self.tile_pixel_size_um, rtol=1e-6):
             raise ValueError(
                 f"pixel size {pixel_size_um} µm differs from the accumulator's {self.tile_pixel_size_um} µm"
             )
-        contribution = self.tile_contribution(mask, tracer, center_um=center_um, tile_index=tile_index)
-        self.n_tiles_added += 1
-        if contribution is None:
-            return
-        at, imaged, axon, signal = contribution
-        self.imaged_px[at] += imaged
-        self.axon_px[at] += axon
-        self.tracer_sum[at] += signal
-
-    def tile_contribution(
-        self,
-        axon_mask: NDArray[np.bool_],
-        tracer_corrected: NDArray[Any],
-        *,
-        center_um: tuple[float, float],
-        tile_index: int | None = None,
-    ) -> tuple[tuple[slice, slice], F64, F64, F64] | None:
-        """What one tile adds to the grid, without adding it (see :meth:`add_tile`).
-
-        Returns
-        -------
-        (rows, cols) slices of the grid, and the imaged-pixel, axon-pixel and tracer sums
-        on those cells; None if the tile lies outside the grid.
-        """
-        mask, tracer = axon_mask, tracer_corrected
+        tracer, axons = self.reduce(axon_mask, tracer_corrected)
         idx = self.tile_index_of(center_um) if tile_index is None else int(tile_index)
-        if not 0 <= idx < len(self.tile_centres_um):
-            raise ValueError(f"tile_index {idx} outside 0..{len(self.tile_centres_um) - 1}")
-        x, y, owned = self.ownership((float(center_um[0]), float(center_um[1])), tile_index=idx)
-        col_cell = np.floor((x - self.origin_um[0]) / self.cell_um).astype(np.int64)
-        row_cell = np.floor((y - self.origin_um[1]) / self.cell_um).astype(np.int64)
-        cols = np.flatnonzero((col_cell >= 0) & (col_cell < self.shape[1]))
-        rows = np.flatnonzero((row_cell >= 0) & (row_cell < self.shape[0]))
-        if len(cols) == 0 or len(rows) == 0:
-            return None
-        rs, cs = slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
-        rc, cc = row_cell[rs], col_cell[cs]
-        # cell indices are monotone (and, cells being ≥ a pixel, consecutive) along rows/columns
-        r_start = np.flatnonzero(np.r_[True, rc[1:] != rc[:-1]])
-        c_start = np.flatnonzero(np.r_[True, cc[1:] != cc[:-1]])
-        r_cells, c_cells = rc[r_start], cc[c_start]
-        if np.any(np.diff(r_cells) != 1) or np.any(np.diff(c_cells) != 1):
-            raise ValueError("grid cells must be at least one tile pixel wide")
-        own = owned[rs, cs]
-        axon = np.where(mask[rs, cs], own, np.float32(0))
-        signal = own * tracer[rs, cs].astype(np.float32, copy=False)
-        at = (slice(int(r_cells[0]), int(r_cells[-1]) + 1), slice(int(c_cells[0]), int(c_cells[-1]) + 1))
-        return (
-            at,
-            _block_sums(own, r_start, c_start),
-            _block_sums(axon, r_start, c_start),
-            _block_sums(signal, r_start, c_start),
-        )
-
-
-def _regular_run(starts: NDArray[np.intp], n: int) -> int | None:
-    """Length shared by all segments but the end ones (which are no longer), else None.
-
-    Segments start at ``starts`` and the last one ends at ``n``.
-    """
-    lengths = np.diff(np.r_[starts, n])
-    if len(lengths) <= 2:
-        return int(lengths.max())
-    run = int(lengths[1])
-    if np.all(lengths[1:-1] == run) and lengths[0] <= run and lengths[-1] <= run:
-        return run
-    return None
-
-
-def _block_sums(a: F32, r_start: NDArray[np.intp], c_start: NDArray[np.intp]) -> F64:
-    """Sums of ``a`` over the row segments × column segments starting at ``r_start``/``c_start``."""
-    rr, rc = _regular_run(r_start, a.shape[0]), _regular_run(c_start, a.shape[1])
-    if rr is None or rc is None:
-        # general cell sizes: block sums by reduceat (several times slower)
-        out = np.add.reduceat(np.add.reduceat(a.astype(np.float64), r_start, axis=0), c_start, axis=1)
-        return np.asarray(out, dtype=np.float64)
-    # cells of a whole number of pixels (the mosaic grid): pad the partial end cells, reshape, sum
-    r_pad = rr - int(np.diff(np.r_[r_start, a.shape[0]])[0])
-    c_pad = rc - int(np.diff(np.r_[c_start, a.shape[1]])[0])
-    nr, nc = len(r_start), len(c_start)
-    padded = np.zeros((nr * rr, nc * rc), dtype=np.float32)
-    padded[r_pad : r_pad + a.shape[0], c_pad : c_pad + a.shape[1]] = a
-    # within-cell sums in float32 (≤ a few hundred values), then float64; rows of a cell first
-    # (contiguous vector adds), then the columns of the 1/rr as large result: several times
-    # faster than reducing the short last axis of the whole tile first
-    rows_summed = padded.reshape(nr, rr, nc * rc).sum(axis=1)
-    return rows_summed.reshape(nr, nc, rc).sum(axis=2, dtype=np.float64)
+        on = self.placement(center_um)
+        if not on.empty:
+            values = on.resample(np.stack([tracer, axons]))
+            self.add(self.contribution(on, tracer_mean=values[0], axon_fraction=values[1], tile_index=idx))
+        self.n_tiles_added += 1
 
 
 # ---------------------------------------------------------------- region table

@@ -1,54 +1,64 @@
-"""Section mosaics: placing tiles at reduced scale, and refining tile positions by registration.
+"""Section mosaics on a stage-aligned grid, and tile positions refined by registration.
 
 Coordinates
 -----------
 Stage coordinates are in µm. A tile of shape ``(H, W)`` centred at stage
-``(xc, yc)`` with pixel size ``p`` µm has its pixel ``(r, c)`` at::
-
-    x = xc + (c + 0.5 - W / 2) · p,    y = yc + (r + 0.5 - H / 2) · p
-
-so columns run along +x and rows along +y. A mosaic pixel ``(R, C)`` is
-centred at ``origin_um + ((C + 0.5) · P, (R + 0.5) · P)`` with ``P`` the
-mosaic pixel size.
+``(xc, yc)`` has its pixel ``(r, c)`` at ``(xc, yc) + A·(u, v)`` with ``u = c
++ 0.5 − W/2``, ``v = r + 0.5 − H/2`` and ``A`` the 2 × 2 pixel-size affine
+(:mod:`analysis.geometry`; ``p·I`` for a camera aligned with the stage:
+columns along +x, rows along +y). A mosaic pixel ``(R, C)`` is centred at
+``origin_um + ((C + 0.5) · P, (R + 0.5) · P)`` with ``P`` the mosaic pixel
+size: the mosaic is stage-aligned whatever the camera's orientation.
 
 Placement (:class:`SectionMosaic`)
 ----------------------------------
-Each tile is block-reduced by an integer factor ``f`` (``P = f · p``, 6 ×
-0.65 µm = 3.9 µm by default at 10x) after cropping to whole blocks, then
-added at the *nearest* mosaic pixel to its stage position: the residual
-(at most half a mosaic pixel, ≈ 2 µm, per axis) is recorded in
-:attr:`SectionMosaic.placement_residual_um` rather than resampled away, which
-keeps placement a block-mean plus a slice-add (≈ 4 ms per channel of a 2048² tile)
-and keeps exactly aligned tiles exact. Overlaps are blended by feathering:
-each reduced pixel is weighted by its distance to the nearest tile edge (in
-reduced pixels, ``0.5`` at the border), and the mosaic keeps the weighted
-sum and the sum of weights; each weighted contribution is rounded to a
-dyadic grid (2⁻¹⁶) so the float64 sums are exact and the blend does not
-depend on tile order, to the last bit.
+Each tile is reduced once, in its own pixel frame, to the means of ``f × f``
+pixel blocks (``f = round(mosaic_pixel_um / p)``, 6 × 0.65 µm = 3.9 µm at
+10x; :class:`~analysis.geometry.BlockLattice`), then pulled onto the mosaic
+grid (:class:`~analysis.geometry.TileOnGrid`): every mosaic pixel whose
+centre lies in the tile's footprint takes the block at that centre. For the
+identity, 90° rotations and mirrors a block is exactly one mosaic pixel, and
+each mosaic pixel takes its nearest block (two 1-D gathers; a block moves by
+at most half a mosaic pixel, ≈ 2 µm, and nothing is blurred); for a slightly
+rotated camera the blocks are interpolated bilinearly (a 2-D gather).
+Full-resolution pixels are never resampled. Overlaps are blended by
+feathering: each contribution is weighted by the distance of the mosaic
+pixel's centre to the nearest tile edge (in mosaic pixels, rounded to 2⁻⁸,
+at least 2⁻⁸), and the mosaic keeps the weighted sum and the sum of
+weights; each weighted contribution is rounded to a dyadic grid (2⁻¹⁶) so
+the float64 sums are exact and the blend does not depend on tile order, to
+the last bit. A tile placed exactly on the grid reproduces its block means.
 
-Registration (:func:`register_tiles`)
--------------------------------------
+Registration
+------------
 Stage positions are only as good as the stage (the demo stage's
 ``PositioningError_um`` is a few µm, several pixels). For every pair of
-tiles that overlap by at least ``overlap_min_px`` in both directions
-according to their requested positions, the two overlap strips are cut with
-the requested (rounded) offset and their residual shift is measured in two
-steps: the integer shift by masked normalised cross-correlation
-(:func:`skimage.registration.phase_cross_correlation` with masks, which
-treats the strips as finite; plain phase correlation of a narrow strip is
-pulled towards zero shift), on strips block-reduced to ≥ 24 px across and
-then refined at full resolution by hill-climbing the aligned NCC; then the
-sub-pixel remainder from the vertex of a parabola through the NCC at the
-integer peak and its neighbours (per axis). A
-pair is kept when the normalised cross-correlation (NCC) of the aligned
-strips is at least ``min_ncc`` (glass, out-of-tissue or ambiguous strips fall
-below). The corrections of all tiles are then solved by weighted least
-squares from the kept pairwise offsets (weight ∝ NCC × pixels compared, so a
-corner overlap counts far less than an edge strip), dropping the pair with
-the largest residual while it exceeds ``max_residual_px`` and re-solving.
-:func:`measure_pair_shift` and :func:`solve_positions` are public so a live
-worker can measure each new tile against its acquired neighbours and
-re-solve (the solve is a small dense least-squares problem).
+tiles whose planned footprints overlap along an edge, the overlap is cut
+from both tiles in their common pixel frame (the planned stage offset
+mapped through ``A⁻¹``: with a rotated camera an x neighbour is a row or a
+slanted neighbour in the pixels), grown by a search margin
+(:func:`overlap_regions`), and the residual offset is measured in two steps
+(:func:`measure_strip_shift`):
+
+1. **Coarse**, on the strips reduced by ``g`` (up to 8) per axis: the
+   normalised cross-correlation (NCC) over the overlapping part at every
+   integer offset within the search radius, from one FFT correlation and
+   summed-area tables (so the strips are treated as finite; plain phase
+   correlation of a narrow strip is pulled towards zero shift), peak refined
+   by a parabola.
+2. **Fine**, at full resolution on a window of at most 192 × 96 pixels (the
+   most textured part of the overlap along its length): the integer offset
+   by hill-climbing the NCC, then the sub-pixel remainder from the vertex of
+   a parabola through the NCC at the peak and its neighbours, per axis.
+
+A pair is kept when the NCC at the peak is at least ``min_ncc`` (glass,
+out-of-tissue or ambiguous strips fall below). Shifts are measured in the
+tiles' pixel frame (columns, rows); tile corrections are solved from the kept
+pairs by weighted least squares in that frame (weight ∝ NCC × pixels
+compared), dropping the pair with the largest residual while it exceeds
+``max_residual_px``, and mapped to the stage through ``A``
+(:func:`solve_positions` is sparse: its cost grows with the number of pairs,
+not its square).
 
 Anchor: registration measures relative positions only. The solution has
 zero mean correction (corrected − requested) over each connected group of
@@ -59,26 +69,45 @@ tile with no kept pair keeps its requested position.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 from numpy.typing import ArrayLike, NDArray
-from skimage.registration import phase_cross_correlation
+from scipy import fft as sfft
+from scipy.sparse.csgraph import connected_components
+from scipy.sparse.linalg import spsolve
+from scipy.spatial import cKDTree
 
-from analysis.tile import block_reduce_mean
+from analysis.geometry import (
+    BlockLattice,
+    StageGrid,
+    TileOnGrid,
+    pixel_size_from_affine,
+    px_offset_to_stage_um,
+    stage_offset_to_px,
+    validate_affine,
+)
 
 __all__ = [
+    "MosaicContribution",
     "PairShift",
     "Registration",
     "SectionMosaic",
+    "edge_neighbour_pairs",
     "measure_pair_shift",
+    "measure_strip_shift",
     "mosaic_reduction_factor",
+    "overlap_regions",
     "register_tiles",
     "registration_from_pairs",
     "solve_positions",
 ]
 
 F64 = NDArray[np.float64]
+F32 = NDArray[np.float32]
 
 
 def mosaic_reduction_factor(tile_pixel_size_um: float, target_pixel_um: float = 4.0) -> int:
@@ -96,25 +125,45 @@ def mosaic_reduction_factor(tile_pixel_size_um: float, target_pixel_um: float = 
     int
         ``max(1, round(target / tile_pixel))``: 6 at 0.65 µm (3.9 µm mosaic pixels).
     """
-    if tile_pixel_size_um <= 0 or target_pixel_um <= 0:
+    if not (tile_pixel_size_um > 0 and target_pixel_um > 0):
         raise ValueError("pixel sizes must be positive")
     return max(1, round(target_pixel_um / tile_pixel_size_um))
 
 
-_MAX_STRIP_PX = 768
 _MOSAIC_QUANTUM = 2.0**-16
 _MOSAIC_QUANTUM_INV = 2.0**16
+_FEATHER_QUANTUM_INV = 2.0**8
 
 
-def _feather(n_rows: int, n_cols: int) -> NDArray[np.float32]:
-    """Distance-to-edge weight of an ``(n_rows, n_cols)`` tile, in pixels (0.5 at the border)."""
-    dr = np.minimum(np.arange(n_rows) + 0.5, n_rows - 0.5 - np.arange(n_rows))
-    dc = np.minimum(np.arange(n_cols) + 0.5, n_cols - 0.5 - np.arange(n_cols))
-    return np.minimum(dr[:, None], dc[None, :]).astype(np.float32)
+@dataclasses.dataclass(frozen=True, eq=False)
+class MosaicContribution:
+    """What one tile adds to a :class:`SectionMosaic` (already rounded: adding is order-independent).
+
+    Attributes
+    ----------
+    at : (rows, cols) slices of the mosaic
+    sums : (C + 1, n_rows, n_cols) float64
+        Feather weight × value per channel, then the feather weight (0 outside the
+        tile's footprint); also as ``weighted`` and ``weight``.
+    """
+
+    at: tuple[slice, slice]
+    sums: F64
+    """(C + 1, n_rows, n_cols): weighted values per channel, then the weight."""
+
+    @property
+    def weighted(self) -> F64:
+        """(C, n_rows, n_cols) feather weight × value."""
+        return self.sums[:-1]
+
+    @property
+    def weight(self) -> F64:
+        """(n_rows, n_cols) feather weight."""
+        return self.sums[-1]
 
 
 class SectionMosaic:
-    """Blended, reduced-scale mosaic of one section, accumulated tile by tile.
+    """Blended, reduced-scale, stage-aligned mosaic of one section, accumulated tile by tile.
 
     Parameters
     ----------
@@ -127,6 +176,9 @@ class SectionMosaic:
     mosaic_pixel_um : float
         Target mosaic pixel size (µm); the actual one is
         ``mosaic_reduction_factor(tile_pixel_size_um, mosaic_pixel_um) · tile_pixel_size_um``.
+    affine_um : (2, 2) array, optional
+        Pixel-size affine of the tiles (default ``tile_pixel_size_um · I``); its
+        pixel size must equal ``tile_pixel_size_um``.
 
     Attributes
     ----------
@@ -137,9 +189,7 @@ class SectionMosaic:
     factor : int
         Reduction factor (full-resolution pixels per mosaic pixel, per axis).
     shape : (rows, cols)
-    placement_residual_um : list of (2,) float64
-        Per added tile, requested minus used top-left position (x, y) in µm
-        (|·| ≤ half a mosaic pixel per axis).
+    grid : StageGrid
     """
 
     def __init__(
@@ -149,6 +199,7 @@ class SectionMosaic:
         n_channels: int,
         tile_pixel_size_um: float,
         mosaic_pixel_um: float = 4.0,
+        affine_um: ArrayLike | None = None,
     ) -> None:
         x0, y0, x1, y1 = (float(v) for v in bbox_um)
         if not (x1 > x0 and y1 > y0):
@@ -156,6 +207,7 @@ class SectionMosaic:
         if n_channels < 1:
             raise ValueError("n_channels must be ≥ 1")
         self.tile_pixel_size_um = float(tile_pixel_size_um)
+        self.affine_um = _affine_for(affine_um, self.tile_pixel_size_um)
         self.factor = mosaic_reduction_factor(self.tile_pixel_size_um, mosaic_pixel_um)
         self.pixel_size_um = self.factor * self.tile_pixel_size_um
         self.origin_um = np.array([x0, y0], dtype=np.float64)
@@ -163,11 +215,72 @@ class SectionMosaic:
             int(np.ceil((y1 - y0) / self.pixel_size_um)),
             int(np.ceil((x1 - x0) / self.pixel_size_um)),
         )
+        self.grid = StageGrid((x0, y0), self.pixel_size_um, self.shape)
         self.n_channels = int(n_channels)
-        self._sum = np.zeros((self.n_channels, *self.shape), dtype=np.float64)
-        self._weight = np.zeros(self.shape, dtype=np.float64)
-        self._feathers: dict[tuple[int, int], NDArray[np.float32]] = {}
-        self.placement_residual_um: list[F64] = []
+        # weighted sums of the channels and the sum of weights, in one array (one add per tile)
+        # filled, not np.zeros: the pages are touched now rather than by the tiles (page faults)
+        self._sums = np.full((self.n_channels + 1, *self.shape), 0.0, dtype=np.float64)
+        self._sum = self._sums[: self.n_channels]
+        self._weight = self._sums[self.n_channels]
+        self._lattices: dict[tuple[int, int], BlockLattice] = {}
+
+    def lattice(self, tile_shape: tuple[int, int]) -> BlockLattice:
+        """The block lattice tiles of ``tile_shape`` are reduced to (blocks of ``factor`` pixels)."""
+        key = (int(tile_shape[0]), int(tile_shape[1]))
+        if key not in self._lattices:
+            self._lattices[key] = BlockLattice(key, self.factor)
+        return self._lattices[key]
+
+    def placement(self, tile_shape: tuple[int, int], center_um: Sequence[float]) -> TileOnGrid:
+        """Where a tile of ``tile_shape`` centred at ``center_um`` lands on the mosaic grid."""
+        return TileOnGrid(self.grid, self.lattice(tile_shape), center_um=center_um, affine_um=self.affine_um)
+
+    def contribution(self, on: TileOnGrid, values: NDArray[Any]) -> MosaicContribution | None:
+        """What a placed tile adds, from its block values resampled at the cell centres.
+
+        Parameters
+        ----------
+        on : TileOnGrid
+            From :meth:`placement`.
+        values : (C, n_rows, n_cols) array
+            ``on.resample(block_means)``.
+
+        Returns
+        -------
+        MosaicContribution, or None if the tile lies outside the mosaic.
+        """
+        if on.empty:
+            return None
+        v = np.asarray(values)
+        if v.shape != (self.n_channels, *on.shape):
+            raise ValueError(
+                f"values must be ({self.n_channels}, {on.shape[0]}, {on.shape[1]}), got {v.shape}"
+            )
+        sums = np.empty((self.n_channels + 1, *on.shape), dtype=np.float64)
+        weight = sums[-1]
+        weight[...] = on.feather_weights(quantum=1.0 / _FEATHER_QUANTUM_INV)
+        # rounded to a dyadic grid, so the float64 sums are exact and the blend does not
+        # depend on the order tiles arrive in (live and offline mosaics are identical)
+        part = sums[:-1]
+        np.multiply(v, weight * _MOSAIC_QUANTUM_INV, out=part)
+        np.round(part, out=part)
+        part *= _MOSAIC_QUANTUM
+        return MosaicContribution((on.rows, on.cols), sums)
+
+    def add(self, contribution: MosaicContribution | None) -> None:
+        """Add a contribution from :meth:`contribution`."""
+        if contribution is None:
+            return
+        r, c = contribution.at
+        self._sums[:, r, c] += contribution.sums
+
+    def add_reduced(
+        self, block_means: ArrayLike, *, tile_shape: tuple[int, int], center_um: Sequence[float]
+    ) -> None:
+        """Blend in a tile already reduced to its block means ((C, nh, nw), see :meth:`lattice`)."""
+        on = self.placement(tile_shape, center_um)
+        if not on.empty:
+            self.add(self.contribution(on, on.resample(np.asarray(block_means, dtype=np.float32))))
 
     def add_tile(self, images: ArrayLike, *, center_um: tuple[float, float], pixel_size_um: float) -> None:
         """Block-reduce one tile and blend it in at its stage position.
@@ -177,12 +290,11 @@ class SectionMosaic:
         images : (C, H, W) or (H, W) array
             The tile, all channels, full resolution (e.g. corrected float32).
         center_um : (x, y)
-            Stage position of the tile centre (µm): requested, or corrected by
-            :func:`register_tiles`.
+            Stage position of the tile centre (µm): requested or registered.
         pixel_size_um : float
             Full-resolution pixel size (µm); must equal the mosaic's ``tile_pixel_size_um``.
         """
-        imgs = np.asarray(images, dtype=np.float32)
+        imgs = np.asarray(images)
         if imgs.ndim == 2:
             imgs = imgs[None]
         if imgs.ndim != 3 or imgs.shape[0] != self.n_channels:
@@ -191,39 +303,12 @@ class SectionMosaic:
             raise ValueError(
                 f"pixel size {pixel_size_um} µm differs from the mosaic's {self.tile_pixel_size_um} µm"
             )
-        f, p = self.factor, self.tile_pixel_size_um
-        _, h, w = imgs.shape
-        nh, nw = h // f, w // f  # whole blocks only
-        if nh == 0 or nw == 0:
-            raise ValueError(f"tile {imgs.shape} smaller than one mosaic pixel ({f} px)")
-        # top-left corner of the tile in stage µm, then in (fractional) mosaic pixels
-        corner = np.array([center_um[0] - w / 2 * p, center_um[1] - h / 2 * p], dtype=np.float64)
-        pos = (corner - self.origin_um) / self.pixel_size_um
-        ipos = np.round(pos)
-        self.placement_residual_um.append((pos - ipos) * self.pixel_size_um)
-        c0, r0 = int(ipos[0]), int(ipos[1])
-        # clip to the mosaic
-        rr0, rr1 = max(r0, 0), min(r0 + nh, self.shape[0])
-        cc0, cc1 = max(c0, 0), min(c0 + nw, self.shape[1])
-        if rr1 <= rr0 or cc1 <= cc0:
-            return
-        tr, tc = slice(rr0 - r0, rr1 - r0), slice(cc0 - c0, cc1 - c0)
-        # reduce only the part of the tile that lands in the mosaic
-        fr, fc = slice(tr.start * f, tr.stop * f), slice(tc.start * f, tc.stop * f)
-        key = (nh, nw)
-        if key not in self._feathers:
-            self._feathers[key] = _feather(nh, nw)
-        wt = self._feathers[key][tr, tc]
-        self._weight[rr0:rr1, cc0:cc1] += wt  # half-integers: exact in float64
-        for ch in range(self.n_channels):
-            small = block_reduce_mean(imgs[ch, fr, fc], f)
-            # rounded to a dyadic grid, so the float64 sums are exact and the blend does not
-            # depend on the order tiles arrive in (live and offline mosaics are identical)
-            part = np.multiply(small, wt, dtype=np.float64)
-            part *= _MOSAIC_QUANTUM_INV
-            np.round(part, out=part)
-            part *= _MOSAIC_QUANTUM
-            self._sum[ch, rr0:rr1, cc0:cc1] += part
+        shape = (int(imgs.shape[1]), int(imgs.shape[2]))
+        if min(shape) < self.factor:
+            raise ValueError(f"tile {imgs.shape} smaller than one mosaic pixel ({self.factor} px)")
+        lattice = self.lattice(shape)
+        means = np.stack([lattice.block_means(im) for im in imgs])
+        self.add_reduced(means, tile_shape=shape, center_um=center_um)
 
     @property
     def coverage(self) -> NDArray[np.bool_]:
@@ -238,6 +323,20 @@ class SectionMosaic:
         return out
 
 
+def _affine_for(affine_um: ArrayLike | None, pixel_size_um: float) -> F64:
+    if affine_um is None:
+        if not (math.isfinite(pixel_size_um) and pixel_size_um > 0):
+            raise ValueError(f"pixel size must be positive, got {pixel_size_um!r}")
+        return pixel_size_um * np.eye(2)
+    a = validate_affine(affine_um)
+    p = pixel_size_from_affine(a)
+    if not math.isclose(p, pixel_size_um, rel_tol=1e-6):
+        raise ValueError(
+            f"the pixel affine's pixel size {p} µm differs from the tile pixel size {pixel_size_um} µm"
+        )
+    return a
+
+
 # ---------------------------------------------------------------- registration
 
 
@@ -248,14 +347,14 @@ class PairShift:
     Attributes
     ----------
     shift_px : (2,) float64
-        (x, y) full-resolution pixels: true offset of the second tile relative to
-        the first, minus the offset used to cut the strips (rounded requested offset).
+        (x, y) in the tiles' pixel frame (columns, rows): measured offset of the
+        second tile relative to the first minus the requested offset.
     offset_um : (2,) float64
-        Measured (x, y) offset of the second tile's centre from the first's (µm).
+        Measured stage (x, y) offset of the second tile's centre from the first's (µm).
     ncc : float
-        Normalised cross-correlation of the overlap strips after alignment (−1..1).
+        Normalised cross-correlation of the overlap after alignment (−1..1).
     n_px : int
-        Pixels compared after alignment (the measurement's weight grows with it).
+        Pixels compared at full resolution (the measurement's weight grows with it).
     """
 
     shift_px: F64
@@ -264,16 +363,105 @@ class PairShift:
     n_px: int
 
 
-def _overlap(d: int, n: int) -> tuple[slice, slice]:
-    """Overlapping index ranges in tile a and tile b along one axis, b offset by ``d`` px."""
-    return slice(max(0, d), min(n, n + d)), slice(max(0, -d), min(n, n - d))
+def _range_1d(d: int, n: int, margin: int) -> tuple[slice, slice]:
+    """Index ranges of the overlap (grown by ``margin``) in tile a and tile b, b offset by ``d`` px."""
+    a0, b0 = min(n, max(0, d - margin)), min(n, max(0, -d - margin))
+    # clipped from below too: a negative stop would count from the end
+    return slice(a0, max(a0, min(n, n + d + margin))), slice(b0, max(b0, min(n, n - d + margin)))
 
 
-def _ncc(a: F64, b: F64) -> float:
-    a = a - a.mean()
-    b = b - b.mean()
-    den = np.sqrt((a * a).sum() * (b * b).sum())
-    return float((a * b).sum() / den) if den > 0 else 0.0
+def overlap_regions(
+    offset_px: ArrayLike, tile_shape: tuple[int, int], *, margin_px: int
+) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
+    """The parts of two tiles to compare: their planned overlap grown by a search margin.
+
+    Parameters
+    ----------
+    offset_px : (dx, dy)
+        Requested offset of tile b relative to tile a in their pixel frame
+        (columns, rows): :func:`~analysis.geometry.stage_offset_to_px` of the stage offset.
+    tile_shape : (H, W)
+    margin_px : int
+        Grown by this on every side (clipped to the tiles), so a shift up to it stays inside.
+
+    Returns
+    -------
+    ((rows_a, cols_a), (rows_b, cols_b))
+        Empty slices when the tiles do not overlap.
+    """
+    h, w = tile_shape
+    off = np.asarray(offset_px, dtype=np.float64).reshape(2)
+    dx, dy = round(float(off[0])), round(float(off[1]))
+    ra, rb = _range_1d(dy, h, margin_px)
+    ca, cb = _range_1d(dx, w, margin_px)
+    return (ra, ca), (rb, cb)
+
+
+def _block_mean(a: NDArray[Any], g: int) -> F32:
+    """Means of ``g × g`` blocks (whole blocks only), float32: rows added first, then strided columns."""
+    if g == 1:
+        return np.asarray(a, dtype=np.float32)
+    h, w = a.shape[0] // g, a.shape[1] // g
+    rows = a[: h * g, : w * g].reshape(h, g, w * g).sum(axis=1, dtype=np.float32)
+    out = rows[:, 0::g].copy()
+    for k in range(1, g):
+        out += rows[:, k::g]
+    out *= np.float32(1.0 / (g * g))
+    return out
+
+
+def _sat(a: F64) -> F64:
+    out = np.zeros((a.shape[0] + 1, a.shape[1] + 1))
+    np.cumsum(np.cumsum(a, axis=0), axis=1, out=out[1:, 1:])
+    return out
+
+
+def _ncc_surface(a: F32, b: F32, ky: NDArray[np.intp], kx: NDArray[np.intp], *, min_overlap_px: float) -> F64:
+    """NCC of ``b`` against ``a`` over their overlap, with ``b[q]`` on ``a[q + (ky, kx)]``, for every offset.
+
+    Returns (len(ky), len(kx)) float64; −inf where the overlap is smaller than
+    ``min_overlap_px`` or has no contrast.
+    """
+    a64 = a.astype(np.float64)
+    b64 = b.astype(np.float64)
+    a64 -= a64.mean()
+    b64 -= b64.mean()
+    ha, wa = a64.shape
+    hb, wb = b64.shape
+    full = (ha + hb - 1, wa + wb - 1)
+    fast = [sfft.next_fast_len(n, real=True) for n in full]
+    spectrum = sfft.rfft2(a64, fast) * sfft.rfft2(b64[::-1, ::-1], fast)
+    corr = sfft.irfft2(spectrum, fast)[: full[0], : full[1]]
+    sa, sa2, sb, sb2 = _sat(a64), _sat(a64 * a64), _sat(b64), _sat(b64 * b64)
+    kyy, kxx = ky[:, None], kx[None, :]
+    # overlap rectangles in a and in b (empty ones clipped inside the arrays)
+    ar0 = np.clip(kyy, 0, ha)
+    ar1 = np.clip(hb + kyy, ar0, ha)
+    ac0 = np.clip(kxx, 0, wa)
+    ac1 = np.clip(wb + kxx, ac0, wa)
+    br0 = np.clip(ar0 - kyy, 0, hb)
+    br1 = np.clip(ar1 - kyy, br0, hb)
+    bc0 = np.clip(ac0 - kxx, 0, wb)
+    bc1 = np.clip(ac1 - kxx, bc0, wb)
+    ok = (ar1 > ar0) & (ac1 > ac0)
+
+    def box(s: F64, r0: Any, r1: Any, c0: Any, c1: Any) -> F64:
+        return np.asarray(s[r1, c1] - s[r0, c1] - s[r1, c0] + s[r0, c0], dtype=np.float64)
+
+    n = ((ar1 - ar0) * (ac1 - ac0)).astype(np.float64)
+    a1, a2 = box(sa, ar0, ar1, ac0, ac1), box(sa2, ar0, ar1, ac0, ac1)
+    b1, b2 = box(sb, br0, br1, bc0, bc1), box(sb2, br0, br1, bc0, bc1)
+    iy = np.clip(kyy + hb - 1, 0, corr.shape[0] - 1)
+    ix = np.clip(kxx + wb - 1, 0, corr.shape[1] - 1)
+    cross = corr[iy, ix]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        num = cross - a1 * b1 / n
+        va, vb = a2 - a1 * a1 / n, b2 - b1 * b1 / n
+        ncc = num / np.sqrt(va * vb)
+    # an overlap without contrast (its variance lost in rounding) has no NCC
+    contrast = (va > 1e-9 * a2) & (vb > 1e-9 * b2)
+    good = ok & (n >= min_overlap_px) & contrast & np.isfinite(ncc)
+    return np.where(good, ncc, -np.inf)
 
 
 def _parabola_vertex(left: float, centre: float, right: float) -> float:
@@ -286,17 +474,201 @@ def _parabola_vertex(left: float, centre: float, right: float) -> float:
     return float(np.clip(0.5 * (left - right) / curvature, -0.5, 0.5))
 
 
+_COARSE_ALONG_PX = 1024
+_FINE_ALONG_PX = 192
+_FINE_ACROSS_PX = 96
+_FINE_MIN_PX = 4
+
+
+def measure_strip_shift(
+    strip_a: ArrayLike,
+    strip_b: ArrayLike,
+    offset_px: ArrayLike,
+    *,
+    max_shift_px: float,
+) -> PairShift | None:
+    """Offset of ``strip_b`` relative to ``strip_a``: coarse NCC search, then full-resolution refinement.
+
+    Parameters
+    ----------
+    strip_a, strip_b : 2-D arrays
+        Parts of two tiles of the same channel (anatomy, DAPI) in their common pixel
+        frame (:func:`overlap_regions`).
+    offset_px : (dx, dy)
+        Requested position of ``strip_b``'s first pixel in ``strip_a``'s pixels
+        (columns, rows; fractional).
+    max_shift_px : float
+        Search radius around the requested offset (px).
+
+    Returns
+    -------
+    PairShift or None
+        ``shift_px`` is the measured minus the requested offset; ``offset_um`` is
+        left at the pixel offset (callers map it to the stage). None when the strips
+        do not overlap by at least 4 px in both directions at any offset searched.
+    """
+    a, b = np.asarray(strip_a), np.asarray(strip_b)
+    if a.ndim != 2 or b.ndim != 2 or min(a.shape) < 1 or min(b.shape) < 1:
+        raise ValueError(f"strips must be non-empty 2-D arrays, got {a.shape} and {b.shape}")
+    e = np.asarray(offset_px, dtype=np.float64).reshape(2)  # (x, y)
+    radius = float(max_shift_px)
+    # ---- 1) coarse: the NCC surface on strips reduced by g, over the search window
+    g = int(max(1, min(8, min(*a.shape, *b.shape) // 16)))
+    ra, rb = _block_mean(a, g), _block_mean(b, g)
+    if min(ra.shape) < 2 or min(rb.shape) < 2:
+        g, ra, rb = 1, _block_mean(a, 1), _block_mean(b, 1)
+    reach = math.ceil(radius / g) + 1
+    ey, ex = round(float(e[1]) / g), round(float(e[0]) / g)
+    # a long overlap: the coarse search runs on its most textured part (offsets move with the crop)
+    ca, cb, (sy, sx) = _coarse_crop(ra, rb, (ey, ex), _COARSE_ALONG_PX // g)
+    ey, ex = ey + sy, ex + sx
+    ky = np.arange(ey - reach, ey + reach + 1, dtype=np.intp)
+    kx = np.arange(ex - reach, ex + reach + 1, dtype=np.intp)
+    # overlap of the reduced strips at the requested offset: a shift may lose at most half of it
+    n_req = max(0, min(ca.shape[0], cb.shape[0] + ey) - max(0, ey)) * max(
+        0, min(ca.shape[1], cb.shape[1] + ex) - max(0, ex)
+    )
+    surface = _ncc_surface(ca, cb, ky, kx, min_overlap_px=max(4.0, 0.5 * n_req))
+    if not np.isfinite(surface).any():
+        return None
+    iy, ix = np.unravel_index(int(np.argmax(surface)), surface.shape)
+    cy = float(ky[iy] - sy)
+    cx = float(kx[ix] - sx)
+    if 0 < iy < len(ky) - 1:
+        cy += _parabola_vertex(surface[iy - 1, ix], surface[iy, ix], surface[iy + 1, ix])
+    if 0 < ix < len(kx) - 1:
+        cx += _parabola_vertex(surface[iy, ix - 1], surface[iy, ix], surface[iy, ix + 1])
+    k0 = (round(cy * g), round(cx * g))
+    # ---- 2) fine: a fixed window of a, b's window hill-climbed around k0 at full resolution
+    climb = g + 2
+    ha, wa = a.shape
+    hb, wb = b.shape
+    # window in a: where b overlaps a at every offset within `climb` of k0
+    r0, r1 = max(0, k0[0] + climb), min(ha, hb + k0[0] - climb)
+    c0, c1 = max(0, k0[1] + climb), min(wa, wb + k0[1] - climb)
+    if r1 - r0 < _FINE_MIN_PX or c1 - c0 < _FINE_MIN_PX:
+        return None
+    (r0, r1), (c0, c1) = _fine_window(ra, g, (r0, r1), (c0, c1))
+    za = a[r0:r1, c0:c1].astype(np.float32)
+    za -= np.float32(za.mean(dtype=np.float64))
+    na = float(np.sqrt(np.sum(za * za, dtype=np.float64)))
+    n_win = za.size
+    scores: dict[tuple[int, int], float] = {}
+
+    def score(k: tuple[int, int]) -> float:
+        if k not in scores:
+            ry, rx = r0 - k[0], c0 - k[1]
+            if ry < 0 or rx < 0 or ry + (r1 - r0) > hb or rx + (c1 - c0) > wb or na == 0.0:
+                scores[k] = -np.inf
+            else:
+                wb_ = b[ry : ry + (r1 - r0), rx : rx + (c1 - c0)].astype(np.float32)
+                sb = float(np.sum(wb_, dtype=np.float64))
+                sb2 = float(np.sum(wb_ * wb_, dtype=np.float64))
+                var_b = sb2 - sb * sb / n_win
+                # za has zero mean: Σ za·(b − mean b) = Σ za·b
+                cross = float(np.sum(za * wb_, dtype=np.float64))
+                scores[k] = cross / (na * math.sqrt(var_b)) if var_b > 1e-9 * sb2 else 0.0
+        return scores[k]
+
+    k = k0
+    best = score(k)
+    for _ in range(2 * climb + 2):
+        cand = max(
+            ((k[0] - 1, k[1]), (k[0] + 1, k[1]), (k[0], k[1] - 1), (k[0], k[1] + 1)),
+            key=score,
+        )
+        if score(cand) <= best:
+            break
+        k, best = cand, score(cand)
+    if not np.isfinite(best):
+        return None
+    fy = k[0] + _parabola_vertex(score((k[0] - 1, k[1])), best, score((k[0] + 1, k[1])))
+    fx = k[1] + _parabola_vertex(score((k[0], k[1] - 1)), best, score((k[0], k[1] + 1)))
+    measured = np.array([fx, fy])
+    return PairShift(shift_px=measured - e, offset_um=measured, ncc=float(best), n_px=int(n_win))
+
+
+def _textured_start(lines: NDArray[Any], keep: int) -> int:
+    """First of the ``keep`` consecutive lines (rows of ``lines``) with most texture in both directions.
+
+    Texture is the energy of differences across the lines and along them, whichever
+    is smaller over the window: nuclei score in both, a straight tissue edge (which
+    pins an offset in one direction only) in one.
+    """
+    x = lines.astype(np.float64)
+    across = np.r_[(np.diff(x, axis=1) ** 2).sum(axis=1)]
+    along = np.r_[(np.diff(x, axis=0) ** 2).sum(axis=1), 0.0]
+    window = np.ones(keep)
+    run = np.minimum(np.convolve(across, window, mode="valid"), np.convolve(along, window, mode="valid"))
+    return int(np.argmax(run))
+
+
+def _coarse_crop(ra: F32, rb: F32, offset: tuple[int, int], keep: int) -> tuple[F32, F32, tuple[int, int]]:
+    """Crop two reduced strips along their long axis to ``keep`` lines, where ``ra`` has most texture.
+
+    ``rb`` is cut where it lies on that part of ``ra`` at the requested
+    ``offset`` (rows, cols; ``rb[q]`` on ``ra[q + offset]``). Returns the crops and
+    what to add to an offset between the originals to get one between the crops.
+    """
+    axis = 0 if ra.shape[0] >= ra.shape[1] else 1
+    n = ra.shape[axis]
+    if n <= keep or rb.shape[axis] <= keep or min(ra.shape) < 2:
+        return ra, rb, (0, 0)
+    la0 = _textured_start(ra if axis == 0 else ra.T, keep)
+    lb0 = min(max(la0 - offset[axis], 0), rb.shape[axis] - keep)
+    if axis == 0:
+        return ra[la0 : la0 + keep], rb[lb0 : lb0 + keep], (lb0 - la0, 0)
+    return ra[:, la0 : la0 + keep], rb[:, lb0 : lb0 + keep], (0, lb0 - la0)
+
+
+def _fine_window(
+    reduced_a: F32, g: int, rows: tuple[int, int], cols: tuple[int, int]
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The most textured ≤ 192 × 96 px part of ``a[rows, cols]`` (long side along the overlap).
+
+    Texture is measured on the reduced strip (``g``-px block means), as in
+    :func:`_textured_start`: structure at the scale of nuclei, in both directions.
+    """
+    r0, r1 = rows
+    c0, c1 = cols
+    along_rows = (r1 - r0) >= (c1 - c0)
+    n_along = (r1 - r0) if along_rows else (c1 - c0)
+    n_across = (c1 - c0) if along_rows else (r1 - r0)
+    if n_across > _FINE_ACROSS_PX:  # the middle of the overlap across it
+        s = (n_across - _FINE_ACROSS_PX) // 2
+        if along_rows:
+            c0, c1 = c0 + s, c0 + s + _FINE_ACROSS_PX
+        else:
+            r0, r1 = r0 + s, r0 + s + _FINE_ACROSS_PX
+    if n_along > _FINE_ALONG_PX:
+        # lines of blocks lying wholly inside the window's extent, across and along
+        q0, q1 = (-(-c0 // g), c1 // g) if along_rows else (-(-r0 // g), r1 // g)
+        l0, l1 = (-(-r0 // g), r1 // g) if along_rows else (-(-c0 // g), c1 // g)
+        per = -(-_FINE_ALONG_PX // g)
+        lo = r0 if along_rows else c0
+        if q1 - q0 >= 2 and l1 - l0 >= per:
+            lines = reduced_a[l0:l1, q0:q1] if along_rows else reduced_a[q0:q1, l0:l1].T
+            start = (l0 + _textured_start(lines, per)) * g
+        else:
+            start = lo + (n_along - _FINE_ALONG_PX) // 2
+        start = min(max(start, lo), lo + n_along - _FINE_ALONG_PX)
+        if along_rows:
+            r0, r1 = start, start + _FINE_ALONG_PX
+        else:
+            c0, c1 = start, start + _FINE_ALONG_PX
+    return (r0, r1), (c0, c1)
+
+
 def measure_pair_shift(
     tile_a: ArrayLike,
     tile_b: ArrayLike,
     requested_offset_um: tuple[float, float],
     *,
-    pixel_size_um: float,
+    pixel_size_um: float | None = None,
+    affine_um: ArrayLike | None = None,
+    max_shift_px: float = 64.0,
 ) -> PairShift | None:
-    """Offset of ``tile_b`` relative to ``tile_a`` by phase correlation of their overlap.
-
-    Usable live: call it when a tile arrives, against its already acquired
-    neighbours, and feed the results to :func:`solve_positions`.
+    """Offset of ``tile_b`` relative to ``tile_a`` from their overlap (see the module docstring).
 
     Parameters
     ----------
@@ -304,72 +676,89 @@ def measure_pair_shift(
         Full-resolution images of the same channel (the anatomy channel, DAPI).
     requested_offset_um : (dx, dy)
         Requested stage position of b minus that of a (µm).
-    pixel_size_um : float
+    pixel_size_um : float, optional
+        Pixel size (camera aligned with the stage); or give ``affine_um``.
+    affine_um : (2, 2) array, optional
+        Pixel-size affine of the tiles.
+    max_shift_px : float
+        Search radius around the requested offset (px).
 
     Returns
     -------
     PairShift or None
-        None when the tiles do not overlap by at least 4 px in both directions (before
-        and after alignment).
+        None when the tiles do not overlap by at least 4 px in both directions.
     """
     a, b = np.asarray(tile_a), np.asarray(tile_b)
     if a.shape != b.shape or a.ndim != 2:
         raise ValueError(f"tiles must be equal-shape 2-D arrays, got {a.shape} and {b.shape}")
-    h, w = a.shape
-    d = np.asarray(requested_offset_um, dtype=np.float64) / pixel_size_um  # (x, y) px
-    dx, dy = int(np.round(d[0])), int(np.round(d[1]))
-    (ar, br), (ac, bc) = _overlap(dy, h), _overlap(dx, w)
-    if ar.stop - ar.start < 4 or ac.stop - ac.start < 4:
+    affine = _affine_of(pixel_size_um, affine_um)
+    d = stage_offset_to_px(np.asarray(requested_offset_um, dtype=np.float64), affine)
+    margin = math.ceil(max_shift_px) + 2
+    (ra, ca), (rb, cb) = overlap_regions(d, a.shape, margin_px=margin)
+    if ra.stop - ra.start < 4 or ca.stop - ca.start < 4 or rb.stop - rb.start < 4 or cb.stop - cb.start < 4:
         return None
-    sa, sb = a[ar, ac], b[br, bc]
-    # a long overlap strip is cropped to its middle _MAX_STRIP_PX along its length: the same
-    # precision at a fraction of the cost for large sensors (2048 px → 768 px)
-    for axis in (0, 1):
-        n = sa.shape[axis]
-        if n > _MAX_STRIP_PX:
-            keep = slice((n - _MAX_STRIP_PX) // 2, (n - _MAX_STRIP_PX) // 2 + _MAX_STRIP_PX)
-            sa, sb = (x[keep, :] if axis == 0 else x[:, keep] for x in (sa, sb))
-    sa, sb = sa.astype(np.float64), sb.astype(np.float64)
-    # 1) integer shift: masked normalised cross-correlation (Padfield's form of phase
-    #    correlation in skimage), which treats the strips as finite rather than periodic;
-    #    plain or windowed phase correlation of a narrow strip is pulled towards zero shift.
-    #    Computed on strips block-reduced so their short side stays ≥ 24 px (cost), then
-    #    refined to the full-resolution integer shift by hill-climbing the aligned NCC.
-    f = int(max(1, min(4, min(sa.shape) // 24)))
-    ra, rb = (block_reduce_mean(x, f) if f > 1 else x for x in (sa, sb))
-    full = np.ones(ra.shape, dtype=bool)
-    coarse = phase_cross_correlation(ra, rb, reference_mask=full, moving_mask=full, overlap_ratio=0.5)[0]
-    ky, kx = int(np.round(coarse[0] * f)), int(np.round(coarse[1] * f))
-
-    def aligned(ky: int, kx: int) -> tuple[F64, F64]:
-        # sa[q] ≈ sb[q - s]: both strips cropped to their common part at integer shift (ky, kx)
-        (qa_r, qb_r), (qa_c, qb_c) = _overlap(ky, sa.shape[0]), _overlap(kx, sa.shape[1])
-        return sa[qa_r, qa_c], sb[qb_r, qb_c]
-
-    scores: dict[tuple[int, int], float] = {}
-
-    def score(k: tuple[int, int]) -> float:
-        if k not in scores:
-            xa, xb = aligned(*k)
-            scores[k] = _ncc(xa, xb) if min(xa.shape) >= 4 else -np.inf
-        return scores[k]
-
-    ncc = score((ky, kx))
-    for _ in range(2 * f + 2):
-        best = max(((ky + u, kx + v) for u in (-1, 0, 1) for v in (-1, 0, 1)), key=score)
-        if score(best) <= ncc:
-            break
-        ncc, (ky, kx) = score(best), best
-    ca, _ = aligned(ky, kx)
-    if not np.isfinite(ncc) or min(ca.shape) < 4:
+    e = d + np.array([cb.start - ca.start, rb.start - ra.start], dtype=np.float64)
+    ps = measure_strip_shift(a[ra, ca], b[rb, cb], e, max_shift_px=max_shift_px)
+    if ps is None:
         return None
-    # 2) sub-pixel residual (|·| < ½ px): the vertex of a parabola through the NCC at the
-    #    peak and its two neighbours, per axis (an upsampled DFT of the strips costs ~10× more)
-    sy = ky + _parabola_vertex(score((ky - 1, kx)), ncc, score((ky + 1, kx)))
-    sx = kx + _parabola_vertex(score((ky, kx - 1)), ncc, score((ky, kx + 1)))
-    shift_px = np.array([sx, sy])
-    offset_um = (np.array([dx, dy], dtype=np.float64) + shift_px) * pixel_size_um
-    return PairShift(shift_px=shift_px, offset_um=offset_um, ncc=float(ncc), n_px=int(ca.size))
+    offset = d + ps.shift_px
+    return dataclasses.replace(ps, offset_um=px_offset_to_stage_um(offset, affine))
+
+
+def _affine_of(pixel_size_um: float | None, affine_um: ArrayLike | None) -> F64:
+    if affine_um is not None:
+        return validate_affine(affine_um)
+    if pixel_size_um is None:
+        raise ValueError("give pixel_size_um or affine_um")
+    return _affine_for(None, float(pixel_size_um))
+
+
+def edge_neighbour_pairs(
+    centres_um: ArrayLike,
+    tile_shape: tuple[int, int],
+    affine_um: ArrayLike,
+    *,
+    overlap_min_px: int = 16,
+    edges_only: bool = True,
+) -> NDArray[np.int64]:
+    """Pairs (i, j), i < j, of tiles whose planned footprints overlap enough to register.
+
+    Found with a k-d tree: the cost grows with the number of tiles, never its square.
+
+    Parameters
+    ----------
+    centres_um : (n, 2)
+        Planned tile centres (µm).
+    tile_shape : (H, W)
+    affine_um : (2, 2)
+    overlap_min_px : int
+        Minimum overlap in both pixel directions.
+    edges_only : bool
+        Keep only edge neighbours (offset less than half a tile along one pixel axis):
+        a corner overlap is small, weak and as costly to measure.
+
+    Returns
+    -------
+    (m, 2) int64, sorted
+    """
+    c = np.asarray(centres_um, dtype=np.float64).reshape(-1, 2)
+    h, w = tile_shape
+    if len(c) < 2:
+        return np.zeros((0, 2), dtype=np.int64)
+    a = validate_affine(affine_um)
+    # a stage radius that contains every footprint-overlapping neighbour (Chebyshev metric)
+    reach = float(np.abs(a).sum(axis=1).max()) * max(h, w)
+    candidates = cKDTree(c).query_pairs(reach, p=np.inf, output_type="ndarray")
+    if not len(candidates):
+        return np.zeros((0, 2), dtype=np.int64)
+    candidates = np.sort(candidates, axis=1)
+    d = np.abs(stage_offset_to_px(c[candidates[:, 1]] - c[candidates[:, 0]], a))
+    ok = (w - d[:, 0] >= overlap_min_px) & (h - d[:, 1] >= overlap_min_px)
+    if edges_only:
+        ok &= (d[:, 0] < w / 2) | (d[:, 1] < h / 2)
+    pairs = candidates[ok].astype(np.int64)
+    order = np.lexsort((pairs[:, 1], pairs[:, 0]))
+    return pairs[order]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -385,14 +774,16 @@ class Registration:
     pairs : (m, 2) int64
         Tile indices (i, j), i < j, of every overlapping pair measured.
     pair_shift_px : (m, 2) float64
-        (x, y) measured offset of j from i minus the requested offset, in
-        full-resolution pixels (NaN where the pair could not be measured).
+        Measured offset of j from i minus the requested offset, in the tiles' pixel
+        frame (columns, rows; full-resolution pixels); NaN where not measured.
     pair_ncc : (m,) float64
         Normalised cross-correlation after alignment.
     pair_used : (m,) bool
         Pair kept for the solve (confident and not rejected as an outlier).
     residual_px : (m,) float64
         |solved − measured| offset of each pair (px); NaN for unmeasured pairs.
+    affine_um : (2, 2) float64
+        Pixel-size affine that maps pixel-frame shifts to the stage.
     """
 
     positions_um: F64
@@ -402,6 +793,7 @@ class Registration:
     pair_ncc: F64
     pair_used: NDArray[np.bool_]
     residual_px: F64
+    affine_um: F64 = dataclasses.field(default_factory=lambda: np.eye(2))
 
 
 def solve_positions(
@@ -413,6 +805,10 @@ def solve_positions(
     max_residual_px: float = 1.0,
 ) -> tuple[F64, NDArray[np.bool_], F64]:
     """Least-squares corrections (px) of tile positions from pairwise shifts, with outlier rejection.
+
+    Sparse normal equations (a graph Laplacian, one tile pinned per connected
+    group, then each group's mean removed), so the cost grows with the number of
+    pairs, not with the square of the tile count.
 
     Parameters
     ----------
@@ -436,43 +832,76 @@ def solve_positions(
     pr = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     sh = np.asarray(pair_shift_px, dtype=np.float64).reshape(-1, 2)
     m = len(pr)
-    wt = np.ones(m) if weights is None else np.asarray(weights, dtype=np.float64)
-    used = np.isfinite(sh).all(axis=1) & (wt > 0)
-    corr: np.ndarray = np.zeros((n_tiles, 2))
+    wt = np.ones(m) if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)
+    measured = np.isfinite(sh).all(axis=1)
+    used = measured & (wt > 0)
+    corr = np.zeros((n_tiles, 2))
     resid = np.full(m, np.nan)
-    reg = 1e-6  # weak pull to the requested position: fixes each group's mean (minimum norm)
     while True:
         idx = np.flatnonzero(used)
-        a = np.zeros((len(idx) + n_tiles, n_tiles))
-        rhs = np.zeros((len(idx) + n_tiles, 2))
-        sw = np.sqrt(wt[idx])
-        a[np.arange(len(idx)), pr[idx, 1]] = sw
-        a[np.arange(len(idx)), pr[idx, 0]] = -sw
-        rhs[: len(idx)] = sh[idx] * sw[:, None]
-        a[len(idx) :] = np.sqrt(reg) * np.eye(n_tiles)
-        corr = np.linalg.lstsq(a, rhs, rcond=None)[0]
+        corr = _solve_groups(n_tiles, pr[idx], sh[idx], wt[idx])
         resid = np.full(m, np.nan)
-        ok = np.isfinite(sh).all(axis=1)
-        resid[ok] = np.hypot(*(corr[pr[ok, 1]] - corr[pr[ok, 0]] - sh[ok]).T)
-        if len(idx) == 0:
+        resid[measured] = np.hypot(*(corr[pr[measured, 1]] - corr[pr[measured, 0]] - sh[measured]).T)
+        if not len(idx):
             break
         worst = idx[np.argmax(resid[idx])]
         if resid[worst] <= max_residual_px:
             break
         used[worst] = False
-    return np.asarray(corr, dtype=np.float64), used, np.asarray(resid, dtype=np.float64)
+    return corr, used, resid
+
+
+def _solve_groups(n_tiles: int, pairs: NDArray[np.int64], shifts: F64, weights: F64) -> F64:
+    """Weighted least squares of ``x[j] − x[i] = shift`` with zero mean over each connected group.
+
+    The normal equations are a graph Laplacian, singular once per group: one tile
+    per group is pinned (its row and column dropped), the rest solved sparsely in
+    one go, then each group's mean is removed. Exact, unlike a ridge, which
+    would pull long chains of tiles towards their planned positions.
+    """
+    corr = np.zeros((n_tiles, 2))
+    if not len(pairs):
+        return corr
+    i, j = pairs[:, 0], pairs[:, 1]
+    n = len(pairs)
+    rows = np.arange(n)
+    inc = sp.csr_matrix(
+        (np.r_[-np.ones(n), np.ones(n)], (np.r_[rows, rows], np.r_[i, j])), shape=(n, n_tiles)
+    )
+    weighted = inc.T.multiply(weights[None, :]).tocsr()
+    laplacian = (weighted @ inc).tocsc()
+    rhs = weighted @ shifts
+    _, group = connected_components(laplacian, directed=False)
+    linked = np.zeros(n_tiles, dtype=bool)
+    linked[i] = linked[j] = True
+    # the first tile of each group (in index order) is pinned at 0
+    members = np.flatnonzero(linked)
+    _, first = np.unique(group[members], return_index=True)
+    free = linked.copy()
+    free[members[first]] = False
+    keep = np.flatnonzero(free)
+    if len(keep):
+        sub = laplacian[keep][:, keep].tocsc()
+        corr[keep] = np.asarray(spsolve(sub, rhs[keep]), dtype=np.float64).reshape(len(keep), 2)
+    sums = np.zeros((group.max() + 1, 2))
+    np.add.at(sums, group[members], corr[members])
+    counts = np.bincount(group[members], minlength=group.max() + 1)
+    corr[members] -= sums[group[members]] / counts[group[members], None]
+    return corr
 
 
 def register_tiles(
     tiles: Sequence[ArrayLike],
     requested_xy_um: ArrayLike,
     *,
-    pixel_size_um: float,
+    pixel_size_um: float | None = None,
+    affine_um: ArrayLike | None = None,
     overlap_min_px: int = 16,
     min_ncc: float = 0.3,
     max_residual_px: float = 1.0,
+    max_shift_px: float = 64.0,
 ) -> Registration:
-    """Correct tile positions by phase correlation between overlapping neighbours.
+    """Correct tile positions from the overlaps of neighbouring tiles (edge and corner neighbours).
 
     Parameters
     ----------
@@ -480,20 +909,25 @@ def register_tiles(
         Full-resolution images of one channel (the anatomy channel, DAPI), all one shape.
     requested_xy_um : (n, 2) float
         Requested stage (x, y) of each tile centre (µm).
-    pixel_size_um : float
-        Full-resolution pixel size (µm).
+    pixel_size_um : float, optional
+        Full-resolution pixel size (µm), for a camera aligned with the stage; or give ``affine_um``.
+    affine_um : (2, 2) array, optional
+        Pixel-size affine of the tiles.
     overlap_min_px : int
         Pairs whose requested overlap is narrower than this (either direction) are not measured.
     min_ncc : float
         Pairs whose aligned strips correlate less than this are not used.
     max_residual_px : float
         Outlier rejection threshold of the global solve (px).
+    max_shift_px : float
+        Search radius of each pair (px).
 
     Returns
     -------
     Registration
         Anchor: zero mean correction over each connected group of tiles (see module docs).
     """
+    affine = _affine_of(pixel_size_um, affine_um)
     req = np.asarray(requested_xy_um, dtype=np.float64).reshape(-1, 2)
     n = len(tiles)
     if len(req) != n:
@@ -501,38 +935,39 @@ def register_tiles(
     if n == 0:
         empty = np.zeros((0, 2))
         return Registration(
-            empty, empty, np.zeros((0, 2), np.int64), empty, np.zeros(0), np.zeros(0, bool), np.zeros(0)
+            empty,
+            empty,
+            np.zeros((0, 2), np.int64),
+            empty,
+            np.zeros(0),
+            np.zeros(0, bool),
+            np.zeros(0),
+            affine,
         )
-    h, w = np.asarray(tiles[0]).shape
-    pairs, shifts, nccs, npx = [], [], [], []
-    for i in range(n):
-        for j in range(i + 1, n):
-            d = (req[j] - req[i]) / pixel_size_um
-            if w - abs(d[0]) < overlap_min_px or h - abs(d[1]) < overlap_min_px:
-                continue
-            ps = measure_pair_shift(
-                tiles[i],
-                tiles[j],
-                tuple(req[j] - req[i]),
-                pixel_size_um=pixel_size_um,
-            )
-            pairs.append((i, j))
-            if ps is None:
-                shifts.append((np.nan, np.nan))
-                nccs.append(np.nan)
-                npx.append(0)
-            else:
-                # shift relative to the exact requested offset (not its rounding)
-                shifts.append(ps.offset_um / pixel_size_um - d)
-                nccs.append(ps.ncc)
-                npx.append(ps.n_px)
+    shape = np.asarray(tiles[0]).shape
+    pairs = edge_neighbour_pairs(
+        req, (int(shape[0]), int(shape[1])), affine, overlap_min_px=overlap_min_px, edges_only=False
+    )
+    shifts, nccs, npx = [], [], []
+    for i, j in pairs:
+        ps = measure_pair_shift(
+            tiles[i], tiles[j], tuple(req[j] - req[i]), affine_um=affine, max_shift_px=max_shift_px
+        )
+        if ps is None:
+            shifts.append((np.nan, np.nan))
+            nccs.append(np.nan)
+            npx.append(0)
+        else:
+            shifts.append(tuple(ps.shift_px))
+            nccs.append(ps.ncc)
+            npx.append(ps.n_px)
     return registration_from_pairs(
         req,
         pairs,
         shifts,
         nccs,
         npx,
-        pixel_size_um=pixel_size_um,
+        affine_um=affine,
         min_ncc=min_ncc,
         max_residual_px=max_residual_px,
     )
@@ -545,7 +980,8 @@ def registration_from_pairs(
     pair_ncc: ArrayLike,
     pair_n_px: ArrayLike,
     *,
-    pixel_size_um: float,
+    pixel_size_um: float | None = None,
+    affine_um: ArrayLike | None = None,
     min_ncc: float = 0.3,
     max_residual_px: float = 1.0,
 ) -> Registration:
@@ -558,13 +994,14 @@ def registration_from_pairs(
     pairs : (m, 2) int
         (i, j) with i < j.
     pair_shift_px : (m, 2) float
-        Measured offset of j from i minus the requested offset (x, y px); NaN if not measured.
+        Measured offset of j from i minus the requested offset, pixel frame (x, y px); NaN if not measured.
     pair_ncc : (m,) float
         NCC of each aligned pair (NaN if not measured).
     pair_n_px : (m,) int
         Pixels compared per pair.
-    pixel_size_um, min_ncc, max_residual_px : as for :func:`register_tiles`
+    pixel_size_um, affine_um, min_ncc, max_residual_px : as for :func:`register_tiles`
     """
+    affine = _affine_of(pixel_size_um, affine_um)
     req = np.asarray(requested_xy_um, dtype=np.float64).reshape(-1, 2)
     n = len(req)
     pr = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
@@ -572,12 +1009,12 @@ def registration_from_pairs(
     ncc = np.asarray(pair_ncc, dtype=np.float64).reshape(-1)
     npx = np.asarray(pair_n_px, dtype=np.float64).reshape(-1)
     good = np.nan_to_num(ncc, nan=0.0) >= min_ncc
-    # weight ∝ compared pixels (a corner overlap counts far less than an edge strip) × NCC
+    # weight ∝ compared pixels × NCC
     weights = np.where(good, np.nan_to_num(ncc) * npx, 0.0)
     if weights.size and weights.max() > 0:
         weights /= weights.max()
     corr_px, used, resid = solve_positions(n, pr, sh, weights=weights, max_residual_px=max_residual_px)
-    corr_um = corr_px * pixel_size_um
+    corr_um = px_offset_to_stage_um(corr_px, affine)
     return Registration(
         positions_um=req + corr_um,
         correction_um=corr_um,
@@ -586,4 +1023,5 @@ def registration_from_pairs(
         pair_ncc=ncc,
         pair_used=used,
         residual_px=resid,
+        affine_um=affine,
     )

@@ -462,8 +462,12 @@ def _write_registration(group: h5py.Group, registration: Any) -> None:
     g = _fresh_group(group, "registration")
     g.attrs["description"] = (
         "pairs (i, j) of overlapping tiles, measured offset of j from i minus the planned "
-        "offset (x, y, full-resolution px), normalised cross-correlation, used in the solve"
+        "offset (x, y: columns, rows of the tiles' pixel frame, full-resolution px), normalised "
+        "cross-correlation, used in the solve; correction_um = pixel_affine_um · px (stage µm)"
     )
+    affine = getattr(registration, "affine_um", None)
+    if affine is not None:
+        g.attrs["pixel_affine_um"] = json.dumps(np.asarray(affine, dtype=float).tolist())
     for name in ("pairs", "pair_shift_px", "pair_ncc", "pair_used", "residual_px", "correction_um"):
         g.create_dataset(name, data=getattr(registration, name))
 

@@ -65,16 +65,19 @@ def test_overlap_is_counted_once(world, order):
     assert acc.imaged_px[:, 9].sum() == 0
 
 
-def test_overlap_area_is_exact_when_lattices_are_offset_by_a_fraction_of_a_pixel():
+def test_lattices_offset_by_a_fraction_of_a_pixel_fill_each_covered_cell_once():
     centres = [(10.0, 10.0), (25.7, 10.0)]  # second tile's pixels 0.7 px off the first's
     acc = _toy_acc(centres)
     for c in centres:
         acc.add_tile(np.ones(TILE, bool), np.ones(TILE, np.float32), center_um=c, pixel_size_um=P_UM)
-    assert acc.imaged_px.sum() == pytest.approx((25.7 + 10.0) * 20, abs=1e-4)
-    assert acc.axon_px.sum() == pytest.approx(acc.imaged_px.sum())
+    # cells whose centres lie in the union x 0-35.7, y 0-20: 9 × 5, each with one cell area exactly
+    np.testing.assert_array_equal(acc.imaged_px[:, :9], 16.0)
+    assert acc.imaged_px[:, 9:].sum() == 0
+    np.testing.assert_array_equal(acc.axon_px, acc.imaged_px)
+    np.testing.assert_array_equal(acc.tracer_sum, acc.imaged_px)
 
 
-def test_cells_that_are_not_whole_pixels_still_sum_exactly(world):
+def test_cells_that_are_not_whole_pixels_are_interpolated(world):
     axons, tracer = world
     acc = SectionAccumulator(
         origin_um=(0.3, 0.0),
@@ -87,11 +90,11 @@ def test_cells_that_are_not_whole_pixels_still_sum_exactly(world):
     acc.add_tile(
         _cut(axons, (10.0, 10.0)), _cut(tracer, (10.0, 10.0)), center_um=(10.0, 10.0), pixel_size_um=P_UM
     )
-    # pixel centres 0.5..19.5; cells cover x 0.3-21.3, y 0-21: every pixel lands in one
-    assert acc.imaged_px.sum() == pytest.approx(400)
-    assert acc.axon_px.sum() == pytest.approx(axons[:, :20].sum())
-    assert acc.imaged_px[0, 0] == 3 * 4  # x 0.3-3.8 holds centres 0.5, 1.5, 2.5, 3.5; y 0-3.5 three
-    assert acc.imaged_px[0, 1] == 3 * 3  # x 3.8-7.3: 4.5, 5.5, 6.5
+    # every cell's centre lies in the tile (x 2.05..19.55, y 1.75..19.25): 3.5² pixels each
+    np.testing.assert_array_equal(acc.imaged_px, 3.5**2)
+    # blocks of round(3.5) = 4 px resampled bilinearly: the axon fraction survives, smoothed
+    assert acc.axon_px.sum() / acc.imaged_px.sum() == pytest.approx(axons[:, :20].mean(), abs=0.01)
+    assert acc.tracer_sum.sum() / acc.imaged_px.sum() == pytest.approx(tracer[:, :20].mean(), rel=0.01)
 
 
 def test_corner_overlap_of_four_tiles_is_counted_once():
@@ -112,7 +115,7 @@ def test_region_table_on_a_toy_grid(world):
     left = np.zeros(acc.shape, bool)
     left[:, :3] = True  # x 0-12: imaged
     half = np.zeros(acc.shape, bool)
-    half[:, 3:7] = True  # x 12-28: tile 0 owns x < 18 (until tile 1 arrives)
+    half[:, 3:7] = True  # x 12-28: tile 0 owns the cells centred at 14 and 18 (a tie: the lower index)
     empty = np.zeros(acc.shape, bool)
     empty[:, 8:] = True
     rows = {r.region: r for r in region_table(acc, {"left": left, "half": half, "empty": empty})}
@@ -123,8 +126,8 @@ def test_region_table_on_a_toy_grid(world):
     assert a.mean_tracer_intensity == pytest.approx(tracer[:, :12].mean(dtype=np.float64), rel=1e-6)
     assert a.imaged_fraction == 1.0
     b = rows["half"]
-    assert b.imaged_fraction == pytest.approx(6 * 20 / (16 * 20))
-    assert b.pct_axonal_area == pytest.approx(100 * axons[:, 12:18].mean())
+    assert b.imaged_fraction == pytest.approx(2 / 4)
+    assert b.pct_axonal_area == pytest.approx(100 * axons[:, 12:20].mean())
     c = rows["empty"]
     assert c.imaged_fraction == 0.0
     assert math.isnan(c.pct_axonal_area) and math.isnan(c.mean_tracer_intensity)

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from analysis.mosaic import SectionMosaic, measure_pair_shift, register_tiles, solve_positions
+from analysis.mosaic import (
+    SectionMosaic,
+    edge_neighbour_pairs,
+    measure_pair_shift,
+    overlap_regions,
+    register_tiles,
+    solve_positions,
+)
 from analysis.tile import block_reduce_mean
 
 PIXEL_UM = 0.65
@@ -112,7 +119,6 @@ def test_exactly_placed_tiles_reproduce_the_reduced_texture():
     for c in corners:
         t = cut(tex, tuple(c), size)
         mos.add_tile(np.stack([t, 2 * t]), center_um=tuple(centre_um(c, size)), pixel_size_um=PIXEL_UM)
-    np.testing.assert_allclose(np.array(mos.placement_residual_um), 0, atol=1e-9)
     expected = block_reduce_mean(tex, f)
     cov = mos.coverage
     lo, hi = 60 // f, (60 + 3 * step + size) // f
@@ -137,7 +143,7 @@ def test_blending_is_order_independent_and_feathered():
 
     a, b = build([0, 1, 2, 3, 4]), build([3, 1, 4, 0, 2])
     np.testing.assert_array_equal(a.coverage, b.coverage)
-    np.testing.assert_allclose(a.image(0), b.image(0), rtol=1e-6, equal_nan=True)
+    np.testing.assert_array_equal(a.image(0), b.image(0))  # to the last bit
     # a blended overlap lies between the two tiles' levels (feathering mixes, does not overwrite)
     img = a.image(0)
     assert np.nanmin(img) > 90 and np.nanmax(img) < 310
@@ -158,6 +164,7 @@ def test_tiles_outside_the_box_are_clipped():
 # ------------------------------------------------------------------ demo microscope (the requirement)
 
 
+@pytest.mark.slow
 def test_registration_undoes_demo_stage_positioning_error():
     from acquisition.demo import find_demo_hub
     from tests.conftest import make_demo_core
@@ -201,3 +208,51 @@ def test_registration_undoes_demo_stage_positioning_error():
     assert median_error_px(reg.positions_um) <= 1.0
     assert median_error_px(requested) > 1.0
     assert reg.pair_used.sum() >= 24  # of the 24 edge neighbours (+ 18 diagonal)
+
+
+# ------------------------------------------------------------------ pieces of registration
+
+
+@pytest.mark.parametrize(
+    ("offset", "margin", "expected"),
+    [
+        ((230.4, 0.0), 0, ((slice(0, 256), slice(230, 256)), (slice(0, 256), slice(0, 26)))),
+        ((230.4, 0.0), 10, ((slice(0, 256), slice(220, 256)), (slice(0, 256), slice(0, 36)))),
+        ((-3.0, -230.0), 5, ((slice(0, 31), slice(0, 256)), (slice(225, 256), slice(0, 256)))),
+    ],
+    ids=["right", "right-with-margin", "above"],
+)
+def test_overlap_regions(offset, margin, expected):
+    got = overlap_regions(offset, (256, 256), margin_px=margin)
+    assert got == expected
+
+
+def test_no_overlap_gives_empty_regions():
+    (_, ca), (_, cb) = overlap_regions((300.0, 0.0), (256, 256), margin_px=0)
+    assert len(range(256)[ca]) == 0 and len(range(256)[cb]) == 0
+
+
+def test_edge_neighbours_match_a_brute_force_search():
+    rng = np.random.default_rng(8)
+    size = (100, 120)
+    centres = np.array([(c * 100 * PIXEL_UM, r * 85 * PIXEL_UM) for r in range(6) for c in range(7)])
+    centres += rng.uniform(-3, 3, centres.shape)
+    a = PIXEL_UM * np.array([[0.0, 1.0], [-1.0, 0.0]])  # a camera turned by 90°: x steps are rows
+    got = {tuple(p) for p in edge_neighbour_pairs(centres, size, a, overlap_min_px=8)}
+    want = set()
+    for i in range(len(centres)):
+        for j in range(i + 1, len(centres)):
+            d = np.abs(np.linalg.solve(a, centres[j] - centres[i]))  # (columns, rows) of the camera
+            if size[1] - d[0] >= 8 and size[0] - d[1] >= 8 and (d[0] < size[1] / 2 or d[1] < size[0] / 2):
+                want.add((i, j))
+    # stage x steps of 100 px are 100 camera rows of 100: no overlap; y steps overlap by 35 columns
+    assert got == want and len(got) == 7 * 5
+
+
+def test_sparse_solve_of_a_long_chain():
+    n = 3000  # a dense n × n solve would take seconds and 70 MB; the sparse one is linear
+    true = np.cumsum(np.random.default_rng(9).normal(0, 1, (n, 2)), axis=0)
+    pairs = np.column_stack([np.arange(n - 1), np.arange(1, n)])
+    corr, used, resid = solve_positions(n, pairs, true[1:] - true[:-1])
+    np.testing.assert_allclose(corr - corr.mean(axis=0), true - true.mean(axis=0), atol=1e-3)
+    assert used.all() and np.nanmax(resid) < 1e-3

@@ -420,7 +420,8 @@ def test_plan_polygons_are_written_as_drawn_regions(tmp_path: Path) -> None:
     with h5py.File(tmp_path / "a.h5", "w") as f:
         section.write(f.create_group("analysis"), results)
         saved = read_analysis(f["analysis"])
-    assert saved.table == results.table
+    # NaN (a region with nothing imaged) compares unequal to itself: compare the rows as text
+    assert [repr(r) for r in saved.table] == [repr(r) for r in results.table]
     record = saved.regions["rubrospinal_territory"]
     assert (record.kind, record.source) == ("drawn", "plan")
     assert shapely.geometry.shape(record.geometry_um).equals(shapely.Polygon(square))
