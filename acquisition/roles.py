@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from .hardware import ConfigError
+from .pixel_geometry import affine_from_core
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -56,7 +57,6 @@ __all__ = [
 
 #: Micro-Manager's own group of start-up/shut-down presets: never a channel or objective group.
 SYSTEM_GROUP = "System"
-_IDENTITY = (1.0, 0.0, 0.0, 1.0)
 
 
 class RoleError(ConfigError):
@@ -367,10 +367,8 @@ def pixel_affine_for_config_um(core: CMMCorePlus, config: str, *, binning: int =
         ``[[a, b], [d, e]]`` of ``PixelSizeAffine`` times ``binning``; the
         pixel size times the identity when the ``.cfg`` gives no affine.
     """
-    px = float(core.getPixelSizeUmByID(config))
-    a, b, _c, d, e, _f = (float(v) for v in core.getPixelSizeAffineByID(config))
-    matrix = np.array([[px, 0.0], [0.0, px]]) if (a, b, d, e) == _IDENTITY else np.array([[a, b], [d, e]])
-    return matrix * float(binning)
+    affine6 = [float(v) for v in core.getPixelSizeAffineByID(config)]
+    return affine_from_core(affine6, float(core.getPixelSizeUmByID(config))) * float(binning)
 
 
 def pixel_affine_um(core: CMMCorePlus) -> NDArray[np.float64]:

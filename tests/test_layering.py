@@ -17,8 +17,14 @@ FORBIDDEN = {
     "acquisition": (*QT, "gui", "analysis", "cordscope"),
     "analysis": (*QT, "gui", "cordscope", *CORE),
 }
-# analysis may read scans through acquisition.storage and plans (no hardware) through acquisition.plan
-ANALYSIS_MAY_USE = ("acquisition.storage", "acquisition.errors", "acquisition.plan")
+# analysis may read scans (acquisition.storage), plans (acquisition.plan: models, no hardware) and the
+# pixel-size affine's convention (acquisition.pixel_geometry, pure numpy)
+ANALYSIS_MAY_USE = (
+    "acquisition.storage",
+    "acquisition.errors",
+    "acquisition.plan",
+    "acquisition.pixel_geometry",
+)
 
 
 def _imports(path: Path) -> list[tuple[int, str]]:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..pixel_geometry import covered_extent_um
 from ..rig_profile import rig_profile_for
 from ..roles import RoleError, camera_binning, decide_roles, pixel_affine_for_config_um
 from .compile import section_tiles
@@ -144,29 +145,6 @@ def pixel_size_for_objective(core: CMMCorePlus, objective_group: str, objective:
     """
     affine = pixel_affine_for_objective(core, objective_group, objective)
     return math.sqrt(abs(float(np.linalg.det(affine))))
-
-
-def covered_extent_um(affine: NDArray[np.float64], image_px: tuple[int, int]) -> tuple[float, float]:
-    """Width and height (µm, along the stage's x and y) of the stage rectangle one image surely covers.
-
-    A camera aligned with the stage covers ``W·p × H·p``; a camera turned by
-    90° swaps them; a slightly rotated one covers a slightly smaller
-    stage-aligned rectangle (the centred rectangle inside its rotated field),
-    which is what tiles must be spaced by so that no gap opens.
-
-    Parameters
-    ----------
-    affine : (2, 2) array
-        Pixel affine, µm per pixel step (column 0: along image columns).
-    image_px : (int, int)
-        Image (width, height) in pixels.
-    """
-    w, h = float(image_px[0]), float(image_px[1])
-    out = []
-    for row in np.abs(np.asarray(affine, dtype=np.float64)):
-        along_w, along_h = row[0] * w, row[1] * h
-        out.append(abs(along_w - along_h) if along_w and along_h else along_w + along_h)
-    return (out[0], out[1])
 
 
 def tile_size_um(core: CMMCorePlus, plan: ScanPlan) -> tuple[float, float]:
