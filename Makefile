@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-study test lint typecheck bench gui screenshots clean
+.PHONY: demo demo-study test test-fast lint typecheck bench gui screenshots clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ demo-study: $(STAMP)
 ## make test: lint, type-check, then the whole test suite (offscreen Qt)
 test: $(STAMP) lint typecheck
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q
+
+## make test-fast: lint, then every test not marked slow (everyday work, under 2 minutes)
+test-fast: $(STAMP) lint
+	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q -m "not slow"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check acquisition analysis gui cordscope tests benchmarks examples

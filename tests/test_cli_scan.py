@@ -253,6 +253,7 @@ def test_scan_with_failing_tiles_exits_1_and_prints_failed_counts(tmp_path: Path
     assert "Traceback" not in result.output
 
 
+@pytest.mark.slow
 def test_overview_writes_a_plan_of_every_demo_section(tmp_path):
     from shapely.geometry import Point, Polygon
 
@@ -276,6 +277,7 @@ def test_overview_writes_a_plan_of_every_demo_section(tmp_path):
     assert plan.objective == "10x" and plan.output == out.with_suffix(".h5")
 
 
+@pytest.mark.slow
 def test_scan_analyses_live_and_analyze_reruns(tmp_path):
     import csv
 

@@ -61,6 +61,7 @@ def test_study_of_unusable_files_is_a_one_line_error(cohort, tmp_path):
     assert "Traceback" not in result.output
 
 
+@pytest.mark.slow
 def test_analyze_with_two_workers(cohort, tmp_path):
     _, base, _ = cohort
     files = []

@@ -7,6 +7,9 @@ import sys
 from pathlib import Path
 
 import h5py
+import pytest
+
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 

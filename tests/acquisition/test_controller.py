@@ -116,6 +116,7 @@ def test_pause_stops_progress_and_resume_finishes(wait_until, core, tmp_path):
     assert result.state == "finished" and result.complete
 
 
+@pytest.mark.slow
 def test_abort_then_resume_gives_the_same_tiles_as_one_run(core, tmp_path):
     full = tmp_path / "full.h5"
     ScanController(core, small_plan(full)).run()

@@ -227,6 +227,7 @@ def test_cfg_default_is_the_demo_microscope():
     assert build_core().getCameraDevice() == "Camera"
 
 
+@pytest.mark.slow
 def test_exiting_right_after_unloading_does_not_abort(tmp_path):
     # Without detaching MMCore's callback at exit, this aborted ~1 run in 4 here.
     import subprocess

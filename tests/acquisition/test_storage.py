@@ -416,6 +416,7 @@ def _expected_image(section: int, tile: int, channel: int, z: int) -> np.ndarray
     return kill_writer.expected_image(section, tile, channel, z)
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_keeps_every_done_tile(tmp_path: Path) -> None:
     path = tmp_path / "killed.h5"
     rng = random.Random(20260526)
@@ -456,6 +457,7 @@ def test_sigkill_at_random_moments_keeps_every_done_tile(tmp_path: Path) -> None
 # ----------------------------------------------------------------- full disk
 
 
+@pytest.mark.slow
 def test_full_disk_keeps_done_tiles_and_the_scan_resumes(tmp_path: Path) -> None:
     """A file-size limit makes a write fail as on a full disk (EFBIG instead of ENOSPC)."""
     path = tmp_path / "full.h5"

@@ -26,6 +26,8 @@ from acquisition.demo.plans import demo_plan
 from acquisition.storage import ScanFile, ScanWriter, StorageError
 from tests.conftest import make_demo_core
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[2]
 
 # Polls until STOP exists; prints one JSON line per tile first seen done, then a summary line.
@@ -202,6 +204,7 @@ def test_a_compressed_scan_is_not_read_while_written(tmp_path: Path) -> None:
     script = f"""
 import sys, numpy as np
 from acquisition.storage import ScanWriter, SectionLayout
+
 xy = np.array([[0.0, 0.0]])
 w = ScanWriter.create({str(path)!r}, plan_yaml="name: t\\n", config_path="demo.cfg", config_text="",
     core_state={{}}, sections=[SectionLayout("S1", xy, ("DAPI",), 1, (16, 16), 0.65, (10.4, 10.4))],

@@ -23,6 +23,8 @@ from acquisition.demo.slide import demo_slide
 from analysis.results import SavedSection, load_scan_results
 from tests.conftest import run_live_scan
 
+pytestmark = pytest.mark.slow
+
 SECTIONS = ("rat01-L2", "rat03-L2", "rat05-L2", "rat02-C5", "rat06-Th7", "rat04-lesion")
 CORONAL = SECTIONS[:5]
 

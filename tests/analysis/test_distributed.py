@@ -12,6 +12,8 @@ from analysis.distributed import analyze_many, analyze_serial
 from analysis.scan_analysis import region_csv_path
 from tests.analysis._study_data import relabel, scan_one_section
 
+pytestmark = pytest.mark.slow
+
 N_FILES = 2
 
 

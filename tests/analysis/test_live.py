@@ -119,6 +119,7 @@ def test_snapshots_while_scanning_and_after_the_end(th7_live_scan):
 # ------------------------------------------------------------------- thread
 
 
+@pytest.mark.slow
 def test_thread_driver_reads_back_tiles_that_did_not_fit_and_matches_offline(
     th7_live_scan, tmp_path, monkeypatch
 ):
@@ -139,6 +140,7 @@ def test_thread_driver_reads_back_tiles_that_did_not_fit_and_matches_offline(
     assert as_tuples(run.result.tables[TH7]) == as_tuples(th7_live_scan.result.tables[TH7])
 
 
+@pytest.mark.slow
 def test_an_analysis_fault_is_logged_with_its_tile_and_the_scan_goes_on(tmp_path, monkeypatch, caplog):
     original = scan_analysis_module.SectionAnalysis.add_tile
 
@@ -171,6 +173,7 @@ def test_stop_ends_the_process_without_results(tmp_path):
         analysis.finalize(timeout_s=10)
 
 
+@pytest.mark.slow
 def test_a_failing_final_analysis_is_reported_and_the_tiles_are_kept(tmp_path):
     # a flat field that does not exist: the analysis cannot set up its sections
     run = run_live_scan(tmp_path / "s.h5", analysis={"flat_fields": {"tdTomato": "missing.tif"}})

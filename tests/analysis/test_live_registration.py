@@ -18,6 +18,8 @@ from analysis.results import load_scan_results
 from analysis.scan_analysis import analyze_scan
 from tests.conftest import make_demo_core
 
+pytestmark = pytest.mark.slow
+
 SECTION = "rat01-Th7"
 POSITIONING_ERROR_UM = 3.0  # σ per axis: ~4.6 px at 10x (0.65 µm)
 

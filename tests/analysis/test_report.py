@@ -12,6 +12,8 @@ from analysis.study import StudyProblem, load_study, study_comparisons
 from analysis.study_figures import group_bar_figure, region_label, save_figure
 from tests.analysis._study_data import scan_one_section, synthetic_cohort
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def study_and_files(tmp_path_factory):

@@ -83,6 +83,7 @@ def test_flat_fields_are_read_normalised_and_checked(tmp_path):
         load_flat_fields(settings, ("DAPI", "tdTomato"), tile_shape=(8, 6), base_dir=tmp_path / "nowhere")
 
 
+@pytest.mark.slow
 def test_the_plans_settings_drive_live_and_offline_analysis(tmp_path):
     logging.getLogger("pymmcore-plus").setLevel(logging.ERROR)
     path = tmp_path / "s.h5"

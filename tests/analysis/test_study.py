@@ -102,6 +102,7 @@ def test_animal_in_two_groups_is_left_out(base, tmp_path):
     assert sum("intact-1 is labelled with groups intact, treated" in str(p) for p in study.problems) == 2
 
 
+@pytest.mark.slow
 def test_comparisons_leave_out_a_group_of_one_animal(base, tmp_path):
     files = synthetic_cohort(
         base,
@@ -125,6 +126,7 @@ def test_comparisons_leave_out_a_group_of_one_animal(base, tmp_path):
 # ------------------------------------------------------------------ figures
 
 
+@pytest.mark.slow
 def test_bar_and_heatmap_figures_are_written(base, tmp_path):
     from analysis.study_figures import group_bar_figure, heatmap_figure, save_figure
 

@@ -113,6 +113,7 @@ def test_fixing_the_setting_clears_the_message(qtbot, clean_core, tmp_path):
 # ------------------------------------------------------------------ scanning
 
 
+@pytest.mark.slow
 def test_start_scans_to_the_end_with_live_heatmap_and_region_table(qtbot, clean_core, tmp_path):
     # stage moves take time, as on a rig (the demo stage is instant by default): the scan lasts a
     # few seconds, so the analysis process (started with the scan) draws while it runs
@@ -165,6 +166,7 @@ def qtbot_left() -> Any:
     return Qt.MouseButton.LeftButton
 
 
+@pytest.mark.slow
 def test_pause_and_resume(qtbot, clean_core, tmp_path):
     panel = make_panel(qtbot, clean_core, tmp_path)
     states: list[str] = []
@@ -183,6 +185,7 @@ def test_pause_and_resume(qtbot, clean_core, tmp_path):
     assert panel.section_progress() == {"rat01-Th7": ("66 / 66", "0")}
 
 
+@pytest.mark.slow
 def test_abort_leaves_a_resumable_file_that_the_panel_resumes(qtbot, clean_core, tmp_path):
     panel = make_panel(qtbot, clean_core, tmp_path)
     qtbot.mouseClick(panel.start_button, qtbot_left())
@@ -206,6 +209,7 @@ def test_abort_leaves_a_resumable_file_that_the_panel_resumes(qtbot, clean_core,
     qtbot.waitUntil(lambda: bool(panel.live.table.regions()), timeout=10_000)
 
 
+@pytest.mark.slow
 def test_a_device_fault_is_a_message_not_a_crash(qtbot, clean_core, tmp_path):
     # every 2nd stage move fails and no retry is allowed: tiles fail, are reported, the scan goes on
     clean_core.setProperty("XYStage", "FailEveryNthMove", 2)

@@ -11,6 +11,8 @@ import pytest
 from acquisition.demo.cohort import cohort_slides, cohort_truth, render_cohort_slide
 from acquisition.demo.slide import AXON_DENSITY, GROUPS
 
+pytestmark = pytest.mark.slow
+
 SMALL_N = 3
 SMALL_LEVELS = ("L2",)
 
