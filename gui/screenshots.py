@@ -122,7 +122,7 @@ def run(out_dir: Path, *, scan_dir: Path) -> list[Path]:
         # 1. Slide: whole-slide overview, sections found and labelled
         slide = window.slide_panel
         window.tabs.setCurrentWidget(slide)
-        slide.acquire_button.click()
+        slide.overview_box.acquire_button.click()
         _wait(app, lambda: slide.overview() is not None and not slide.busy(), "the overview")
         slide.find_button.click()
         _wait(app, lambda: bool(slide.sections()) and not slide.busy(), "the sections to be found")

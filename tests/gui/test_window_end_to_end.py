@@ -44,7 +44,7 @@ def test_overview_find_label_scan_and_read_the_results(qtbot, tmp_path):
     x0, y0, x1, y1 = find_demo_hub(core).slide.section_bbox_um("rat03-Th7")
     slide.set_region_um((x0 - 600, y0 - 600, x1 + 600, y1 + 600))
     with qtbot.waitSignal(slide.overview_changed, timeout=TIMEOUT_MS):
-        qtbot.mouseClick(slide.acquire_button, Qt.MouseButton.LeftButton)
+        qtbot.mouseClick(slide.overview_box.acquire_button, Qt.MouseButton.LeftButton)
     with qtbot.waitSignal(slide.sections_changed, timeout=TIMEOUT_MS):
         qtbot.mouseClick(slide.find_button, Qt.MouseButton.LeftButton)
     assert [s["id"] for s in slide.sections()] == ["S01"]
