@@ -394,26 +394,47 @@ def export_for_qupath(scan: LoadedScan, folder: Path, *, overwrite: bool, progre
         return export_qupath(scan.path, folder, overwrite=overwrite, progress=progress)
 
 
-def analyse_keeping_regions(path: Path) -> int:
+def analyse_keeping_regions(path: Path) -> tuple[int, list[str]]:
     """Analyse a scan file from its tiles again, then apply its hand-made regions again.
 
     ``analyze_scan`` computes every region automatically; the regions edited, drawn or
     imported before (not those drawn in the plan, which the analysis draws itself) are
-    re-applied with their original who/when/source. Returns how many were re-applied.
+    re-applied with their original who/when/source, as polygons in stage µm (a painted
+    mask becomes the exact outline of its cells, so a new analysis grid takes it too).
+
+    Returns
+    -------
+    n_applied : int
+        Regions applied again.
+    problems : list of str
+        Sections whose regions could not be applied again, and why.
     """
     from analysis.results import load_scan_results
     from analysis.scan_analysis import analyze_scan
 
+    applied, problems = 0, []
     with file_lock(path):
         kept: dict[str, list[Edit]] = {}
         for sid, section in load_scan_results(path).items():
             saved = section.analysis
-            if saved is None or not saved.masks or saved.mask_origin_um is None:
+            if saved is None or all(r.kind == "automatic" for r in saved.regions.values()):
                 continue
-            edits = [e for e in SectionRegionSet.from_saved(saved).stored_edits() if e.source != "plan"]
+            regions = SectionRegionSet.from_saved(saved)
+            edits: list[Edit] = []
+            for e in regions.stored_edits():
+                if e.source == "plan":
+                    continue
+                if e.mask is not None:
+                    outline = mask_geometry_um(e.mask, grid=regions.grid)
+                    e = dataclasses.replace(e, geometry_um=outline, mask=None)
+                edits.append(e)
             if edits:
-                kept[sid] = list(edits)
+                kept[sid] = edits
         analyze_scan(path)
-        if kept:
-            apply_region_edits(path, kept)
-    return sum(len(v) for v in kept.values())
+        for sid, edits in kept.items():
+            try:
+                apply_region_edits(path, {sid: edits})
+                applied += len(edits)
+            except RegionEditError as e:
+                problems.append(f"{sid}: {e}")
+    return applied, problems

@@ -223,6 +223,11 @@ class RegionEditor(SectionDisplay):
         self._update_tools()
 
     @property
+    def scan(self) -> LoadedScan | None:
+        """The scan whose section is being edited, as last read."""
+        return self._scan
+
+    @property
     def editable(self) -> EditableSection | None:
         """The section being edited, if any."""
         return self._editable

@@ -343,9 +343,12 @@ class ResultsPanel(QWidget):
         path = scan.path
         job = Job("cordscope-analyse")
 
-        def analysed(n_kept: int) -> None:
+        def analysed(outcome: tuple[int, list[str]]) -> None:
+            n_kept, problems = outcome
             kept = f"; {n_kept} regions corrected by hand applied again" if n_kept else ""
             self.message.emit("info", f"analysis of {path.name} written{kept}")
+            for problem in problems:
+                self.message.emit("warning", f"regions corrected by hand not applied again: {problem}")
             self.open_scan(path)
 
         def failed(e: BaseException) -> None:

@@ -140,8 +140,8 @@ def run(out_dir: Path, *, scan_dir: Path) -> list[Path]:
         scan = window.scan_panel
         window.tabs.setCurrentWidget(scan)
         _wait(app, lambda: len(scan.sections()) == len(SCAN_SECTIONS), "the sections to reach the scan tab")
-        scan.name_edit.setText("demo Th7")
-        scan.output_edit.setText(str(scan_dir / "demo-Th7.h5"))
+        scan.form.name_edit.setText("demo Th7")
+        scan.form.output_edit.setText(str(scan_dir / "demo-Th7.h5"))
         _wait(app, scan.is_ready, "the plan to validate", timeout_s=60)
         scan.start_button.click()
         second = SCAN_SECTIONS[1]

@@ -30,9 +30,21 @@ from tests.analysis import _region_scan as rs
 
 RST = "rubrospinal_territory"
 PLAN_YAML = """name: regions test
+hardware_config: hardware_configs/demo.cfg
+output: scan.h5
+objective: 10x
 channels:
   - {preset: DAPI, exposure_ms: 20.0, role: anatomy}
   - {preset: tdTomato, exposure_ms: 50.0, role: tracer}
+focus: {strategy: fixed, z_um: 0.0}
+sections:
+  - id: S1
+    polygon_um: [[960.0, 1960.0], [1120.0, 1960.0], [1120.0, 2080.0], [960.0, 2080.0]]
+    animal: rat01
+    group: vehicle
+    level: Th7
+    injection_side: left
+analysis: {register_tiles: false}
 """
 GRID = GridGeometry(rs.GRID_ORIGIN_UM, rs.CELL_UM, rs.GRID_SHAPE)
 
@@ -265,3 +277,21 @@ def test_qupath_export_edit_and_import_from_the_panel(qtbot, scan: Path, tmp_pat
     assert [kind_cell(panel, r) for r in panel.display.table.regions() if r != RST] == ["automatic"] * 7
     assert any("rubrospinal territory imported" in t and "7 unchanged" in t for _, t in messages)
     assert panel.section_table.item(0, 9).text() == "rubrospinal territory (imported)"
+
+
+def test_analysing_the_file_again_keeps_the_regions_corrected_by_hand(qtbot, scan: Path) -> None:
+    panel, messages = open_panel(qtbot, scan)
+    editor = panel.display
+    select_region(panel, RST)
+    box = shapely.box(1050.0, 1990.0, 1080.0, 2020.0)
+    editor.set_outline(RST, mapping(box))
+    reanalyse(qtbot, panel)
+    with qtbot.waitSignal(panel.scan_loaded, timeout=120_000):
+        qtbot.mouseClick(panel.analyse_button, Qt.MouseButton.LeftButton)
+    stored = saved(scan)
+    record = stored.regions[RST]
+    assert (record.kind, record.who, record.source) == ("edited", "anna", "gui")
+    grid = GridGeometry(stored.mask_origin_um, stored.mask_cell_um, stored.masks[RST].shape)
+    expected = rasterize_geometry_um(mapping(box), grid=grid) & stored.masks["section"]
+    np.testing.assert_array_equal(stored.masks[RST], expected)
+    assert any("1 regions corrected by hand applied again" in t for _, t in messages)
