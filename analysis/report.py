@@ -231,11 +231,16 @@ def hand_regions_html(regions: Sequence[HandRegion], *, region_label: Any = None
             "<h2>Regions corrected by hand</h2><p>None: every region of every section is the one CordScope "
             "found automatically.</p>"
         )
+
+    def name(region: str) -> str:
+        code = f"<code>{html.escape(region)}</code>"
+        shown = str(label(region))
+        return code if shown == region else f"{html.escape(shown)} ({code})"
+
     rows = "".join(
         f"<tr><td>{html.escape(r.animal)}</td><td>{html.escape(r.group)}</td><td>{html.escape(r.level)}</td>"
-        f"<td>{html.escape(r.section_id)}</td><td>{html.escape(str(label(r.region)))} "
-        f"(<code>{html.escape(r.region)}</code>)</td><td>{html.escape(r.kind)}</td><td>{html.escape(r.who)}</td>"
-        f"<td>{html.escape(r.when_iso)}</td><td>{html.escape(r.source)}</td></tr>"
+        f"<td>{html.escape(r.section_id)}</td><td>{name(r.region)}</td><td>{html.escape(r.kind)}</td>"
+        f"<td>{html.escape(r.who)}</td><td>{html.escape(r.when_iso)}</td><td>{html.escape(r.source)}</td></tr>"
         for r in regions
     )
     n_sections = len({(r.file, r.section_id) for r in regions})

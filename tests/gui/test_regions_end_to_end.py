@@ -126,5 +126,9 @@ def test_correct_regions_share_them_with_qupath_and_report_them(
     report = out.report_html.read_text(encoding="utf-8")
     assert "Regions corrected by hand (2 in 1 section(s))" in report
     for region, kind in ((RST, "edited"), (GRAY, "imported")):
-        assert f"<code>{region}</code></td><td>{kind}</td><td>anna</td>" in report
-    assert "Regions corrected by hand at Th7: rat01 rubrospinal territory (edited)" in report
+        assert f"(<code>{region}</code>)</td><td>{kind}</td><td>anna</td>" in report
+    note = (
+        "Regions corrected by hand at Th7: rat01 Gray matter (imported), "
+        "rat01 Rubrospinal territory (edited)."
+    )
+    assert note in report
