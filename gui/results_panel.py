@@ -19,23 +19,17 @@ from typing import Any
 
 from PyQt6.QtCore import Qt, pyqtSignal
 from PyQt6.QtWidgets import (
-    QAbstractItemView,
     QFileDialog,
     QGroupBox,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QMessageBox,
     QProgressBar,
     QPushButton,
     QSplitter,
-    QTableWidget,
-    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
-
-from analysis.results import SavedSection
 
 from .region_editing import (
     EditableSection,
@@ -51,25 +45,16 @@ from .results_io import (
     LoadedScan,
     export_figures,
     load_scan,
-    pct_axonal_area_text,
     reload_section,
     section_picture,
 )
+from .section_list import SECTION_COLUMNS, SectionList
 from .section_render import SectionPicture, region_label
 from .workers import Job, run_for_widget
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["LoadedScan", "ResultsPanel", "export_figures", "load_scan", "section_picture"]
-
-
-def _hand_regions(section: SavedSection) -> str:
-    """The section's regions that are not automatic, e.g. ``"rubrospinal territory (edited)"``."""
-    if section.analysis is None:
-        return ""
-    return ", ".join(
-        f"{region_label(r.region)} ({r.kind})" for r in section.analysis.table if r.kind != "automatic"
-    )
 
 
 def _shown(scan: LoadedScan, sid: str) -> tuple[SectionPicture | None, EditableSection | None, str]:
@@ -97,18 +82,7 @@ class ResultsPanel(QWidget):
     section_shown = pyqtSignal(str)
     regions_imported = pyqtSignal(str)
 
-    SECTION_COLUMNS = (
-        "Section",
-        "Animal",
-        "Group",
-        "Level",
-        "Orientation",
-        "Tiles",
-        "Analysis",
-        "% section",
-        "% RST",
-        "Regions by hand",
-    )
+    SECTION_COLUMNS = SECTION_COLUMNS
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -163,24 +137,7 @@ class ResultsPanel(QWidget):
         ):
             buttons.addWidget(b)
 
-        self.section_table = QTableWidget(0, len(self.SECTION_COLUMNS))
-        self.section_table.setHorizontalHeaderLabels(list(self.SECTION_COLUMNS))
-        for column, tip in (
-            (7, "% axonal area of the whole section"),
-            (8, "% axonal area of the rubrospinal tract's territory (coronal sections)"),
-            (9, "Regions edited, drawn or imported by hand (the others are automatic)"),
-        ):
-            header_item = self.section_table.horizontalHeaderItem(column)
-            if header_item is not None:
-                header_item.setToolTip(tip)
-        self.section_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.section_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.section_table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.section_table.verticalHeader().setVisible(False)  # type: ignore[union-attr]
-        header = self.section_table.horizontalHeader()
-        assert header is not None
-        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        self.section_table = SectionList()
         sections_box = QGroupBox("Sections")
         sl = QVBoxLayout(sections_box)
         sl.addWidget(self.section_table)
@@ -247,19 +204,15 @@ class ResultsPanel(QWidget):
 
     def section_ids(self) -> list[str]:
         """Sections listed, in file order."""
-        return list(self._scan.sections) if self._scan is not None else []
+        return self.section_table.section_ids()
 
     def select_section(self, section_id: str) -> None:
         """Show one section."""
-        ids = self.section_ids()
-        if section_id in ids:
-            self.section_table.selectRow(ids.index(section_id))
+        self.section_table.select_section(section_id)
 
     def selected_section(self) -> str | None:
         """The section shown."""
-        rows = {i.row() for i in self.section_table.selectedIndexes()}
-        ids = self.section_ids()
-        return ids[rows.pop()] if len(rows) == 1 and ids else None
+        return self.section_table.selected_section()
 
     # ------------------------------------------------------------- exports
 
@@ -435,13 +388,7 @@ class ResultsPanel(QWidget):
             + f"<br><small>{file}</small>"
         )
         self.file_label.setToolTip(str(file))
-        table = self.section_table
-        table.blockSignals(True)
-        table.setRowCount(len(scan.sections))
-        for i, sid in enumerate(scan.sections):
-            self._fill_row(i, sid)
-        table.clearSelection()  # so selecting the first section below redraws it (a reopened file)
-        table.blockSignals(False)
+        self.section_table.show_scan(scan)  # nothing selected: selecting below redraws (a reopened file)
         self.display.clear()
         self.display.set_editing(None, None)
         self._update_buttons()
@@ -457,30 +404,6 @@ class ResultsPanel(QWidget):
         if scan.sections:
             first = scan.analysed[0] if scan.analysed else next(iter(scan.sections))
             self.select_section(first)
-
-    def _fill_row(self, row: int, sid: str) -> None:
-        scan = self._scan
-        assert scan is not None
-        section = scan.sections[sid]
-        a = section.attrs
-        counts = scan.summary.sections[sid]
-        values = (
-            sid,
-            str(a.get("animal") or ""),
-            str(a.get("group") or ""),
-            str(a.get("level") or ""),
-            str(a.get("orientation") or ""),
-            f"{counts.done} / {counts.n_tiles}" + (f" ({counts.failed} failed)" if counts.failed else ""),
-            "yes" if section.analysis is not None else "no",
-            pct_axonal_area_text(section, "section"),
-            pct_axonal_area_text(section, "rubrospinal_territory"),
-            _hand_regions(section),
-        )
-        for j, text in enumerate(values):
-            item = QTableWidgetItem(text)
-            if j in (7, 8):
-                item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-            self.section_table.setItem(row, j, item)
 
     def _load_failed(self, file: Path, error: BaseException) -> None:
         if self._loading != file:
@@ -541,10 +464,7 @@ class ResultsPanel(QWidget):
 
     def _replace_scan(self, scan: LoadedScan, section_ids: list[str]) -> None:
         self._scan = scan
-        ids = list(scan.sections)
-        for sid in section_ids:
-            if sid in ids:
-                self._fill_row(ids.index(sid), sid)
+        self.section_table.update_sections(scan, section_ids)
 
     def _own_regions_written(self, scan: LoadedScan) -> None:
         editable = self.display.editable
