@@ -48,6 +48,7 @@ from .region_editing import (
     brush_cells,
     current_mask,
     current_outline,
+    dragged_mask,
     geometry_rings,
     rings_geometry,
     write_section_edits,
@@ -109,6 +110,10 @@ class RegionOutlineItem(EditablePolygonItem):
         """A vertex was dragged: the region's outline is now this one."""
         self._editor._rings_edited(self.region)
 
+    def drag_finished(self) -> None:
+        """The mouse let go of a vertex: the region's change is worked out now."""
+        self._editor._flush_rings()
+
 
 class RegionEditor(SectionDisplay):
     """A section display whose regions can be corrected and re-analysed (see the module docstring).
@@ -132,6 +137,10 @@ class RegionEditor(SectionDisplay):
         self._pending = PendingEdits()
         self._items: list[RegionOutlineItem] = []
         self._region: str | None = None
+        #: the outline shown for dragging and, for a cell mask, the mask it was made from
+        self._shown_outline: dict[str, Any] | None = None
+        self._shown_mask: np.ndarray | None = None
+        self._rings_dirty = False
         self._brush_mask: np.ndarray | None = None
         self._job: Job | None = None
 
@@ -210,6 +219,7 @@ class RegionEditor(SectionDisplay):
         self, scan: LoadedScan | None, editable: EditableSection | None, reason: str = ""
     ) -> None:
         """Edit this section of ``scan`` (None: editing off, ``reason`` says why)."""
+        self._flush_rings()
         self._stop_tools()
         self._scan, self._editable = scan, editable
         if editable is None:
@@ -238,7 +248,10 @@ class RegionEditor(SectionDisplay):
 
     def unsaved_kinds(self) -> dict[str, str]:
         """The shown section's regions changed but not saved, with the kind each will have."""
-        return PendingEdits.kinds(self._edits())
+        kinds = PendingEdits.kinds(self._edits())
+        if self._rings_dirty and self._region is not None:
+            kinds[self._region] = "edited"  # being dragged: worked out when the mouse lets go
+        return kinds
 
     def unsaved_sections(self, path: Any) -> list[str]:
         """Sections of a scan file with changes not saved."""
@@ -254,6 +267,7 @@ class RegionEditor(SectionDisplay):
 
     def reset_selected(self) -> None:
         """Bring the selected region back to its automatic outline (or undo its unsaved change)."""
+        self._flush_rings()
         editable, region = self._require_editable(), self._region
         if editable is None or region is None:
             return
@@ -276,6 +290,7 @@ class RegionEditor(SectionDisplay):
 
     def reanalyse(self) -> Job | None:
         """Re-analyse the shown section's changes from the stored sums, save and show them (in a thread)."""
+        self._flush_rings()
         editable, scan = self._editable, self._scan
         edits = list(self._edits().values())
         if editable is None or scan is None or not edits or self._job is not None:
@@ -326,6 +341,7 @@ class RegionEditor(SectionDisplay):
         self._update_tools()
 
     def _on_region_chosen(self, region: str) -> None:
+        self._flush_rings()
         self._stop_tools()
         self._region = region or None
         self._rebuild_outline()
@@ -338,10 +354,15 @@ class RegionEditor(SectionDisplay):
             item.show_handles(False)
             scene.removeItem(item)
         self._items = []
+        self._shown_outline, self._shown_mask, self._rings_dirty = None, None, False
         editable, region = self._editable, self._region
         if editable is None or region is None or region not in editable.regions.masks:
             return
-        outline = current_outline(editable, self._edits(), region)
+        edits = self._edits()
+        outline = current_outline(editable, edits, region)
+        self._shown_outline = outline
+        if not editable.is_polygon(edits, region):
+            self._shown_mask = current_mask(editable, edits, region)
         for p, rings in enumerate(geometry_rings(outline)):
             for r, ring in enumerate(rings):
                 item = RegionOutlineItem(self, region, p, r, ring)
@@ -350,16 +371,41 @@ class RegionEditor(SectionDisplay):
                 self._items.append(item)
 
     def _rings_edited(self, region: str) -> None:
+        if not self._rings_dirty:
+            self._rings_dirty = True
+            self._changed(rebuild=False)  # "(not saved)" in the table as soon as a vertex moves
+
+    def _flush_rings(self) -> None:
+        """Turn the dragged rings into the region's change (on release, and before anything else)."""
+        editable, region = self._editable, self._region
+        if not self._rings_dirty or editable is None or region is None:
+            return
+        self._rings_dirty = False
         polygons: dict[int, dict[int, list[tuple[float, float]]]] = {}
         for item in self._items:
             polygons.setdefault(item.polygon_index, {})[item.ring_index] = item.vertices_um()
         ordered = [[rings[k] for k in sorted(rings)] for _, rings in sorted(polygons.items())]
         geometry = rings_geometry(ordered)
-        if geometry is not None:
-            # the dragged rings are the outline: they stay as they are
+        if self._shown_mask is None or self._shown_outline is None:
+            # a polygon region: the dragged rings are its new polygon
+            if geometry is None:
+                self.message.emit("warning", f"{region_label(region)}: the outline crosses itself to nothing")
+                self._changed(rebuild=True)
+                return
             self._set_outline(region, geometry, kind="edited", rebuild=False)
+            return
+        # a cell mask: only the cells between the shown outline and the dragged one change
+        mask = dragged_mask(self._shown_mask, self._shown_outline, geometry, grid=editable.grid)
+        if not mask.any():
+            self.message.emit("warning", f"{region_label(region)} would be empty; the change is undone")
+            self._changed(rebuild=True)
+            return
+        edit = RegionEdit(region=region, kind="edited", mask=mask, source="gui")
+        self._pending.set(editable.path, editable.section_id, edit)
+        self._changed(rebuild=False)
 
     def _on_draw_toggled(self, on: bool) -> None:
+        self._flush_rings()
         if on and self._region is None:
             self.draw_button.setChecked(False)
             self.message.emit("warning", "select the region to draw in the table first")
@@ -384,6 +430,7 @@ class RegionEditor(SectionDisplay):
         self.set_outline(region, geometry, kind="drawn")
 
     def _on_brush_toggled(self, on: bool) -> None:
+        self._flush_rings()
         if on and (self._region is None or self._editable is None):
             self.brush_button.setChecked(False)
             self.message.emit("warning", "select the region to paint in the table first")
@@ -472,7 +519,7 @@ class RegionEditor(SectionDisplay):
         self.brush_button.setEnabled(can_edit)
         self.brush_mode.setEnabled(can_edit)
         self.brush_radius.setEnabled(can_edit)
-        pending = self._edits()
+        pending = self.unsaved_kinds()
         resettable = (
             can_edit
             and editable is not None

@@ -113,3 +113,32 @@ def test_brush_mask_rasterises_like_a_polygon_of_the_same_cells() -> None:
 
     outline = mask_geometry_um(painted, grid=GRID)
     np.testing.assert_array_equal(rasterize_geometry_um(outline, grid=GRID), painted)
+
+
+def _mask(*cells: tuple[int, int]) -> np.ndarray:
+    out = np.zeros(GRID.shape, bool)
+    for r, c in cells:
+        out[r, c] = True
+    return out
+
+
+BLOCK = [(r, c) for r in (1, 2, 3) for c in (1, 2, 3, 4)]  # inside box(1, 1, 5, 4)
+STRAY = (0, 2)  # a cell of the mask the simplified outline leaves out
+
+
+@pytest.mark.parametrize(
+    ("after", "expected"),
+    [
+        (shapely.box(1, 1, 6, 4), _mask(*BLOCK, STRAY, (1, 5), (2, 5), (3, 5))),
+        (shapely.box(2, 1, 5, 4), _mask(*[rc for rc in BLOCK if rc[1] != 1], STRAY)),
+        (shapely.box(1, 1, 5, 4), _mask(*BLOCK, STRAY)),
+        (None, _mask(STRAY)),
+    ],
+    ids=["pulled-out", "pushed-in", "untouched", "gone"],
+)
+def test_a_dragged_outline_changes_only_the_cells_it_swept(after, expected) -> None:
+    from gui.region_editing import dragged_mask
+
+    before = mapping(shapely.box(1, 1, 5, 4))
+    got = dragged_mask(_mask(*BLOCK, STRAY), before, None if after is None else mapping(after), grid=GRID)
+    np.testing.assert_array_equal(got, expected)
