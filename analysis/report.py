@@ -29,10 +29,11 @@ import h5py
 import numpy as np
 
 from analysis.stats import GroupComparison
-from analysis.study import TIDY_COLUMNS, Study, StudyProblem
+from analysis.study import TIDY_COLUMNS, HandRegion, Study, StudyProblem, hand_regions
 
 __all__ = [
     "STATS_COLUMNS",
+    "hand_regions_html",
     "methods_html",
     "scan_software_versions",
     "study_software_versions",
@@ -222,6 +223,47 @@ def _comparison_html(region_label: str, comp: GroupComparison) -> str:
     return "\n".join(parts)
 
 
+def hand_regions_html(regions: Sequence[HandRegion], *, region_label: Any = None) -> str:
+    """The report's list of regions corrected by hand (edited, drawn, imported), one row each."""
+    label = region_label or (lambda r: r)
+    if not regions:
+        return (
+            "<h2>Regions corrected by hand</h2><p>None: every region of every section is the one CordScope "
+            "found automatically.</p>"
+        )
+
+    def name(region: str) -> str:
+        code = f"<code>{html.escape(region)}</code>"
+        shown = str(label(region))
+        return code if shown == region else f"{html.escape(shown)} ({code})"
+
+    rows = "".join(
+        f"<tr><td>{html.escape(r.animal)}</td><td>{html.escape(r.group)}</td><td>{html.escape(r.level)}</td>"
+        f"<td>{html.escape(r.section_id)}</td><td>{name(r.region)}</td><td>{html.escape(r.kind)}</td>"
+        f"<td>{html.escape(r.who)}</td><td>{html.escape(r.when_iso)}</td><td>{html.escape(r.source)}</td></tr>"
+        for r in regions
+    )
+    n_sections = len({(r.file, r.section_id) for r in regions})
+    return (
+        f"<h2>Regions corrected by hand ({len(regions)} in {n_sections} section(s))</h2>"
+        "<p>These regions are not the ones CordScope found automatically: <i>edited</i> (an automatic "
+        "outline moved by hand), <i>drawn</i> (by hand, or a polygon in the plan), <i>imported</i> (from a "
+        "GeoJSON file, e.g. edited in QuPath). Their numbers enter the statistics like any other.</p>"
+        "<table><tr><th>animal</th><th>group</th><th>level</th><th>section</th><th>region</th><th>kind</th>"
+        f"<th>who</th><th>when</th><th>from</th></tr>{rows}</table>"
+    )
+
+
+def _level_hand_note(regions: Sequence[HandRegion], level: str, label: Any) -> str:
+    here = [r for r in regions if r.level == level]
+    if not here:
+        return ""
+    items = ", ".join(
+        f"{html.escape(r.animal)} {html.escape(str(label(r.region)))} ({html.escape(r.kind)})" for r in here
+    )
+    return f"<p class=why>Regions corrected by hand at {html.escape(level)}: {items}.</p>"
+
+
 def _parameter_values(study: Study) -> dict[str, Counter[str]]:
     """Every analysis parameter with its distinct values and how many sections used each.
 
@@ -357,6 +399,7 @@ def write_report(
         Region name → label (default: the name).
     """
     label = region_label or (lambda r: r)
+    by_hand = hand_regions(study)
     groups = study.groups
     created = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     animals = {g: len({r.animal for r in study.rows if r.group == g}) for g in groups}
@@ -372,12 +415,14 @@ def write_report(
         body.append("</ul>")
     for level in study.levels:
         body.append(f"<h2>{html.escape(level)}</h2>")
+        body.append(_level_hand_note(by_hand, level, label))
         for png in figures.get(level, ()):
             body.append(_img(Path(png), f"{level}: {Path(png).stem}"))
         for region in study.regions(level):
             comp = comparisons.get((level, region))
             if comp is not None:
                 body.append(_comparison_html(str(label(region)), comp))
+    body.append(hand_regions_html(by_hand, region_label=label))
     body.append("<h2>Data (one row per animal × level × region)</h2>")
     body.append("<details><summary>show the table</summary><table class=data><tr>")
     body += [f"<th>{html.escape(c)}</th>" for c in TIDY_COLUMNS]

@@ -37,10 +37,12 @@ __all__ = [
     "MAIN_REGIONS",
     "TIDY_COLUMNS",
     "AnimalRow",
+    "HandRegion",
     "SectionRecord",
     "Study",
     "StudyError",
     "StudyProblem",
+    "hand_regions",
     "load_study",
     "study_comparisons",
     "write_tidy_csv",
@@ -196,6 +198,60 @@ class Study:
             if r.level == level and r.region == region:
                 out[r.group].append(r.animal)
         return {g: v for g, v in out.items() if v}
+
+
+@dataclasses.dataclass(frozen=True)
+class HandRegion:
+    """A region of a study's section that CordScope did not find by itself: edited, drawn or imported.
+
+    Attributes
+    ----------
+    file, section_id, animal, group, level, region : str
+    kind : str
+        ``edited``, ``drawn`` or ``imported`` (:class:`analysis.maps.RegionRow` ``kind``).
+    who, when_iso, source : str
+        Who changed it, when, and from where (``gui``, ``plan``, a GeoJSON file name), as recorded.
+    """
+
+    file: str
+    section_id: str
+    animal: str
+    group: str
+    level: str
+    region: str
+    kind: str
+    who: str = ""
+    when_iso: str = ""
+    source: str = ""
+
+
+def hand_regions(study: Study) -> list[HandRegion]:
+    """Every region of the study's sections whose kind is not ``automatic``, in section order.
+
+    The kind comes from the region table (``RegionRow.kind``), who/when/source from the
+    region's record when the file has one.
+    """
+    out = []
+    for s in study.sections:
+        for row in s.analysis.table:
+            if row.kind == "automatic":
+                continue
+            rec = s.analysis.regions.get(row.region)
+            out.append(
+                HandRegion(
+                    file=s.file,
+                    section_id=s.section_id,
+                    animal=s.animal,
+                    group=s.group,
+                    level=s.level,
+                    region=row.region,
+                    kind=row.kind,
+                    who=rec.who if rec is not None else "",
+                    when_iso=rec.when_iso if rec is not None else "",
+                    source=rec.source if rec is not None else "",
+                )
+            )
+    return out
 
 
 def ordered(names: Iterable[str], preferred: Sequence[str]) -> tuple[str, ...]:

@@ -55,7 +55,8 @@ def run_study(scan_files: Sequence[Path], out_dir: Path, *, alpha: float = ALPHA
     figures: dict[str, list[Path]] = {}
     for level in study.levels:
         pngs: list[Path] = []
-        regions = [r for r in MAIN_REGIONS if (level, r) in comparisons]
+        # a level where every group was left out (e.g. one animal) has no bars to draw
+        regions = [r for r in MAIN_REGIONS if (level, r) in comparisons and comparisons[(level, r)].groups]
         if regions:
             fig = group_bar_figure(study, level, comparisons, regions=regions)
             pngs.append(save_figure(fig, out_dir / f"study-{level}-bars")[0])

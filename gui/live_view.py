@@ -1,20 +1,19 @@
 """One section on screen: mosaic, % axonal area heatmap, region outlines, colour bar, region table.
 
-The live scan view and the results browser show a section the same way, so
-both use :class:`SectionDisplay`. Turning arrays into pictures (contrast,
-colour lookup, contour tracing) is done by :func:`render_section`, a pure
-numpy function that a caller runs off the Qt thread; the widget only wraps
-the finished pixels into ``QImage`` objects and places them on a scene whose
-units are stage micrometres, so the mosaic, the heatmap bins and the region
-outlines line up whatever their own pixel sizes.
+The live scan view, the results browser and the region editor show a section
+the same way, so all use :class:`SectionDisplay`. Turning arrays into
+pictures is :func:`gui.section_render.render_section` (pure numpy, run off the
+Qt thread); the widgets here only wrap the finished pixels into ``QImage``
+objects on a scene whose units are stage micrometres, so the mosaic, the
+heatmap bins and the region outlines line up whatever their own pixel sizes.
+The view zooms with the wheel and pans by dragging (:class:`~gui.outline_items.OutlineView`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -36,11 +35,10 @@ from PyQt6.QtWidgets import (
     QCheckBox,
     QGraphicsPathItem,
     QGraphicsPixmapItem,
-    QGraphicsScene,
-    QGraphicsView,
     QHBoxLayout,
     QHeaderView,
     QLabel,
+    QPushButton,
     QSizePolicy,
     QSplitter,
     QTableWidget,
@@ -49,8 +47,20 @@ from PyQt6.QtWidgets import (
     QWidget,
 )
 
-from analysis.figures import CHANNEL_COLORS
 from analysis.maps import RegionRow
+
+from .outline_items import OutlineView
+from .section_render import (
+    HEATMAP_COLORMAP,
+    HIGHLIGHT_RGBA,
+    OUTLINE_COLORS,
+    SectionPicture,
+    heat_lut,
+    heatmap_scale_max,
+    outlined_by_default,
+    region_label,
+    render_section,
+)
 
 __all__ = [
     "HEATMAP_COLORMAP",
@@ -61,283 +71,21 @@ __all__ = [
     "SectionPicture",
     "SectionView",
     "heatmap_scale_max",
+    "qimage",
     "region_label",
     "render_section",
 ]
 
-#: matplotlib colormap of the % axonal area heatmap (as in the saved PNG figures).
-HEATMAP_COLORMAP = "magma"
 #: Opacity of the heatmap over the mosaic.
 HEATMAP_OPACITY = 0.85
-#: Regions outlined on the mosaic, with their outline colour; ``rc_*`` bins of
-#: horizontal sections are drawn in :data:`BIN_OUTLINE_COLOR`.
-OUTLINE_COLORS: dict[str, str] = {
-    "section": "#ffffff",
-    "gray_matter": "#4dd0e1",
-    "rubrospinal_territory": "#ffd600",
-}
-BIN_OUTLINE_COLOR = "#9ccc65"
-#: Fill colour of the region selected in the region table.
-HIGHLIGHT_RGBA = (0, 230, 118, 110)
-
-Contour = NDArray[np.float64]
 
 
-def region_label(name: str) -> str:
-    """A region name for people: ``"rubrospinal_territory"`` → ``"rubrospinal territory"``.
-
-    Rostro-caudal bins ``rc_<a>_<b>`` read ``"rostro-caudal a…b µm"``.
-    """
-    if name.startswith("rc_"):
-        parts = name[3:].split("_")
-        if len(parts) == 2:
-            return f"rostro-caudal {parts[0]}…{parts[1]} µm"
-    return name.replace("_", " ")
-
-
-def heatmap_scale_max(pct_axonal_area: NDArray[Any]) -> float:
-    """Top of the heatmap colour scale (%): the map's 99th percentile rounded up to 1, 2 or 5 × 10ⁿ.
-
-    At least 0.1 %, so an almost empty section does not turn noise into full colour.
-    """
-    finite = np.asarray(pct_axonal_area, dtype=np.float64)
-    finite = finite[np.isfinite(finite)]
-    top = float(np.percentile(finite, 99)) if finite.size else 0.0
-    top = max(top, 0.1)
-    exponent = math.floor(math.log10(top))
-    for step in (1.0, 2.0, 5.0, 10.0):
-        nice = step * 10.0**exponent
-        if nice >= top * (1 - 1e-9):
-            return float(nice)
-    return float(10.0 ** (exponent + 1))
-
-
-def _colormap_lut(name: str) -> NDArray[np.uint8]:
-    from matplotlib import colormaps
-
-    lut = colormaps[name](np.linspace(0.0, 1.0, 256))
-    return (lut * 255 + 0.5).astype(np.uint8)
-
-
-_LUT: NDArray[np.uint8] | None = None
-
-
-def _heat_lut() -> NDArray[np.uint8]:
-    global _LUT
-    if _LUT is None:
-        _LUT = _colormap_lut(HEATMAP_COLORMAP)
-    return _LUT
-
-
-def _channel_color(name: str, fallback: tuple[float, float, float]) -> NDArray[np.float32]:
-    return np.asarray(CHANNEL_COLORS.get(name, fallback), dtype=np.float32)
-
-
-def _scaled(image: NDArray[Any], low_pct: float, high_pct: float) -> NDArray[np.float32]:
-    """Image scaled to 0..1 between two percentiles of its finite values; NaN → 0."""
-    a = np.asarray(image, dtype=np.float32)
-    finite = a[np.isfinite(a)]
-    if finite.size == 0:
-        return np.zeros(a.shape, dtype=np.float32)
-    lo, hi = (float(v) for v in np.percentile(finite, [low_pct, high_pct]))
-    if hi <= lo:
-        hi = lo + 1.0
-    out = np.clip((a - lo) / (hi - lo), 0.0, 1.0)
-    out[~np.isfinite(out)] = 0.0
-    return out.astype(np.float32, copy=False)
-
-
-def composite(
-    anatomy: NDArray[Any] | None,
-    tracer: NDArray[Any] | None,
-    *,
-    anatomy_name: str = "DAPI",
-    tracer_name: str = "tdTomato",
-) -> NDArray[np.uint8]:
-    """Anatomy (its usual colour, DAPI blue) plus tracer (tdTomato red) as one RGB image.
-
-    Parameters
-    ----------
-    anatomy, tracer : (H, W) float arrays, NaN where not imaged (either may be None)
-
-    Returns
-    -------
-    (H, W, 3) uint8; black where nothing is imaged.
-    """
-    shape = next(a.shape for a in (anatomy, tracer) if a is not None)
-    rgb = np.zeros((*shape, 3), dtype=np.float32)
-    if anatomy is not None:
-        # the counterstain is lifted toward grey and brightened (gamma) so tissue reads at a glance
-        # and red axons still stand out on it
-        color = 0.6 * _channel_color(anatomy_name, (0.25, 0.45, 1.0)) + 0.3
-        rgb += np.sqrt(_scaled(anatomy, 1.0, 99.0))[..., None] * color
-    if tracer is not None:
-        rgb += _scaled(tracer, 50.0, 99.9)[..., None] * _channel_color(tracer_name, (1.0, 0.25, 0.2))
-    return (np.clip(rgb, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
-
-
-def heatmap_rgba(pct_axonal_area: NDArray[Any], scale_max_pct: float) -> NDArray[np.uint8]:
-    """Colour each bin by the heatmap colormap (0 … ``scale_max_pct``); NaN bins transparent.
-
-    Opacity grows with the value (30 % at 0), so the tissue shows through where there is little tracer.
-    """
-    pct = np.asarray(pct_axonal_area, dtype=np.float64)
-    finite = np.isfinite(pct)
-    index = np.zeros(pct.shape, dtype=np.intp)
-    index[finite] = np.clip(np.round(pct[finite] / scale_max_pct * 255), 0, 255).astype(np.intp)
-    rgba = _heat_lut()[index].copy()
-    # low values are more transparent, so the tissue shows where there is little tracer
-    alpha = 0.3 + 0.7 * np.clip(index / 255.0, 0.0, 1.0) ** 0.5
-    rgba[..., 3] = np.where(finite, np.round(255 * alpha), 0).astype(np.uint8)
-    return rgba
-
-
-def _contours_um(mask: NDArray[np.bool_], origin_um: Sequence[float], pixel_um: float) -> list[Contour]:
-    from skimage.measure import find_contours
-
-    if not mask.any():
-        return []
-    # pad so regions touching the border close; pixel (r, c) is centred at origin + (c + 0.5, r + 0.5) · P
-    padded = np.pad(mask.astype(np.uint8), 1)
-    out = []
-    for c in find_contours(padded, 0.5):
-        xy = np.empty_like(c)
-        xy[:, 0] = origin_um[0] + (c[:, 1] - 1 + 0.5) * pixel_um
-        xy[:, 1] = origin_um[1] + (c[:, 0] - 1 + 0.5) * pixel_um
-        out.append(xy)
-    return out
-
-
-@dataclasses.dataclass(frozen=True)
-class SectionPicture:
-    """A section rendered for the screen (built off the Qt thread by :func:`render_section`).
-
-    Attributes
-    ----------
-    section_id : str
-    caption : str
-        One line under the picture (tiles analysed, labels).
-    mosaic_rgb : (H, W, 3) uint8
-    mosaic_origin_um : (x, y) of the mosaic's top-left corner
-    mosaic_pixel_um : float
-    heat_rgba : (ny, nx, 4) uint8 or None
-    heat_origin_um : (x, y)
-    heat_bin_um : float
-    heat_max_pct : float
-        Top of the colour scale (%).
-    outlines : list of (region name, colour, contours in stage µm)
-    masks : dict of region name → bool mask on the mask grid
-    mask_origin_um, mask_pixel_um : the mask grid
-    table : list of RegionRow
-    n_tiles_analysed, n_tiles : int
-        Tiles the picture is made of, and the section's tiles (0: not known).
-    """
-
-    section_id: str
-    caption: str
-    mosaic_rgb: NDArray[np.uint8]
-    mosaic_origin_um: tuple[float, float]
-    mosaic_pixel_um: float
-    heat_rgba: NDArray[np.uint8] | None
-    heat_origin_um: tuple[float, float]
-    heat_bin_um: float
-    heat_max_pct: float
-    outlines: list[tuple[str, str, list[Contour]]]
-    masks: dict[str, NDArray[np.bool_]]
-    mask_origin_um: tuple[float, float]
-    mask_pixel_um: float
-    table: list[RegionRow]
-    n_tiles_analysed: int = 0
-    n_tiles: int = 0
-
-
-def render_section(
-    *,
-    section_id: str,
-    anatomy: NDArray[Any] | None,
-    tracer: NDArray[Any] | None,
-    mosaic_origin_um: Sequence[float],
-    mosaic_pixel_um: float,
-    pct_axonal_area: NDArray[Any] | None,
-    map_origin_um: Sequence[float],
-    map_bin_um: float,
-    masks: Mapping[str, NDArray[Any]] | None,
-    mask_origin_um: Sequence[float] | None = None,
-    mask_pixel_um: float | None = None,
-    table: Sequence[RegionRow] = (),
-    caption: str = "",
-    anatomy_name: str = "DAPI",
-    tracer_name: str = "tdTomato",
-    heat_max_pct: float | None = None,
-    n_tiles_analysed: int = 0,
-    n_tiles: int = 0,
-) -> SectionPicture:
-    """Turn a section's arrays into screen pixels and outlines (pure numpy: run it off the Qt thread).
-
-    Parameters
-    ----------
-    anatomy, tracer : (H, W) float, NaN where not imaged
-        Reduced mosaics of the anatomy and tracer channels.
-    mosaic_origin_um, mosaic_pixel_um :
-        Stage (x, y) of the mosaic's top-left corner (µm) and its pixel size (µm).
-    pct_axonal_area : (ny, nx) float or None
-        % axonal area per bin, NaN outside imaged tissue.
-    map_origin_um, map_bin_um :
-        The heatmap's top-left corner and bin size (µm).
-    masks : mapping of region name → bool (rows, cols), or None
-        Region masks; by default on the mosaic grid.
-    mask_origin_um, mask_pixel_um :
-        The masks' grid if it differs from the mosaic's.
-    table : region rows shown beside the picture
-    caption : str
-    heat_max_pct : float, optional
-        Top of the colour scale; default :func:`heatmap_scale_max` of the map.
-    n_tiles_analysed, n_tiles : int
-        Kept with the picture (how complete it is).
-    """
-    mosaic = composite(anatomy, tracer, anatomy_name=anatomy_name, tracer_name=tracer_name)
-    heat = None
-    top = 1.0
-    if pct_axonal_area is not None and np.isfinite(pct_axonal_area).any():
-        top = heat_max_pct if heat_max_pct is not None else heatmap_scale_max(pct_axonal_area)
-        heat = heatmap_rgba(pct_axonal_area, top)
-    m_origin = tuple(mask_origin_um) if mask_origin_um is not None else tuple(mosaic_origin_um)
-    m_pixel = float(mask_pixel_um) if mask_pixel_um is not None else float(mosaic_pixel_um)
-    bool_masks = {str(k): np.asarray(v, dtype=bool) for k, v in (masks or {}).items()}
-    outlines: list[tuple[str, str, list[Contour]]] = []
-    for name, mask in bool_masks.items():
-        color = OUTLINE_COLORS.get(name, BIN_OUTLINE_COLOR if name.startswith("rc_") else "")
-        if color:
-            outlines.append((name, color, _contours_um(mask, m_origin, m_pixel)))
-    return SectionPicture(
-        section_id=section_id,
-        caption=caption,
-        mosaic_rgb=mosaic,
-        mosaic_origin_um=(float(mosaic_origin_um[0]), float(mosaic_origin_um[1])),
-        mosaic_pixel_um=float(mosaic_pixel_um),
-        heat_rgba=heat,
-        heat_origin_um=(float(map_origin_um[0]), float(map_origin_um[1])),
-        heat_bin_um=float(map_bin_um),
-        heat_max_pct=float(top),
-        outlines=outlines,
-        masks=bool_masks,
-        mask_origin_um=(float(m_origin[0]), float(m_origin[1])),
-        mask_pixel_um=m_pixel,
-        table=list(table),
-        n_tiles_analysed=int(n_tiles_analysed),
-        n_tiles=int(n_tiles),
-    )
-
-
-def _qimage(pixels: NDArray[np.uint8]) -> QImage:
+def qimage(pixels: NDArray[np.uint8]) -> QImage:
     """A QImage owning a copy of (H, W, 3) RGB or (H, W, 4) RGBA pixels."""
     data = np.ascontiguousarray(pixels)
     h, w, n = data.shape
     fmt = QImage.Format.Format_RGB888 if n == 3 else QImage.Format.Format_RGBA8888
     return QImage(data.tobytes(), w, h, n * w, fmt).copy()
-
-
-# ===================================================================== widgets
 
 
 class ColorBar(QWidget):
@@ -346,7 +94,7 @@ class ColorBar(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self._max_pct = 1.0
-        lut = _heat_lut()
+        lut = heat_lut()
         self._stops = [(i / 255.0, QColor(*(int(v) for v in lut[i]))) for i in range(0, 256, 15)]
         self.setMinimumWidth(78)
         self.setSizePolicy(QSizePolicy.Policy.Fixed, QSizePolicy.Policy.Expanding)
@@ -385,15 +133,15 @@ class ColorBar(QWidget):
         p.end()
 
 
-class SectionView(QGraphicsView):
-    """Mosaic, heatmap overlay, region outlines and a scale bar, in stage µm (x right, y down)."""
+class SectionView(OutlineView):
+    """Mosaic, heatmap overlay, region outlines and a scale bar, in stage µm (x right, y down).
+
+    The view keeps the mosaic fitted until the user zooms (wheel); :meth:`fit` fits it again.
+    """
 
     def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.setScene(QGraphicsScene(self))
+        super().__init__(None, parent)
         self.setBackgroundBrush(QColor("black"))
-        self.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)
-        self.setRenderHint(QPainter.RenderHint.Antialiasing, True)
         self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.setMinimumSize(240, 200)
@@ -408,15 +156,22 @@ class SectionView(QGraphicsView):
         for item in (self.mosaic_item, self.heat_item, self.highlight_item):
             self.scene().addItem(item)  # type: ignore[union-attr]
         self._extent = QRectF()
+        self._auto_fit = True
+        self.zoomed.connect(self._user_zoomed)
 
-    def show_picture(self, picture: SectionPicture, *, heat: bool, outlines: bool) -> None:
+    def _user_zoomed(self) -> None:
+        self._auto_fit = False
+
+    def show_picture(
+        self, picture: SectionPicture, *, heat: bool, outlines: bool, all_regions: bool = False
+    ) -> None:
         """Show a rendered section; refit the view when the mosaic's extent changed."""
         img = picture.mosaic_rgb
-        self.mosaic_item.setPixmap(QPixmap.fromImage(_qimage(img)))
+        self.mosaic_item.setPixmap(QPixmap.fromImage(qimage(img)))
         self.mosaic_item.setScale(picture.mosaic_pixel_um)
         self.mosaic_item.setPos(*picture.mosaic_origin_um)
         if picture.heat_rgba is not None:
-            self.heat_item.setPixmap(QPixmap.fromImage(_qimage(picture.heat_rgba)))
+            self.heat_item.setPixmap(QPixmap.fromImage(qimage(picture.heat_rgba)))
             self.heat_item.setScale(picture.heat_bin_um)
             self.heat_item.setPos(*picture.heat_origin_um)
         else:
@@ -441,7 +196,7 @@ class SectionView(QGraphicsView):
             pen.setWidthF(1.6 if name == "section" else 1.4)
             item.setPen(pen)
             item.setZValue(3)
-            item.setVisible(outlines)
+            item.setVisible(outlines and (all_regions or outlined_by_default(name)))
             item.setData(0, name)
             scene.addItem(item)
             self.outline_items.append(item)
@@ -457,6 +212,11 @@ class SectionView(QGraphicsView):
             scene.setSceneRect(extent)
             self.fit()
 
+    def set_outlines_visible(self, outlines: bool, *, all_regions: bool = False) -> None:
+        """Show the outlines (``all_regions``: of every region, else of the usual ones)."""
+        for item in self.outline_items:
+            item.setVisible(outlines and (all_regions or outlined_by_default(str(item.data(0)))))
+
     def set_highlight(self, picture: SectionPicture | None, region: str | None) -> None:
         """Fill one region's mask (None: no highlight)."""
         if picture is None or region is None or region not in picture.masks:
@@ -465,7 +225,7 @@ class SectionView(QGraphicsView):
         mask = picture.masks[region]
         rgba = np.zeros((*mask.shape, 4), dtype=np.uint8)
         rgba[mask] = HIGHLIGHT_RGBA
-        self.highlight_item.setPixmap(QPixmap.fromImage(_qimage(rgba)))
+        self.highlight_item.setPixmap(QPixmap.fromImage(qimage(rgba)))
         self.highlight_item.setScale(picture.mask_pixel_um)
         self.highlight_item.setPos(*picture.mask_origin_um)
 
@@ -481,14 +241,16 @@ class SectionView(QGraphicsView):
         self._extent = QRectF()
 
     def fit(self) -> None:
-        """Fit the mosaic into the view."""
+        """Fit the mosaic into the view (and keep it fitted until the next zoom)."""
+        self._auto_fit = True
         if not self._extent.isEmpty():
-            self.fitInView(self._extent, Qt.AspectRatioMode.KeepAspectRatio)
+            self.fit_rect(self._extent)
 
     def resizeEvent(self, event: QResizeEvent | None) -> None:  # Qt override
-        """Keep the mosaic fitted."""
+        """Keep the mosaic fitted unless the user zoomed."""
         super().resizeEvent(event)
-        self.fit()
+        if self._auto_fit:
+            self.fit()
 
     def drawForeground(self, painter: QPainter | None, rect: QRectF) -> None:  # Qt override
         """A scale bar in the lower left corner."""
@@ -517,7 +279,22 @@ class SectionView(QGraphicsView):
 class RegionTable(QTableWidget):
     """The region table of one section: % axonal area, mean tracer, areas, imaged fraction."""
 
-    COLUMNS = ("Region", "% axonal area", "Mean tracer (ADU)", "Area (mm²)", "Axon area (µm²)", "Imaged (%)")
+    COLUMNS = (
+        "Region",
+        "Kind",
+        "% axonal area",
+        "Mean tracer (ADU)",
+        "Area (mm²)",
+        "Axon area (µm²)",
+        "Imaged (%)",
+    )
+    #: What each region kind means (the Kind column's tooltips).
+    KIND_TIPS: ClassVar[dict[str, str]] = {
+        "automatic": "found by CordScope's rules from the DAPI mosaic",
+        "edited": "an outline moved or painted by hand",
+        "drawn": "drawn by hand (here, or as a polygon in the plan)",
+        "imported": "read from a GeoJSON file (e.g. edited in QuPath)",
+    }
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(0, len(self.COLUMNS), parent)
@@ -536,16 +313,23 @@ class RegionTable(QTableWidget):
             header.setSectionResizeMode(i, QHeaderView.ResizeMode.ResizeToContents)
         self._regions: list[str] = []
 
-    def set_rows(self, rows: Sequence[RegionRow]) -> None:
-        """Show these rows, keeping the selected region selected."""
+    def set_rows(self, rows: Sequence[RegionRow], *, unsaved: Mapping[str, str] | None = None) -> None:
+        """Show these rows, keeping the selected region selected.
+
+        ``unsaved`` maps regions changed but not re-analysed yet to their coming kind, shown as
+        ``"edited (not saved)"``; their numbers are still those of the rows.
+        """
         selected = self.selected_region()
+        pending = dict(unsaved or {})
         self.blockSignals(True)
         try:
             self.setRowCount(len(rows))
             self._regions = [r.region for r in rows]
             for i, r in enumerate(rows):
+                kind = f"{pending[r.region]} (not saved)" if r.region in pending else r.kind
                 values = (
                     region_label(r.region),
+                    kind,
                     _num(r.pct_axonal_area, "{:.3f}"),
                     _num(r.mean_tracer_intensity, "{:.1f}"),
                     _num(r.area_um2 / 1e6, "{:.3f}"),
@@ -554,8 +338,14 @@ class RegionTable(QTableWidget):
                 )
                 for j, text in enumerate(values):
                     item = QTableWidgetItem(text)
-                    if j:
+                    if j > 1:
                         item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                    elif j == 1:
+                        item.setToolTip(self.KIND_TIPS.get(pending.get(r.region, r.kind), ""))
+                        if r.region in pending:
+                            font = item.font()
+                            font.setItalic(True)
+                            item.setFont(font)
                     item.setData(Qt.ItemDataRole.UserRole, r.region)
                     self.setItem(i, j, item)
             if selected in self._regions:
@@ -591,6 +381,7 @@ class SectionDisplay(QWidget):
     Selecting a row of the table fills that region on the picture.
     """
 
+    #: The region selected in the table ("" when none is).
     region_selected = pyqtSignal(str)
 
     def __init__(self, parent: QWidget | None = None) -> None:
@@ -606,6 +397,10 @@ class SectionDisplay(QWidget):
             "Outline the section (white), gray matter (cyan), rubrospinal territory (yellow), "
             "rostro-caudal bins (green)"
         )
+        self.all_outlines_toggle = QCheckBox("every region")
+        self.all_outlines_toggle.setToolTip("Outline every region of the table, each in its colour")
+        self.fit_button = QPushButton("Fit")
+        self.fit_button.setToolTip("Show the whole section (the wheel zooms, dragging pans)")
         self.caption = QLabel("")
         self.caption.setWordWrap(True)
         self.table = RegionTable()
@@ -619,8 +414,10 @@ class SectionDisplay(QWidget):
         toggles = QHBoxLayout()
         toggles.addWidget(self.heatmap_toggle)
         toggles.addWidget(self.outline_toggle)
+        toggles.addWidget(self.all_outlines_toggle)
         toggles.addStretch(1)
         toggles.addWidget(legend)
+        toggles.addWidget(self.fit_button)
 
         picture_row = QHBoxLayout()
         picture_row.setContentsMargins(0, 0, 0, 0)
@@ -632,6 +429,8 @@ class SectionDisplay(QWidget):
         top_layout.addLayout(toggles)
         top_layout.addLayout(picture_row, 1)
         top_layout.addWidget(self.caption)
+        #: the picture's column (toggles, picture, caption): tools go in here
+        self.top_layout = top_layout
 
         splitter = QSplitter(Qt.Orientation.Vertical)
         splitter.addWidget(top)
@@ -645,19 +444,28 @@ class SectionDisplay(QWidget):
 
         self.heatmap_toggle.toggled.connect(self._on_heat_toggled)
         self.outline_toggle.toggled.connect(self._on_outlines_toggled)
+        self.all_outlines_toggle.toggled.connect(self._on_outlines_toggled)
+        self.fit_button.clicked.connect(self.view.fit)
         self.table.itemSelectionChanged.connect(self._on_region_selected)
 
     def show_picture(self, picture: SectionPicture) -> None:
         """Show a rendered section and its region table."""
         self.picture = picture
         self.view.show_picture(
-            picture, heat=self.heatmap_toggle.isChecked(), outlines=self.outline_toggle.isChecked()
+            picture,
+            heat=self.heatmap_toggle.isChecked(),
+            outlines=self.outline_toggle.isChecked(),
+            all_regions=self.all_outlines_toggle.isChecked(),
         )
         self.color_bar.set_max_pct(picture.heat_max_pct)
         self.color_bar.setVisible(self.heatmap_toggle.isChecked() and picture.heat_rgba is not None)
         self.caption.setText(picture.caption)
-        self.table.set_rows(picture.table)
+        self.table.set_rows(picture.table, unsaved=self.unsaved_kinds())
         self.view.set_highlight(picture, self.table.selected_region())
+
+    def unsaved_kinds(self) -> dict[str, str]:
+        """Regions changed but not saved, with their coming kind (none here; the region editor has some)."""
+        return {}
 
     def clear(self) -> None:
         """Show nothing."""
@@ -670,12 +478,12 @@ class SectionDisplay(QWidget):
         self.view.heat_item.setVisible(on)
         self.color_bar.setVisible(on and self.picture is not None and self.picture.heat_rgba is not None)
 
-    def _on_outlines_toggled(self, on: bool) -> None:
-        for item in self.view.outline_items:
-            item.setVisible(on)
+    def _on_outlines_toggled(self, *_: Any) -> None:
+        self.view.set_outlines_visible(
+            self.outline_toggle.isChecked(), all_regions=self.all_outlines_toggle.isChecked()
+        )
 
     def _on_region_selected(self) -> None:
         region = self.table.selected_region()
         self.view.set_highlight(self.picture, region)
-        if region is not None:
-            self.region_selected.emit(region)
+        self.region_selected.emit(region or "")

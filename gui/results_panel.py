@@ -1,41 +1,55 @@
-"""The results panel: open a saved scan file, browse its sections, maps and tables, export.
+"""The results panel: open a saved scan file, browse its sections, correct their regions, export.
 
 A scan file carries its own results (``/sections/<id>/analysis/``, written
 by the live analysis at the end of a scan or by ``cordscope analyze``). The
-panel reads them with :func:`analysis.results.load_scan_results` and shows
-each section with the same :class:`~gui.live_view.SectionDisplay` as the
-live scan view. Reading, rendering, re-analysing and exporting all run off
-the Qt thread (:func:`gui.workers.run_in_thread`).
+panel reads them (:func:`gui.results_io.load_scan`) and shows each section in
+a :class:`~gui.region_editor.RegionEditor`, the live scan view's display with
+the tools to correct regions and re-analyse. *Export to QuPath…* writes each
+section's mosaic (OME-TIFF) and regions (GeoJSON) into a folder; *Import
+GeoJSON…* brings regions drawn or edited in QuPath back. Reading, rendering,
+re-analysing, importing and exporting all run off the Qt thread
+(:func:`gui.workers.run_for_widget`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
 
 from PyQt6.QtCore import Qt, pyqtSignal
 from PyQt6.QtWidgets import (
-    QAbstractItemView,
     QFileDialog,
     QGroupBox,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
+    QMessageBox,
+    QProgressBar,
     QPushButton,
     QSplitter,
-    QTableWidget,
-    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
-from acquisition.storage import ScanFile, ScanSummary
-from analysis.results import SavedSection, load_scan_results
-from analysis.section_analysis import channel_roles
-
-from .live_view import SectionDisplay, SectionPicture, render_section
+from .region_editing import (
+    EditableSection,
+    RegionsImported,
+    analyse_keeping_regions,
+    editable_section,
+    existing_exports,
+    export_for_qupath,
+    import_regions_file,
+)
+from .region_editor import RegionEditor, region_files
+from .results_io import (
+    LoadedScan,
+    export_figures,
+    load_scan,
+    reload_section,
+    section_picture,
+)
+from .section_list import SECTION_COLUMNS, SectionList
+from .section_render import SectionPicture, region_label
 from .workers import Job, run_for_widget
 
 logger = logging.getLogger(__name__)
@@ -43,158 +57,13 @@ logger = logging.getLogger(__name__)
 __all__ = ["LoadedScan", "ResultsPanel", "export_figures", "load_scan", "section_picture"]
 
 
-@dataclasses.dataclass(frozen=True)
-class LoadedScan:
-    """A scan file read for the results panel.
-
-    Attributes
-    ----------
-    path : Path
-    summary : ScanSummary
-        Tile counts per section, size, creation time.
-    plan_yaml : str
-        The plan stored in the file.
-    sections : dict of section id → SavedSection
-        Labels and saved analysis (None if not analysed) of each section.
-    """
-
-    path: Path
-    summary: ScanSummary
-    plan_yaml: str
-    sections: dict[str, SavedSection]
-
-    @property
-    def analysed(self) -> list[str]:
-        """Sections with a saved analysis."""
-        return [sid for sid, s in self.sections.items() if s.analysis is not None]
-
-
-def load_scan(path: str | Path) -> LoadedScan:
-    """Read a scan file's summary, plan and saved results (no recomputation).
-
-    Raises
-    ------
-    acquisition.storage.StorageError
-        If the file is missing or not a readable CordScope scan.
-    """
-    file = Path(path)
-    with ScanFile.open(file) as scan:
-        summary = scan.summary()
-        plan_yaml = scan.plan_yaml
-    return LoadedScan(file, summary, plan_yaml, load_scan_results(file))
-
-
-def _pct(section: SavedSection, region: str) -> str:
-    """A region's % axonal area as shown in the section list ("" without analysis or region)."""
-    if section.analysis is None:
-        return ""
-    row = next((r for r in section.analysis.table if r.region == region), None)
-    return "" if row is None or row.pct_axonal_area != row.pct_axonal_area else f"{row.pct_axonal_area:.3f}"
-
-
-def _title(section: SavedSection) -> str:
-    a = section.attrs
-    return " · ".join(
-        str(v) for v in (section.section_id, a.get("animal"), a.get("group"), a.get("level")) if v
-    )
-
-
-def _anatomy_tracer(scan: LoadedScan, section: SavedSection) -> tuple[int, int]:
-    analysis = section.analysis
-    assert analysis is not None
-    tracer, anatomy = channel_roles(scan.plan_yaml, analysis.channel_names)
-    return anatomy, tracer
-
-
-def section_picture(scan: LoadedScan, section_id: str) -> SectionPicture | None:
-    """Render one section's saved mosaic, heatmap and regions (pure: run it off the Qt thread).
-
-    None if the section has no saved analysis.
-    """
-    section = scan.sections[section_id]
-    analysis = section.analysis
-    if analysis is None:
-        return None
-    anatomy = tracer = None
-    anatomy_name, tracer_name = "DAPI", "tdTomato"
-    origin = analysis.mosaic_origin_um if analysis.mosaic_origin_um is not None else analysis.mask_origin_um
-    pixel = analysis.mosaic_pixel_um or analysis.mask_cell_um or analysis.maps.bin_um
-    if analysis.mosaic is not None and analysis.channel_names:
-        a, t = _anatomy_tracer(scan, section)
-        anatomy, tracer = analysis.mosaic[a], analysis.mosaic[t]
-        anatomy_name, tracer_name = analysis.channel_names[a], analysis.channel_names[t]
-    elif analysis.masks:
-        # no stored mosaic (older files): show the tissue mask as the picture
-        tissue = next(iter(analysis.masks.values()))
-        anatomy = tissue.astype("float32")
-    if origin is None or anatomy is None:
-        return None
-    n_done = scan.summary.sections[section_id].done
-    n_total = scan.summary.sections[section_id].n_tiles
-    caption = (
-        f"{_title(section)} — {section.attrs.get('orientation', '')} section, {n_done} of {n_total} tiles"
-    )
-    return render_section(
-        section_id=section_id,
-        anatomy=anatomy,
-        tracer=tracer,
-        mosaic_origin_um=tuple(origin),
-        mosaic_pixel_um=float(pixel),
-        pct_axonal_area=analysis.maps.pct_axonal_area,
-        map_origin_um=tuple(analysis.maps.origin_um),
-        map_bin_um=analysis.maps.bin_um,
-        masks=analysis.masks,
-        mask_origin_um=None if analysis.mask_origin_um is None else tuple(analysis.mask_origin_um),
-        mask_pixel_um=analysis.mask_cell_um,
-        table=analysis.table,
-        caption=caption,
-        anatomy_name=anatomy_name,
-        tracer_name=tracer_name,
-    )
-
-
-def export_figures(scan: LoadedScan, folder: Path) -> list[Path]:
-    """Write a PNG per analysed section (mosaic + % axonal area heatmap) into ``folder``.
-
-    Files are named ``<scan>-<section>.png``, as ``cordscope scan --figures`` names them.
-    """
-    from analysis.figures import save_section_figure
-
-    written = []
-    for sid in scan.analysed:
-        section = scan.sections[sid]
-        analysis = section.analysis
-        assert analysis is not None
-        if analysis.mosaic is None or analysis.mosaic_origin_um is None or analysis.mosaic_pixel_um is None:
-            continue
-        a, _ = _anatomy_tracer(scan, section)
-        title = " · ".join(
-            str(v)
-            for v in (
-                sid,
-                section.attrs.get("group"),
-                section.attrs.get("level"),
-                section.attrs.get("orientation"),
-            )
-            if v
-        )
-        written.append(
-            save_section_figure(
-                folder / f"{scan.path.stem}-{sid}.png",
-                anatomy_mosaic=analysis.mosaic[a],
-                mosaic_origin_um=tuple(analysis.mosaic_origin_um),
-                mosaic_pixel_um=analysis.mosaic_pixel_um,
-                pct_axonal_area_map=analysis.maps.pct_axonal_area,
-                map_origin_um=tuple(analysis.maps.origin_um),
-                map_bin_um=analysis.maps.bin_um,
-                title=title,
-            )
-        )
-    return written
+def _shown(scan: LoadedScan, sid: str) -> tuple[SectionPicture | None, EditableSection | None, str]:
+    editable, reason = editable_section(scan, sid)
+    return section_picture(scan, sid), editable, reason
 
 
 class ResultsPanel(QWidget):
-    """Browse the sections, mosaics, maps and region tables of a scan file; export them.
+    """Browse the sections, mosaics, maps and region tables of a scan file; correct regions; export.
 
     Signals
     -------
@@ -202,30 +71,25 @@ class ResultsPanel(QWidget):
         For the window's log and status.
     scan_loaded(path)
         A file was read and is shown.
+    section_shown(section_id)
+        A section's picture is on screen.
+    regions_imported(path)
+        A GeoJSON file's regions were applied to the open scan and are shown.
     """
 
     message = pyqtSignal(str, str)
     scan_loaded = pyqtSignal(str)
-    #: A section's picture is on screen (its id).
     section_shown = pyqtSignal(str)
+    regions_imported = pyqtSignal(str)
 
-    SECTION_COLUMNS = (
-        "Section",
-        "Animal",
-        "Group",
-        "Level",
-        "Orientation",
-        "Tiles",
-        "Analysis",
-        "% section",
-        "% RST",
-    )
+    SECTION_COLUMNS = SECTION_COLUMNS
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self._scan: LoadedScan | None = None
         self._loading: Path | None = None
         self._render_generation = 0
+        self._file_job: Job | None = None  # an export, import or analysis of the open file
 
         self.open_button = QPushButton("Open scan file…")
         self.open_button.setToolTip("Open any CordScope scan file (.h5)")
@@ -240,42 +104,45 @@ class ResultsPanel(QWidget):
         self.export_plan_button.setToolTip("The plan stored in the file (rerun it with `cordscope scan`)")
         self.analyse_button = QPushButton("Analyse file")
         self.analyse_button.setToolTip(
-            "Compute (again) the analysis of every done tile and save it in the file"
+            "Compute (again) the analysis of every done tile and save it in the file; regions corrected "
+            "by hand are kept"
         )
+        self.export_qupath_button = QPushButton("Export to QuPath…")
+        self.export_qupath_button.setToolTip(
+            "Into a folder: per section its mosaic (pyramidal OME-TIFF) and its regions as QuPath "
+            "annotations (GeoJSON). In QuPath open the .ome.tif, then File › Import objects from file"
+        )
+        self.import_geojson_button = QPushButton("Import GeoJSON…")
+        self.import_geojson_button.setToolTip(
+            "Apply regions drawn or edited in QuPath (File › Export objects as GeoJSON), or a "
+            "`cordscope regions --export` file; changed regions become 'imported'"
+        )
+        self.file_progress = QProgressBar()
+        self.file_progress.setVisible(False)
+        self.file_progress.setMaximumWidth(220)
 
         top = QHBoxLayout()
         top.addWidget(self.open_button)
         top.addWidget(self.file_label, 1)
+        top.addWidget(self.file_progress)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.analyse_button)
+        buttons.addStretch(1)
         for b in (
-            self.analyse_button,
+            self.export_qupath_button,
+            self.import_geojson_button,
             self.export_csv_button,
             self.export_png_button,
             self.export_plan_button,
         ):
-            top.addWidget(b)
+            buttons.addWidget(b)
 
-        self.section_table = QTableWidget(0, len(self.SECTION_COLUMNS))
-        self.section_table.setHorizontalHeaderLabels(list(self.SECTION_COLUMNS))
-        for column, tip in (
-            (7, "% axonal area of the whole section"),
-            (8, "% axonal area of the rubrospinal tract's territory (coronal sections)"),
-        ):
-            header_item = self.section_table.horizontalHeaderItem(column)
-            if header_item is not None:
-                header_item.setToolTip(tip)
-        self.section_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.section_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.section_table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.section_table.verticalHeader().setVisible(False)  # type: ignore[union-attr]
-        header = self.section_table.horizontalHeader()
-        assert header is not None
-        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        self.section_table = SectionList()
         sections_box = QGroupBox("Sections")
         sl = QVBoxLayout(sections_box)
         sl.addWidget(self.section_table)
 
-        self.display = SectionDisplay()
+        self.display = RegionEditor()
         self.notice = QLabel("")
         self.notice.setWordWrap(True)
         self.notice.setVisible(False)
@@ -289,27 +156,28 @@ class ResultsPanel(QWidget):
         splitter.addWidget(section_box)
         splitter.setStretchFactor(0, 0)
         splitter.setStretchFactor(1, 1)
-        splitter.setSizes([600, 900])
+        splitter.setSizes([560, 940])
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(top)
+        layout.addLayout(buttons)
         layout.addWidget(splitter, 1)
 
         self.open_button.clicked.connect(self._browse_open)
         self.export_csv_button.clicked.connect(self._browse_csv)
         self.export_png_button.clicked.connect(self._browse_figures)
         self.export_plan_button.clicked.connect(self._browse_plan)
+        self.export_qupath_button.clicked.connect(self._browse_qupath_export)
+        self.import_geojson_button.clicked.connect(self._browse_geojson_import)
         self.analyse_button.clicked.connect(self.analyse)
         self.section_table.itemSelectionChanged.connect(self._section_selected)
+        self.display.message.connect(self.message)
+        self.display.regions_written.connect(self._own_regions_written)
+        region_files().written.connect(self._regions_written_elsewhere)
         self._update_buttons()
 
     def _in_thread(
-        self,
-        fn: Any,
-        *,
-        on_done: Any = None,
-        on_error: Any = None,
-        name: str = "cordscope-job",
+        self, fn: Any, *, on_done: Any = None, on_error: Any = None, name: str = "cordscope-job"
     ) -> Job:
         """Run ``fn`` off the Qt thread; its callbacks are dropped if this panel was deleted meanwhile."""
         return run_for_widget(self, fn, on_done=on_done, on_error=on_error, name=name)
@@ -336,19 +204,15 @@ class ResultsPanel(QWidget):
 
     def section_ids(self) -> list[str]:
         """Sections listed, in file order."""
-        return list(self._scan.sections) if self._scan is not None else []
+        return self.section_table.section_ids()
 
     def select_section(self, section_id: str) -> None:
         """Show one section."""
-        ids = self.section_ids()
-        if section_id in ids:
-            self.section_table.selectRow(ids.index(section_id))
+        self.section_table.select_section(section_id)
 
     def selected_section(self) -> str | None:
         """The section shown."""
-        rows = {i.row() for i in self.section_table.selectedIndexes()}
-        ids = self.section_ids()
-        return ids[rows.pop()] if len(rows) == 1 and ids else None
+        return self.section_table.selected_section()
 
     # ------------------------------------------------------------- exports
 
@@ -392,28 +256,61 @@ class ResultsPanel(QWidget):
             lambda: out.write_text(text, encoding="utf-8"), f"plan written: {out}", f"cannot write {out}"
         )
 
-    def analyse(self) -> None:
-        """Rerun the analysis of the open file (every done tile), save it, and show it."""
-        scan = self._require_scan()
+    def export_qupath(self, folder: str | Path, *, overwrite: bool = False) -> Job | None:
+        """Per section an OME-TIFF and its regions as QuPath GeoJSON, into ``folder`` (off the Qt thread)."""
+        scan = self._require_saved_scan("export to QuPath")
         if scan is None:
-            return
-        from analysis.scan_analysis import analyze_scan
+            return None
+        out = Path(folder)
+        job = Job("cordscope-qupath-export")
 
+        def progress(p: Any) -> None:
+            job.report_progress(p.done, p.total)
+
+        job.done.connect(
+            lambda files: self.message.emit("info", f"QuPath export: {len(files)} files written into {out}")
+        )
+        job.failed.connect(lambda e: self.message.emit("error", f"cannot export to QuPath into {out}: {e}"))
+        return self._start_file_job(
+            job, lambda: export_for_qupath(scan, out, overwrite=overwrite, progress=progress), "exporting"
+        )
+
+    def import_geojson(self, path: str | Path) -> Job | None:
+        """Apply a regions GeoJSON file (QuPath's annotations or a stage-µm regions file) to the open scan."""
+        scan = self._require_saved_scan("import regions")
+        if scan is None:
+            return None
+        geojson, shown = Path(path), self.selected_section()
+        job = Job("cordscope-geojson-import")
+        job.done.connect(lambda imported: self._imported(geojson, imported))
+        job.failed.connect(lambda e: self.message.emit("error", f"cannot import {geojson.name}: {e}"))
+        return self._start_file_job(
+            job, lambda: import_regions_file(scan, geojson, shown_section=shown), "importing regions"
+        )
+
+    def analyse(self) -> Job | None:
+        """Rerun the analysis of the open file (every done tile), keep hand-made regions, save and show it."""
+        scan = self._require_saved_scan("analyse the file")
+        if scan is None:
+            return None
         path = scan.path
-        self.file_label.setText(f"analysing {path} …")
-        self.analyse_button.setEnabled(False)
+        job = Job("cordscope-analyse")
 
-        def analysed(_: object) -> None:
-            self.message.emit("info", f"analysis of {path.name} written")
+        def analysed(outcome: tuple[int, list[str]]) -> None:
+            n_kept, problems = outcome
+            kept = f"; {n_kept} regions corrected by hand applied again" if n_kept else ""
+            self.message.emit("info", f"analysis of {path.name} written{kept}")
+            for problem in problems:
+                self.message.emit("warning", f"regions corrected by hand not applied again: {problem}")
             self.open_scan(path)
 
         def failed(e: BaseException) -> None:
             self.message.emit("error", f"analysis of {path.name} failed: {e}")
             self.open_scan(path)
 
-        self._in_thread(
-            lambda: analyze_scan(path), on_done=analysed, on_error=failed, name="cordscope-analyse"
-        )
+        job.done.connect(analysed)
+        job.failed.connect(failed)
+        return self._start_file_job(job, lambda: analyse_keeping_regions(path), "analysing")
 
     # ============================================================== internals
 
@@ -421,6 +318,40 @@ class ResultsPanel(QWidget):
         if self._scan is None:
             self.message.emit("warning", "open a scan file first")
         return self._scan
+
+    def _require_saved_scan(self, what: str) -> LoadedScan | None:
+        """The open scan, if nothing else is working on it and no region change waits to be saved."""
+        scan = self._require_scan()
+        if scan is None or self._file_job is not None:
+            return None
+        unsaved = self.display.unsaved_sections(scan.path)
+        if unsaved:
+            self.message.emit(
+                "warning",
+                f"cannot {what} yet: regions of {', '.join(unsaved)} are changed but not saved; "
+                "Re-analyse or Discard changes first",
+            )
+            return None
+        return scan
+
+    def _start_file_job(self, job: Job, work: Any, doing: str) -> Job:
+        self._file_job = job
+        self.file_progress.setRange(0, 0)
+        self.file_progress.setFormat(f"{doing} %p%")
+        self.file_progress.setVisible(True)
+        job.progress.connect(self._file_progress)
+        job.finished.connect(self._file_job_finished)
+        self._update_buttons()
+        return job.start(work)
+
+    def _file_progress(self, done: int, total: int) -> None:
+        self.file_progress.setRange(0, max(total, 1))
+        self.file_progress.setValue(done)
+
+    def _file_job_finished(self) -> None:
+        self._file_job = None
+        self.file_progress.setVisible(False)
+        self._update_buttons()
 
     def _background(self, fn: Any, done_text: str, error_text: str) -> None:
         self._in_thread(
@@ -433,10 +364,13 @@ class ResultsPanel(QWidget):
     def _update_buttons(self) -> None:
         has = self._scan is not None
         analysed = has and bool(self._scan.analysed)  # type: ignore[union-attr]
+        idle = self._file_job is None
         self.export_csv_button.setEnabled(analysed)
         self.export_png_button.setEnabled(analysed)
         self.export_plan_button.setEnabled(has)
-        self.analyse_button.setEnabled(has)
+        self.analyse_button.setEnabled(has and idle)
+        self.export_qupath_button.setEnabled(has and idle)
+        self.import_geojson_button.setEnabled(analysed and idle)
 
     def _loaded(self, file: Path, scan: LoadedScan) -> None:
         if self._loading != file:
@@ -454,31 +388,9 @@ class ResultsPanel(QWidget):
             + f"<br><small>{file}</small>"
         )
         self.file_label.setToolTip(str(file))
-        table = self.section_table
-        table.blockSignals(True)
-        table.setRowCount(len(scan.sections))
-        for i, (sid, section) in enumerate(scan.sections.items()):
-            a = section.attrs
-            counts = s.sections[sid]
-            values = (
-                sid,
-                str(a.get("animal") or ""),
-                str(a.get("group") or ""),
-                str(a.get("level") or ""),
-                str(a.get("orientation") or ""),
-                f"{counts.done} / {counts.n_tiles}" + (f" ({counts.failed} failed)" if counts.failed else ""),
-                "yes" if section.analysis is not None else "no",
-                _pct(section, "section"),
-                _pct(section, "rubrospinal_territory"),
-            )
-            for j, text in enumerate(values):
-                item = QTableWidgetItem(text)
-                if j >= 7:
-                    item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-                table.setItem(i, j, item)
-        table.clearSelection()  # so selecting the first section below redraws it (a reopened file)
-        table.blockSignals(False)
+        self.section_table.show_scan(scan)  # nothing selected: selecting below redraws (a reopened file)
         self.display.clear()
+        self.display.set_editing(None, None)
         self._update_buttons()
         missing = [sid for sid, sec in scan.sections.items() if sec.analysis is None]
         if missing and s.done:
@@ -509,6 +421,7 @@ class ResultsPanel(QWidget):
         generation = self._render_generation
         if scan.sections[sid].analysis is None:
             self.display.clear()
+            self.display.set_editing(None, None, f"{sid} has no saved analysis")
             self._set_notice(
                 f"{sid}: no analysis saved in this file (the scan did not finish, or no tissue was imaged). "
                 "Click 'Analyse file' to compute it from the tiles."
@@ -517,8 +430,8 @@ class ResultsPanel(QWidget):
             return
         self._set_notice("")
         self._in_thread(
-            lambda: section_picture(scan, sid),
-            on_done=lambda picture: self._picture_ready(generation, sid, picture),
+            lambda: _shown(scan, sid),
+            on_done=lambda shown: self._picture_ready(generation, sid, scan, *shown),
             on_error=lambda e: self.message.emit("error", f"cannot draw section {sid}: {e}"),
             name="cordscope-results-view",
         )
@@ -527,15 +440,80 @@ class ResultsPanel(QWidget):
         self.notice.setText(text)
         self.notice.setVisible(bool(text))
 
-    def _picture_ready(self, generation: int, sid: str, picture: SectionPicture | None) -> None:
+    def _picture_ready(
+        self,
+        generation: int,
+        sid: str,
+        scan: LoadedScan,
+        picture: SectionPicture | None,
+        editable: EditableSection | None,
+        reason: str,
+    ) -> None:
         if generation != self._render_generation:
             return
         if picture is None:
             self.display.clear()
+            self.display.set_editing(None, None, reason)
             self._set_notice(f"{sid}: the file holds no mosaic for this section")
         else:
             self.display.show_picture(picture)
+            self.display.set_editing(scan, editable, reason)
         self.section_shown.emit(sid)
+
+    # ------------------------------------------------------- regions written
+
+    def _replace_scan(self, scan: LoadedScan, section_ids: list[str]) -> None:
+        self._scan = scan
+        self.section_table.update_sections(scan, section_ids)
+
+    def _own_regions_written(self, scan: LoadedScan) -> None:
+        editable = self.display.editable
+        if self._scan is not None and scan.path == self._scan.path and editable is not None:
+            self._replace_scan(scan, [editable.section_id])
+
+    def _regions_written_elsewhere(self, path: str, section_ids: list[str], origin: object) -> None:
+        """Another editor (the live view's) wrote regions of the open file: read those sections again."""
+        mine = self._scan
+        if origin in (self, self.display) or mine is None or Path(path).resolve() != mine.path.resolve():
+            return
+
+        def reread() -> LoadedScan:
+            fresh = mine
+            for sid in section_ids:
+                fresh = reload_section(fresh, sid)
+            return fresh
+
+        def done(fresh: LoadedScan) -> None:
+            if self._scan is not mine:
+                return
+            self._replace_scan(fresh, section_ids)
+            if self.selected_section() in section_ids:
+                self._section_selected()
+
+        self._in_thread(reread, on_done=done, name="cordscope-results-reread")
+
+    def _imported(self, geojson: Path, imported: RegionsImported) -> None:
+        found = imported.found
+        sections = list(imported.reanalysed)
+        if self._scan is not None and imported.scan.path == self._scan.path:
+            self._replace_scan(imported.scan, sections)
+        parts = [
+            f"{sid}: " + ", ".join(f"{region_label(e.region)} imported" for e in found.edits.get(sid, []))
+            for sid in sections
+        ]
+        text = f"{geojson.name}: " + ("; ".join(parts) if parts else "no region changed")
+        if found.unchanged:
+            text += f"; {len(found.unchanged)} unchanged"
+        if sections:
+            text += f" (re-analysed and written in {imported.elapsed_s:.1f} s)"
+        self.message.emit("info", text)
+        for skipped in found.skipped:
+            self.message.emit("warning", f"skipped {skipped}")
+        if sections:
+            region_files().written.emit(str(imported.scan.path), sections, self)
+        if self.selected_section() in sections:
+            self._section_selected()
+        self.regions_imported.emit(str(geojson))
 
     # ---------------------------------------------------------------- dialogs
 
@@ -569,3 +547,31 @@ class ResultsPanel(QWidget):
         path, _ = QFileDialog.getSaveFileName(self, "Export plan", suggestion, "Scan plan (*.yaml *.yml)")
         if path:
             self.export_plan(path)
+
+    def _browse_qupath_export(self) -> None:
+        scan = self._scan
+        if scan is None:
+            return
+        folder = QFileDialog.getExistingDirectory(self, "Export to QuPath into folder", self._start_folder())
+        if not folder:
+            return
+        out, sids = Path(folder), list(scan.sections)
+
+        def ask(existing: list[str]) -> None:
+            if existing:
+                shown = ", ".join(existing[:4]) + ("…" if len(existing) > 4 else "")
+                answer = QMessageBox.question(
+                    self, "Replace files?", f"{out} already holds {shown}. Replace them?"
+                )
+                if answer != QMessageBox.StandardButton.Yes:
+                    return
+            self.export_qupath(out, overwrite=bool(existing))
+
+        self._in_thread(lambda: existing_exports(out, sids), on_done=ask, name="cordscope-qupath-check")
+
+    def _browse_geojson_import(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Import regions (GeoJSON)", self._start_folder(), "GeoJSON (*.geojson *.json)"
+        )
+        if path:
+            self.import_geojson(path)

@@ -7,12 +7,14 @@ Usage::
 The real :class:`~gui.app.MainWindow` is driven on the demo config the way
 the README tells a person to: acquire the whole-slide overview, find the
 sections, label them, keep three Th7 sections (one animal per group), scan
-them with the scan tab's defaults, and read the results. Three PNGs are
-written:
+them with the scan tab's defaults, read the results and correct a region.
+Four PNGs are written:
 
 - ``1-slide.png``: the Slide tab with the overview, the found sections and their labels;
 - ``2-scanning.png``: the Scan tab mid-scan, with the live mosaic, heatmap and region table;
-- ``3-results.png``: the Results tab on the finished scan file.
+- ``3-results.png``: the Results tab on the finished scan file;
+- ``4-regions.png``: the region editor in the Results tab, the rubrospinal territory's medial
+  boundary dragged 40 µm toward the cord's centre and re-analysed (its kind now ``edited``).
 
 The overview is taken with the demo camera's default 2048 × 2048 pixels;
 for the scan the camera is set to 512 × 512 pixels, so that the mosaic
@@ -27,6 +29,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from PyQt6.QtCore import QEventLoop
 from PyQt6.QtWidgets import QApplication, QWidget
@@ -100,8 +103,41 @@ def _label_found_sections(window: object, app: QApplication) -> None:
     _settle(app, 0.3)
 
 
+#: How far the screenshot moves the territory's medial boundary toward the cord's centre (µm).
+TERRITORY_MOVE_UM = 40.0
+
+
+def _drag_territory(app: QApplication, results: Any) -> None:
+    """Select the rubrospinal territory, drag its medial vertices inward, re-analyse, select it again."""
+    import numpy as np
+    from PyQt6.QtCore import QPointF
+
+    editor = results.display
+    _wait(app, lambda: editor.editable is not None, "the section to be editable")
+    table = editor.table
+    table.selectRow(table.regions().index("rubrospinal_territory"))
+    _settle(app, 0.3)
+    editable = editor.editable
+    section = editable.regions.masks["section"]
+    rows, cols = np.nonzero(section)
+    centre = editable.grid.origin_um + (np.array([cols.mean(), rows.mean()]) + 0.5) * editable.grid.cell_um
+    (ring,) = editor.outline_items()
+    points = np.array(ring.vertices_um())
+    distance = np.hypot(*(points - centre).T)
+    for handle, (x, y), d in zip(ring.handles, points, distance, strict=True):
+        if d < np.median(distance):
+            step = (centre - (x, y)) / d * TERRITORY_MOVE_UM
+            handle.setPos(handle.pos() + QPointF(*step))
+    ring.drag_finished()
+    written: list[object] = []
+    editor.regions_written.connect(written.append)
+    editor.reanalyse_button.click()
+    _wait(app, lambda: bool(written), "the re-analysis")
+    table.selectRow(table.regions().index("rubrospinal_territory"))
+
+
 def run(out_dir: Path, *, scan_dir: Path) -> list[Path]:
-    """Drive the window through the demo and write the three pictures into ``out_dir``."""
+    """Drive the window through the demo and write the four pictures into ``out_dir``."""
     from acquisition.demo import find_demo_hub
     from gui.app import MainWindow
     from gui.offline_icons import use_offline_icons
@@ -122,7 +158,7 @@ def run(out_dir: Path, *, scan_dir: Path) -> list[Path]:
         # 1. Slide: whole-slide overview, sections found and labelled
         slide = window.slide_panel
         window.tabs.setCurrentWidget(slide)
-        slide.acquire_button.click()
+        slide.overview_box.acquire_button.click()
         _wait(app, lambda: slide.overview() is not None and not slide.busy(), "the overview")
         slide.find_button.click()
         _wait(app, lambda: bool(slide.sections()) and not slide.busy(), "the sections to be found")
@@ -140,8 +176,8 @@ def run(out_dir: Path, *, scan_dir: Path) -> list[Path]:
         scan = window.scan_panel
         window.tabs.setCurrentWidget(scan)
         _wait(app, lambda: len(scan.sections()) == len(SCAN_SECTIONS), "the sections to reach the scan tab")
-        scan.name_edit.setText("demo Th7")
-        scan.output_edit.setText(str(scan_dir / "demo-Th7.h5"))
+        scan.form.name_edit.setText("demo Th7")
+        scan.form.output_edit.setText(str(scan_dir / "demo-Th7.h5"))
         _wait(app, scan.is_ready, "the plan to validate", timeout_s=60)
         scan.start_button.click()
         second = SCAN_SECTIONS[1]
@@ -200,6 +236,11 @@ def run(out_dir: Path, *, scan_dir: Path) -> list[Path]:
                 f"{second} in the results",
             )
         written.append(out_dir / "3-results.png")
+        _save(app, window, written[-1])
+
+        # 4. Correcting a region: drag the territory's medial vertices, re-analyse
+        _drag_territory(app, results)
+        written.append(out_dir / "4-regions.png")
         _save(app, window, written[-1])
     finally:
         window.close()

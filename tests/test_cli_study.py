@@ -86,3 +86,14 @@ def test_demo_cohort_rejects_an_empty_cohort(tmp_path):
     result = runner.invoke(app, ["demo-cohort", "--animals-per-group", "0", "--out", str(tmp_path)])
     assert result.exit_code == 2
     assert "animals_per_group must be at least 1" in result.output
+
+
+def test_study_of_one_animal_writes_its_report(tmp_path):
+    # one animal: every group is left out of the comparisons, and the report is still written
+    from tests.analysis import _region_scan as rs
+
+    scan = rs.make_scan(tmp_path / "one.h5")
+    result = runner.invoke(app, ["study", str(scan), "--out", str(tmp_path / "study")])
+    assert result.exit_code == 0, result.output
+    report = (tmp_path / "study" / "study-report.html").read_text(encoding="utf-8")
+    assert "group vehicle has 1 animal (fewer than 2) (rat01)" in report

@@ -79,3 +79,39 @@ def test_statistics_csv_one_row_per_pair(study_and_files):
     }
     iv = next(r for r in rst if r["group_b"] == "vehicle")
     assert iv["significant"] == "True" and float(iv["pair_p_value"]) < 0.05
+
+
+def test_report_names_the_regions_corrected_by_hand(tmp_path, monkeypatch):
+    import shapely
+    from shapely.geometry import mapping
+
+    from analysis.region_edits import RegionEdit, apply_region_edits
+    from analysis.study import hand_regions
+    from tests.analysis import _region_scan as rs
+
+    monkeypatch.setattr("getpass.getuser", lambda: "anna")
+    untouched = rs.make_scan(tmp_path / "untouched.h5")
+    study = load_study([untouched])
+    assert hand_regions(study) == []
+    out = write_report(tmp_path / "none.html", study, {}, figures={})
+    assert "Regions corrected by hand</h2><p>None" in out.read_text(encoding="utf-8")
+
+    scan = rs.make_scan(tmp_path / "edited.h5")
+    box = mapping(shapely.box(1050.0, 1990.0, 1080.0, 2020.0))
+    edit = RegionEdit("rubrospinal_territory", "drawn", geometry_um=box, source="gui")
+    apply_region_edits(scan, {rs.SECTION: [edit]})
+    study = load_study([scan])
+    (hand,) = hand_regions(study)
+    assert (hand.animal, hand.level, hand.section_id, hand.region, hand.kind, hand.who, hand.source) == (
+        "rat01",
+        "Th7",
+        rs.SECTION,
+        "rubrospinal_territory",
+        "drawn",
+        "anna",
+        "gui",
+    )
+    text = write_report(tmp_path / "edited.html", study, {}, figures={}).read_text(encoding="utf-8")
+    assert "Regions corrected by hand (1 in 1 section(s))" in text
+    assert "<code>rubrospinal_territory</code></td><td>drawn</td><td>anna</td>" in text
+    assert "Regions corrected by hand at Th7: rat01 rubrospinal_territory (drawn)." in text

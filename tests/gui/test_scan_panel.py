@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,11 @@ from gui.scan_panel import ScanPanel
 from tests.conftest import make_demo_core
 
 SCAN_TIMEOUT_MS = 60_000
+#: What the state line says about the live analysis while scanning.
+LAG_PATTERN = (
+    r"Analysis: (up to date \(\d+ of \d+ tiles stored\)"
+    r"|\d+ tiles \(\d+\.\d s\) behind the camera \(\d+ of \d+ analysed\))"
+)
 
 
 def demo_sections(*ids: str) -> list[dict[str, Any]]:
@@ -45,9 +51,9 @@ def make_panel(qtbot, core, tmp_path: Path, sections=("rat01-Th7",), name="scan.
     panel.show()
     panel.set_core(core)
     panel.set_sections(demo_sections(*sections))
-    panel.output_edit.setText(str(tmp_path / name))
-    panel.focus_combo.setCurrentIndex(panel.focus_combo.findData("fixed"))
-    panel.register_check.setChecked(False)  # the demo stage is exact; registration only costs time here
+    panel.form.output_edit.setText(str(tmp_path / name))
+    panel.form.focus_combo.setCurrentIndex(panel.form.focus_combo.findData("fixed"))
+    panel.form.register_check.setChecked(False)  # the demo stage is exact; registration only costs time here
     qtbot.waitUntil(panel.is_ready, timeout=10_000)
     return panel
 
@@ -68,17 +74,27 @@ def _shift_outside(panel: ScanPanel) -> None:
 
 
 def _existing_output(panel: ScanPanel) -> None:
-    path = Path(panel.output_edit.text())
+    path = Path(panel.form.output_edit.text())
     path.write_bytes(b"an earlier scan")
-    panel.overwrite_check.setChecked(True)
-    panel.overwrite_check.setChecked(False)  # an edit, so the form is checked again
+    panel.form.overwrite_check.setChecked(True)
+    panel.form.overwrite_check.setChecked(False)  # an edit, so the form is checked again
 
 
 BAD_SETTINGS: list[tuple[str, Callable[[ScanPanel], None], str, str]] = [
-    ("exposure", lambda p: p.channel_row("tdTomato").exposure_ms.setValue(0.0), "tdTomato", "must be > 0"),
-    ("overlap", lambda p: p.overlap_spin.setValue(60.0), "overlap", "must be <= 50"),
-    ("name", lambda p: p.name_edit.setText(""), "name", "must not be empty"),
-    ("two-tracers", lambda p: p.channel_row("DAPI").role.setCurrentText("tracer"), "channels", "'anatomy'"),
+    (
+        "exposure",
+        lambda p: p.form.channel_row("tdTomato").exposure_ms.setValue(0.0),
+        "tdTomato",
+        "must be > 0",
+    ),
+    ("overlap", lambda p: p.form.overlap_spin.setValue(60.0), "overlap", "must be <= 50"),
+    ("name", lambda p: p.form.name_edit.setText(""), "name", "must not be empty"),
+    (
+        "two-tracers",
+        lambda p: p.form.channel_row("DAPI").role.setCurrentText("tracer"),
+        "channels",
+        "'anatomy'",
+    ),
     ("no-sections", lambda p: p.set_sections([]), "sections", "no sections"),
     ("outside-stage", _shift_outside, "sections", "outside the stage travel"),
     ("output-exists", _existing_output, "output", "already exists"),
@@ -94,20 +110,22 @@ def test_a_bad_setting_is_shown_next_to_its_field_and_start_refuses(
     panel = make_panel(qtbot, clean_core, tmp_path)
     assert panel.start_button.isEnabled()
     change(panel)
-    qtbot.waitUntil(lambda: text in panel.field_error(field), timeout=10_000)
+    qtbot.waitUntil(lambda: text in panel.form.field_error(field), timeout=10_000)
     assert not panel.start_button.isEnabled()
     assert panel.start_scan() is False  # a click that slips through does not start either
-    assert panel.session is None and not Path(panel.output_edit.text()).with_suffix(".regions.csv").exists()
+    assert (
+        panel.session is None and not Path(panel.form.output_edit.text()).with_suffix(".regions.csv").exists()
+    )
 
 
 def test_fixing_the_setting_clears_the_message(qtbot, clean_core, tmp_path):
     panel = make_panel(qtbot, clean_core, tmp_path)
-    panel.channel_row("tdTomato").exposure_ms.setValue(0.0)
-    qtbot.waitUntil(lambda: "must be > 0" in panel.field_error("tdTomato"), timeout=10_000)
-    panel.channel_row("tdTomato").exposure_ms.setValue(40.0)
+    panel.form.channel_row("tdTomato").exposure_ms.setValue(0.0)
+    qtbot.waitUntil(lambda: "must be > 0" in panel.form.field_error("tdTomato"), timeout=10_000)
+    panel.form.channel_row("tdTomato").exposure_ms.setValue(40.0)
     qtbot.waitUntil(panel.is_ready, timeout=10_000)
-    assert panel.field_error("tdTomato") == ""
-    assert "66 tiles" in panel.summary_label.text()
+    assert panel.form.field_error("tdTomato") == ""
+    assert "66 tiles" in panel.form.summary_label.text()
 
 
 # ------------------------------------------------------------------ scanning
@@ -128,6 +146,8 @@ def test_start_scans_to_the_end_with_live_heatmap_and_region_table(qtbot, clean_
         show(picture)
 
     panel.live.show_picture = spy  # type: ignore[method-assign]
+    lag_texts: list[tuple[str, str]] = []
+    panel.live_follow.tick.connect(lambda: lag_texts.append((panel.state, panel.analysis_label.text())))
     with qtbot.waitSignal(panel.scan_finished, timeout=SCAN_TIMEOUT_MS) as finished:
         qtbot.mouseClick(panel.start_button, qtbot_left())
     path = Path(finished.args[0])
@@ -137,7 +157,14 @@ def test_start_scans_to_the_end_with_live_heatmap_and_region_table(qtbot, clean_
     assert panel.progress_bar.value() == panel.progress_bar.maximum() == 66
     # the live view was drawn while the scan ran, the mosaic growing
     assert any(state == "scanning" for state, _ in live_captions)
-    qtbot.waitUntil(lambda: "66 of 66 tiles analysed" in live_captions[-1][1], timeout=10_000)
+    # the state line said how far the analysis was behind the camera, on the live timer
+    scanning = [text for state, text in lag_texts if state == "scanning"]
+    assert scanning and all(re.fullmatch(LAG_PATTERN, text) for text in scanning), scanning
+    assert panel.analysis_label.text() == "Analysis: all 66 tiles analysed and saved"
+    # once saved, the live view shows the final analysis from the file, and its regions can be corrected
+    qtbot.waitUntil(lambda: "final analysis saved in scan.h5" in live_captions[-1][1], timeout=10_000)
+    qtbot.waitUntil(lambda: panel.live.editable is not None, timeout=10_000)
+    assert panel.live.editable.section_id == "rat01-Th7"
     picture = panel.live.picture
     assert picture is not None and picture.heat_rgba is not None
     assert np.count_nonzero(picture.heat_rgba[..., 3]) > 100  # bins with tissue are coloured
@@ -157,7 +184,7 @@ def test_start_scans_to_the_end_with_live_heatmap_and_region_table(qtbot, clean_
     assert path.with_name("scan.regions.csv").is_file()
     assert any("scan finished: 66 of 66 tiles" in t for _, t in messages)
     # the next scan gets a file name of its own
-    assert Path(panel.output_edit.text()) == tmp_path / "scan-2.h5"
+    assert Path(panel.form.output_edit.text()) == tmp_path / "scan-2.h5"
 
 
 def qtbot_left() -> Any:
@@ -214,7 +241,7 @@ def test_a_device_fault_is_a_message_not_a_crash(qtbot, clean_core, tmp_path):
     # every 2nd stage move fails and no retry is allowed: tiles fail, are reported, the scan goes on
     clean_core.setProperty("XYStage", "FailEveryNthMove", 2)
     panel = make_panel(qtbot, clean_core, tmp_path)
-    panel.retries_spin.setValue(0)
+    panel.form.retries_spin.setValue(0)
     qtbot.waitUntil(panel.is_ready, timeout=10_000)
     messages = collect_messages(panel)
     with qtbot.waitSignal(panel.scan_finished, timeout=SCAN_TIMEOUT_MS):
@@ -244,7 +271,7 @@ def test_save_plan_writes_the_form_as_yaml(qtbot, clean_core, tmp_path):
     from acquisition.plan import load_plan
 
     panel = make_panel(qtbot, clean_core, tmp_path)
-    panel.channel_row("tdTomato").exposure_ms.setValue(35.0)
+    panel.form.channel_row("tdTomato").exposure_ms.setValue(35.0)
     qtbot.waitUntil(panel.is_ready, timeout=10_000)
     out = tmp_path / "plan.yaml"
     messages = collect_messages(panel)
@@ -253,3 +280,23 @@ def test_save_plan_writes_the_form_as_yaml(qtbot, clean_core, tmp_path):
     plan = load_plan(out)
     assert plan.tracer_channel.exposure_ms == 35.0 and [s.id for s in plan.sections] == ["rat01-Th7"]
     assert plan.focus.strategy == "fixed" and plan.analysis.register_tiles is False
+
+
+@pytest.mark.parametrize(
+    ("progress", "state", "text"),
+    [
+        (None, "scanning", ""),
+        ((10, 10, 0, 0.0), "scanning", "Analysis: up to date (10 of 10 tiles stored)"),
+        ((12, 9, 3, 1.26), "scanning", "Analysis: 3 tiles (1.3 s) behind the camera (9 of 12 analysed)"),
+        ((12, 9, 3, 1.26), "paused", "Analysis: 3 tiles (1.3 s) behind the camera (9 of 12 analysed)"),
+        ((12, 9, 3, 1.2), "finalizing", "Analysis: 3 of 12 tiles still to analyse"),
+        ((12, 12, 0, 0.0), "finalizing", "Analysis: writing results"),
+    ],
+    ids=["no-analysis", "caught-up", "behind", "paused", "finalizing", "writing"],
+)
+def test_the_state_line_says_how_far_the_analysis_is_behind(progress, state, text) -> None:
+    from analysis.live import AnalysisProgress
+    from gui.scan_run import describe_analysis_progress
+
+    given = None if progress is None else AnalysisProgress(*progress)
+    assert describe_analysis_progress(given, state) == text

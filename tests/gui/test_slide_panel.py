@@ -75,18 +75,22 @@ def _messages(panel, qtbot):
 
 def test_acquire_overview_in_the_background_with_progress(qtbot, panel, demo):
     panel.set_region_um(REGION_UM)
-    panel.exposure_box.setValue(15.0)
+    panel.overview_box.exposure_box.setValue(15.0)
     progress: list[int] = []
-    panel.progress.valueChanged.connect(progress.append)
+    panel.overview_box.progress.valueChanged.connect(progress.append)
     with qtbot.waitSignal(panel.overview_changed, timeout=30_000):
-        panel.acquire_button.click()
+        panel.overview_box.acquire_button.click()
         # the button returns at once: the tiles are taken in a worker thread
-        assert panel.busy() and not panel.acquire_button.isEnabled() and panel.cancel_button.isEnabled()
+        assert (
+            panel.busy()
+            and not panel.overview_box.acquire_button.isEnabled()
+            and panel.overview_box.cancel_button.isEnabled()
+        )
     ov = panel.overview()
     assert ov is not None
     assert ov.bbox_um[:2] == REGION_UM[:2]
     assert (ov.objective, ov.channel) == ("4x", "DAPI")
-    assert progress and progress[-1] == panel.progress.maximum() > 1
+    assert progress and progress[-1] == panel.overview_box.progress.maximum() > 1
     qtbot.waitUntil(lambda: not panel.busy() and panel.find_button.isEnabled())
     # the overview is drawn in stage µm: the pixmap covers the region
     rect = panel._pixmap_item.sceneBoundingRect()
@@ -97,12 +101,12 @@ def test_acquire_overview_in_the_background_with_progress(qtbot, panel, demo):
 def test_cancel_stops_the_overview(qtbot, panel):
     messages = _messages(panel, qtbot)
     panel.set_region_um((20_000.0, 0.0, 75_000.0, 25_000.0))  # hundreds of tiles at 512 px
-    panel.acquire_button.click()
-    panel.cancel_button.click()
+    panel.overview_box.acquire_button.click()
+    panel.overview_box.cancel_button.click()
     qtbot.waitUntil(lambda: not panel.busy(), timeout=10_000)
     assert panel.overview() is None
     assert any("cancelled" in text for _, text in messages)
-    assert panel.acquire_button.isEnabled()
+    assert panel.overview_box.acquire_button.isEnabled()
 
 
 def test_save_and_load_overview(qtbot, panel, demo, tmp_path):
@@ -369,7 +373,9 @@ def test_overview_written_by_the_cli_format_loads(qtbot, panel, demo, tmp_path):
     path = save_overview(tmp_path / "plan-overview.tif", demo.overview)
     with qtbot.waitSignal(panel.overview_changed, timeout=10_000):
         panel.load_overview_file(path)
-    assert panel.overview_info.text().startswith(f"{demo.overview.shape[1]} × {demo.overview.shape[0]} px")
+    assert panel.overview_box.overview_info.text().startswith(
+        f"{demo.overview.shape[1]} × {demo.overview.shape[0]} px"
+    )
 
 
 def test_a_camera_fault_during_the_overview_is_reported(qtbot, panel, demo):
@@ -377,12 +383,12 @@ def test_a_camera_fault_during_the_overview_is_reported(qtbot, panel, demo):
     demo.core.setProperty("Camera", "FailEveryNthSnap", 3)
     try:
         panel.set_region_um(REGION_UM)
-        panel.acquire_button.click()
+        panel.overview_box.acquire_button.click()
         qtbot.waitUntil(lambda: not panel.busy(), timeout=30_000)
     finally:
         demo.core.setProperty("Camera", "FailEveryNthSnap", 0)
     assert messages[-1][0] == "error" and messages[-1][1].startswith("cannot acquire the overview:")
-    assert panel.overview() is None and panel.acquire_button.isEnabled()
+    assert panel.overview() is None and panel.overview_box.acquire_button.isEnabled()
 
 
 def test_long_sections_are_taken_for_horizontal_ones(qtbot, panel):

@@ -44,7 +44,7 @@ def test_overview_find_label_scan_and_read_the_results(qtbot, tmp_path):
     x0, y0, x1, y1 = find_demo_hub(core).slide.section_bbox_um("rat03-Th7")
     slide.set_region_um((x0 - 600, y0 - 600, x1 + 600, y1 + 600))
     with qtbot.waitSignal(slide.overview_changed, timeout=TIMEOUT_MS):
-        qtbot.mouseClick(slide.acquire_button, Qt.MouseButton.LeftButton)
+        qtbot.mouseClick(slide.overview_box.acquire_button, Qt.MouseButton.LeftButton)
     with qtbot.waitSignal(slide.sections_changed, timeout=TIMEOUT_MS):
         qtbot.mouseClick(slide.find_button, Qt.MouseButton.LeftButton)
     assert [s["id"] for s in slide.sections()] == ["S01"]
@@ -63,12 +63,12 @@ def test_overview_find_label_scan_and_read_the_results(qtbot, tmp_path):
     # Scan tab: the section arrived; a fixed focus and no registration keep it short
     scan = window.scan_panel
     window.tabs.setCurrentWidget(scan)
-    qtbot.waitUntil(lambda: "rat03-Th7" in scan.sections_label.text(), timeout=10_000)
-    scan.output_edit.setText(str(tmp_path / "slide.h5"))
-    scan.focus_combo.setCurrentIndex(scan.focus_combo.findData("fixed"))
-    scan.register_check.setChecked(False)
+    qtbot.waitUntil(lambda: "rat03-Th7" in scan.form.sections_label.text(), timeout=10_000)
+    scan.form.output_edit.setText(str(tmp_path / "slide.h5"))
+    scan.form.focus_combo.setCurrentIndex(scan.form.focus_combo.findData("fixed"))
+    scan.form.register_check.setChecked(False)
     qtbot.waitUntil(scan.is_ready, timeout=10_000)
-    assert "1 sections" in scan.summary_label.text()
+    assert "1 sections" in scan.form.summary_label.text()
     with qtbot.waitSignal(window.results_panel.section_shown, timeout=TIMEOUT_MS):
         qtbot.mouseClick(scan.start_button, Qt.MouseButton.LeftButton)
     assert scan.state == "finished"
