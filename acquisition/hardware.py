@@ -663,6 +663,22 @@ def objective_group(core: CMMCorePlus) -> str:
         return ""
 
 
+def channel_group(core: CMMCorePlus) -> str:
+    """Name of the configuration group that selects the channel ("" if it cannot be decided).
+
+    For callers that have no way to report why: the decision and its reason
+    (or the error naming the candidate groups) come from
+    :func:`acquisition.roles.decide_channel_group`.
+    """
+    from .roles import RoleError, decide_channel_group
+
+    try:
+        return decide_channel_group(core).group
+    except RoleError as e:
+        logger.info("no channel group: %s", e)
+        return ""
+
+
 def config_presets(core: CMMCorePlus, group: str) -> Sequence[str]:
     """Presets of a configuration group, empty when the group does not exist."""
     if not group or group not in core.getAvailableConfigGroups():

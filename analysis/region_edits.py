@@ -66,8 +66,10 @@ __all__ = [
     "RegionReset",
     "SectionRegionSet",
     "analysis_records",
+    "analyze_keeping_regions",
     "apply_region_edits",
     "current_user",
+    "hand_made_edits",
     "mask_geometry_um",
     "now_iso",
     "polygonal",
@@ -649,3 +651,60 @@ def apply_region_edits(
             )
     write_scan_region_csv(path)
     return results
+
+
+def hand_made_edits(saved: Any) -> list[Edit]:
+    """A section's regions edited, drawn or imported by hand, as edits that a new analysis grid takes.
+
+    Regions drawn in the plan are left out (the analysis draws them itself); a
+    painted mask becomes the exact outline of its cells (polygons in stage µm).
+    """
+    if saved is None or all(r.kind == "automatic" for r in saved.regions.values()):
+        return []
+    regions = SectionRegionSet.from_saved(saved)
+    edits: list[Edit] = []
+    for e in regions.stored_edits():
+        if e.source == "plan":
+            continue
+        if e.mask is not None:
+            e = dataclasses.replace(e, geometry_um=mask_geometry_um(e.mask, grid=regions.grid), mask=None)
+        edits.append(e)
+    return edits
+
+
+def analyze_keeping_regions(
+    path: str | Path, **analyze_options: Any
+) -> tuple[dict[str, Any], int, list[str]]:
+    """Analyse a scan file from its tiles again, then apply its hand-made regions again.
+
+    ``analyze_scan`` computes every region automatically; the regions
+    edited, drawn or imported before are re-applied with their original
+    who/when/source (:func:`hand_made_edits`).
+
+    Returns
+    -------
+    tables : dict of section id → region rows
+        The tables after the hand-made regions were applied again.
+    n_applied : int
+        Regions applied again.
+    problems : list of str
+        Sections whose regions could not be applied again, and why.
+    """
+    from analysis.results import load_scan_results
+    from analysis.scan_analysis import analyze_scan
+
+    path = Path(path)
+    kept = {sid: e for sid, s in load_scan_results(path).items() if (e := hand_made_edits(s.analysis))}
+    tables: dict[str, Any] = dict(analyze_scan(path, **analyze_options))
+    applied, problems = 0, []
+    for sid, edits in kept.items():
+        try:
+            apply_region_edits(path, {sid: edits})
+            applied += len(edits)
+        except RegionEditError as e:
+            problems.append(f"{sid}: {e}")
+    if applied:
+        tables = {
+            sid: s.analysis.table for sid, s in load_scan_results(path).items() if s.analysis is not None
+        }
+    return tables, applied, problems

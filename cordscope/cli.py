@@ -484,11 +484,13 @@ def analyze(
     """Rerun the regional analysis of scan files offline (same code as the live run).
 
     Writes each section's ``analysis/`` group into the file and a
-    ``<scan>.regions.csv`` beside it, and prints the region tables. With
+    ``<scan>.regions.csv`` beside it, and prints the region tables. Regions
+    edited, drawn or imported by hand are applied again. With
     ``--workers N`` or ``--scheduler ADDRESS`` the files are analysed in
     parallel with Dask, one file per task (identical results).
     """
-    from analysis.scan_analysis import analyze_scan, region_csv_path
+    from analysis.region_edits import analyze_keeping_regions
+    from analysis.scan_analysis import region_csv_path
     from cordscope.tables import print_region_tables
 
     if regions_file is not None:
@@ -511,9 +513,13 @@ def analyze(
                 with ScanFile.open(path) as scan:
                     stored = settings_of_scan(scan.plan_yaml).model_dump()
                 settings = AnalysisSettings.model_validate({**stored, **overrides})
-            tables = analyze_scan(path, settings=settings)
+            tables, kept, problems = analyze_keeping_regions(path, settings=settings)
             print_region_tables(console, path.name, tables)
             console.print(f"wrote the analysis into {path} and {region_csv_path(path)}")
+            if kept:
+                console.print(f"kept {kept} region(s) edited, drawn or imported by hand")
+            for problem in problems:
+                console.print(f"[yellow]hand-made region not applied again: {problem}", highlight=False)
         return
     if overrides:
         raise ValueError(

@@ -6,6 +6,7 @@ runs the work; this box only holds the settings and shows progress.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,10 +23,13 @@ from PyQt6.QtWidgets import (
     QWidget,
 )
 
-from acquisition.hardware import CordScopeCore, objective_group
+from acquisition.hardware import CordScopeCore, channel_group, objective_group
 from acquisition.overview import DEFAULT_REGION_UM, Overview
+from acquisition.rig_profile import RigProfileError, rig_profile_for
 
 __all__ = ["OverviewBox"]
+
+logger = logging.getLogger(__name__)
 
 #: Presets chosen when the configuration has them: the demo's overview objective and channel.
 PREFERRED_OBJECTIVE = "4x"
@@ -93,14 +97,24 @@ class OverviewBox(QGroupBox):
         form.addRow(self.overview_info)
 
     def set_core(self, core: CordScopeCore | None) -> None:
-        """Offer the objectives and channels of ``core`` (none without a core)."""
+        """Offer the objectives and channels of ``core`` (none without a core); region from its slide frame.
+
+        The default region is the slide beside its label, within the stage
+        travel, from the rig profile beside the config
+        (:meth:`acquisition.rig_profile.ResolvedRig.overview_region_um`).
+        """
+        if core is not None:
+            try:
+                self.set_region_um(rig_profile_for(core).overview_region_um())
+            except RigProfileError as e:  # keep the region shown; the user sets it
+                logger.warning("overview region: %s", e)
         for combo, presets, preferred in (
             (
                 self.objective_combo,
                 _presets(core, objective_group(core) if core else ""),
                 PREFERRED_OBJECTIVE,
             ),
-            (self.channel_combo, _presets(core, core.getChannelGroup() if core else ""), PREFERRED_CHANNEL),
+            (self.channel_combo, _presets(core, channel_group(core) if core else ""), PREFERRED_CHANNEL),
         ):
             combo.clear()
             combo.addItems(presets)
@@ -126,7 +140,7 @@ class OverviewBox(QGroupBox):
             "region_um": self.region_um(),
             "objective_group": objective_group(core),
             "objective": self.objective_combo.currentText(),
-            "channel_group": core.getChannelGroup(),
+            "channel_group": channel_group(core),
             "channel": self.channel_combo.currentText(),
             "exposure_ms": float(self.exposure_box.value()),
         }

@@ -33,6 +33,7 @@ from analysis.region_edits import (
     RegionEditError,
     RegionReset,
     SectionRegionSet,
+    analyze_keeping_regions,
     apply_region_edits,
     mask_geometry_um,
     polygonal,
@@ -430,12 +431,9 @@ def export_for_qupath(scan: LoadedScan, folder: Path, *, overwrite: bool, progre
 
 
 def analyse_keeping_regions(path: Path) -> tuple[int, list[str]]:
-    """Analyse a scan file from its tiles again, then apply its hand-made regions again.
+    """Analyse a scan file from its tiles again, keeping its hand-made regions (under the GUI's file lock).
 
-    ``analyze_scan`` computes every region automatically; the regions edited, drawn or
-    imported before (not those drawn in the plan, which the analysis draws itself) are
-    re-applied with their original who/when/source, as polygons in stage µm (a painted
-    mask becomes the exact outline of its cells, so a new analysis grid takes it too).
+    See :func:`analysis.region_edits.analyze_keeping_regions`.
 
     Returns
     -------
@@ -444,32 +442,6 @@ def analyse_keeping_regions(path: Path) -> tuple[int, list[str]]:
     problems : list of str
         Sections whose regions could not be applied again, and why.
     """
-    from analysis.results import load_scan_results
-    from analysis.scan_analysis import analyze_scan
-
-    applied, problems = 0, []
     with file_lock(path):
-        kept: dict[str, list[Edit]] = {}
-        for sid, section in load_scan_results(path).items():
-            saved = section.analysis
-            if saved is None or all(r.kind == "automatic" for r in saved.regions.values()):
-                continue
-            regions = SectionRegionSet.from_saved(saved)
-            edits: list[Edit] = []
-            for e in regions.stored_edits():
-                if e.source == "plan":
-                    continue
-                if e.mask is not None:
-                    outline = mask_geometry_um(e.mask, grid=regions.grid)
-                    e = dataclasses.replace(e, geometry_um=outline, mask=None)
-                edits.append(e)
-            if edits:
-                kept[sid] = edits
-        analyze_scan(path)
-        for sid, edits in kept.items():
-            try:
-                apply_region_edits(path, {sid: edits})
-                applied += len(edits)
-            except RegionEditError as e:
-                problems.append(f"{sid}: {e}")
+        _, applied, problems = analyze_keeping_regions(path)
     return applied, problems

@@ -34,7 +34,7 @@ from PyQt6.QtWidgets import (
     QWidget,
 )
 
-from acquisition.hardware import config_presets, objective_group
+from acquisition.hardware import channel_group, config_presets, objective_group
 from acquisition.plan import (
     DEFAULT_HARDWARE_CONFIG,
     PlanError,
@@ -365,8 +365,8 @@ class ScanForm(QGroupBox):
     def _channel_group(self) -> str:
         core = self._core
         if core is None:
-            return "Channel"
-        return str(core.getChannelGroup() or "Channel")
+            return ""
+        return channel_group(core)
 
     def channel_row(self, preset: str) -> _ChannelRow:
         """The form row of one channel preset (tests and the screenshot driver use it)."""

@@ -198,3 +198,26 @@ def test_scan_warnings_are_listed_once_in_the_log(qtbot):
         assert texts.count("tile rat01-C5/3 failed: camera timeout") == 1
     finally:
         panel.detach_logging()
+
+
+def test_a_cpp_config_without_channel_group_loads_and_fills_the_forms(qtbot, loaded, mm_demo_config):
+    """Micro-Manager's own C++ demo adapters through the window's load path (a Wizard-style .cfg)."""
+    cfg = mm_demo_config("8bit")  # no Core,ChannelGroup line; objective group "Nosepiece"
+    with qtbot.waitSignal(loaded.core_changed, timeout=LOAD_TIMEOUT_MS) as blocker:
+        loaded.load_config(cfg.path)
+    core = blocker.args[0]
+    assert "DCam" in [core.getDeviceName(d) for d in core.getLoadedDevices()]
+    overview = loaded.slide_panel.overview_box
+    objectives = {overview.objective_combo.itemText(i) for i in range(overview.objective_combo.count())}
+    assert objectives == {"4x", "10x", "20x"}
+    assert (
+        overview.channel_combo.count() == 2
+        and overview.acquisition_settings(core)["channel_group"] == "Channel"
+    )
+    # the DXYStage reports no travel: the overview region is the default slide beside its label
+    assert overview.region_um() == pytest.approx((20_000.0, 0.0, 75_000.0, 25_000.0))
+    form = loaded.scan_panel.form
+    assert form.channel_row("DAPI") is not None and form.channel_row("tdTomato") is not None
+    qtbot.waitUntil(lambda: loaded.load_config_action.isEnabled())
+    with qtbot.waitSignal(loaded.core_changed, timeout=LOAD_TIMEOUT_MS):
+        loaded.load_config(DEMO_CONFIG)  # leave the module's window on the demo microscope
