@@ -264,7 +264,7 @@ class ScanController:
     --------
     >>> controller = ScanController(core, plan)  # doctest: +SKIP
     >>> controller.events.progress.connect(print)  # doctest: +SKIP
-    >>> result = controller.run()  # blocking; or start() + wait()  # doctest: +SKIP
+    >>> result = controller.run()  # blocking (a ScanSession runs it in the background)  # doctest: +SKIP
     """
 
     def __init__(
@@ -286,7 +286,6 @@ class ScanController:
         self._state: ScanState = "idle"
         self._abort_requested = False
         self._abort_reason = ""
-        self._thread: threading.Thread | None = None
         self._result: ScanResult | None = None
         self._counters = _Counters()
         self._current_section: str | None = None
@@ -330,30 +329,6 @@ class ScanController:
     def output_path(self) -> Path:
         """The scan file."""
         return Path(self.plan.output)
-
-    def start(self) -> threading.Thread:
-        """Run the scan in a background thread; returns the thread."""
-        if self._thread is not None:
-            raise CordScopeError("this scan was already started; make a new controller to scan again")
-        self._thread = threading.Thread(target=self._run_catching, name="cordscope-scan", daemon=True)
-        self._thread.start()
-        return self._thread
-
-    def _run_catching(self) -> None:
-        try:
-            self.run()
-        except Exception:  # already reported: events.message and events.finished carry it
-            logger.debug("scan thread ended with an error", exc_info=True)
-
-    def wait(self, timeout_s: float | None = None) -> ScanResult:
-        """Wait for a started scan to end and return its result."""
-        if self._thread is None:
-            raise CordScopeError("the scan was not started")
-        self._thread.join(timeout_s)
-        if self._thread.is_alive():
-            raise TimeoutError(f"scan still running after {timeout_s} s")
-        assert self._result is not None
-        return self._result
 
     def pause(self) -> None:
         """Pause between events (the current image finishes)."""

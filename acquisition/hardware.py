@@ -654,13 +654,9 @@ def objective_group(core: CMMCorePlus) -> str:
     (or the error naming the candidate groups) come from
     :func:`acquisition.roles.decide_objective_group`.
     """
-    from .roles import RoleError, decide_objective_group
+    from .roles import decide_objective_group
 
-    try:
-        return decide_objective_group(core).group
-    except RoleError as e:
-        logger.info("no objective group: %s", e)
-        return ""
+    return _decided_group(decide_objective_group, core, "objective")
 
 
 def channel_group(core: CMMCorePlus) -> str:
@@ -670,12 +666,18 @@ def channel_group(core: CMMCorePlus) -> str:
     (or the error naming the candidate groups) come from
     :func:`acquisition.roles.decide_channel_group`.
     """
-    from .roles import RoleError, decide_channel_group
+    from .roles import decide_channel_group
+
+    return _decided_group(decide_channel_group, core, "channel")
+
+
+def _decided_group(decide: Any, core: CMMCorePlus, role: str) -> str:
+    from .roles import RoleError
 
     try:
-        return decide_channel_group(core).group
+        return str(decide(core).group)
     except RoleError as e:
-        logger.info("no channel group: %s", e)
+        logger.info("no %s group: %s", role, e)
         return ""
 
 

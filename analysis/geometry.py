@@ -1,27 +1,9 @@
 """Placement of reduced camera tiles on stage-aligned grids (and the pixel-size affine, re-exported).
 
-The pixel-size affine
----------------------
-Micro-Manager describes how the camera sits on the stage by the pixel-size
-affine (``core.getPixelSizeAffine()`` → ``(a, b, c, d, e, f)``). CordScope
-uses its 2 × 2 part ``A = [[a, b], [d, e]]`` (µm per pixel, binning applied;
-``c`` and ``f`` are ignored): the stage displacement of a pixel offset
-``(u, v)`` from the image centre (``u`` along columns, ``v`` along rows) is::
-
-    dx = a·u + b·v,    dy = d·u + e·v
-
-with pixel centres at ``u = c + 0.5 − W/2``, ``v = r + 0.5 − H/2`` for the
-pixel in row ``r``, column ``c`` of an ``(H, W)`` image. An identity affine
-``(1, 0, 0, 0, 1, 0)`` in a config means "not set": then ``A = p·I`` with
-``p`` the pixel size (:func:`affine_from_core`). Scan files store ``A`` per
-section as the attribute ``pixel_affine_um`` (JSON ``[[a, b], [d, e]]``);
-files without it mean ``pixel_size_um · I`` (:func:`affine_from_attr`). The
-pixel size is ``sqrt(|det A|)``.
-
-Rotations by multiples of 90° and mirrors (``A`` a scaled signed
-permutation) are exact: an image in the camera's frame turns into the stage
-frame by transposes and flips (:func:`to_stage_orientation`, views, no
-copy). Any other ``A`` (a camera rotated by 1–2°, say) needs resampling.
+The pixel-size affine's convention (Micro-Manager's ``A = [[a, b], [d, e]]``,
+µm per pixel step) and the pixel ↔ stage conversions live in
+:mod:`acquisition.pixel_geometry`, shared with acquisition; they are
+re-exported here for the analysis.
 
 Reduced tiles on a stage grid
 -----------------------------

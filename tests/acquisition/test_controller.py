@@ -14,6 +14,7 @@ from acquisition.demo import find_demo_hub
 from acquisition.demo.plans import demo_plan
 from acquisition.engine import DeviceTimeoutError, call_with_watchdog
 from acquisition.plan import PlanError
+from acquisition.session import ScanSession
 from acquisition.storage import ScanFile, StorageError
 from tests.conftest import make_demo_core
 
@@ -101,18 +102,18 @@ def test_existing_output_is_refused_unless_overwrite(core, tmp_path):
 
 def test_pause_stops_progress_and_resume_finishes(wait_until, core, tmp_path):
     path = tmp_path / "scan.h5"
-    controller = ScanController(core, small_plan(path))
+    session = ScanSession(core, small_plan(path))
     started = threading.Event()
-    controller.events.tile_stored.connect(lambda *_: started.set())
-    controller.start()
+    session.events.tile_stored.connect(lambda *_: started.set())
+    session.start()
     assert started.wait(30)
-    controller.pause()
-    wait_until(lambda: controller.state == "paused" and core.mda.is_paused())
-    frozen = controller.progress().tiles_done
-    wait_until(lambda: controller.progress().tiles_done == frozen, stable_s=0.5)
-    assert controller.progress().tiles_done < controller.progress().tiles_total
-    controller.resume_scanning()
-    result = controller.wait(60)
+    session.pause()
+    wait_until(lambda: session.state == "paused" and core.mda.is_paused())
+    frozen = session.progress().tiles_done
+    wait_until(lambda: session.progress().tiles_done == frozen, stable_s=0.5)
+    assert session.progress().tiles_done < session.progress().tiles_total
+    session.resume_scanning()
+    result = session.wait(60).scan
     assert result.state == "finished" and result.complete
 
 
@@ -200,10 +201,10 @@ def test_dead_camera_does_not_hang_the_scan(core, tmp_path):
     core.setProperty("Camera", "Hang_s", 4.0)
     path = tmp_path / "scan.h5"
     plan = small_plan(path, sections=("rat01-Th7",), tile_timeout_s=0.5, max_retries=1)
-    controller = ScanController(core, plan)
+    session = ScanSession(core, plan)
     t0 = time.monotonic()
-    controller.start()
-    result = controller.wait(60)
+    session.start()
+    result = session.wait(60).scan
     assert time.monotonic() - t0 < 3.5  # gave up before the camera came back
     assert result.state == "aborted"
     assert "not answering" in result.message and "--resume" in result.message

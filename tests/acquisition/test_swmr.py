@@ -21,8 +21,8 @@ import h5py
 import numpy as np
 import pytest
 
-from acquisition.controller import ScanController
 from acquisition.demo.plans import demo_plan
+from acquisition.session import ScanSession
 from acquisition.storage import ScanFile, ScanWriter, StorageError
 from tests.conftest import make_demo_core
 
@@ -79,8 +79,8 @@ def test_a_reader_process_polls_a_running_scan_and_never_sees_half_written_tiles
     try:
         # Slow stage moves stretch the scan over a few seconds, so the reader catches it mid-way.
         core.setProperty("XYStage", "Speed_um_per_s", 40_000.0)
-        controller = ScanController(core, plan)
-        controller.start()
+        session = ScanSession(core, plan)
+        session.start()
         deadline = time.monotonic() + 60
         while not (path.exists() and _done(path) >= 3):
             assert time.monotonic() < deadline, "the scan wrote no tiles"
@@ -103,8 +103,8 @@ def test_a_reader_process_polls_a_running_scan_and_never_sees_half_written_tiles
             env=_env(),
             timeout=60,
         )
-        scan_running = controller.state not in {"finished", "aborted", "failed"}
-        result = controller.wait()
+        scan_running = session.state not in {"done", "failed"}
+        result = session.wait().scan
     finally:
         stop.touch()
         core.close()

@@ -12,7 +12,6 @@ import pytest
 from PyQt6.QtCore import Qt
 from PyQt6.QtWidgets import QFileDialog
 
-from acquisition.controller import ScanController
 from acquisition.demo.plans import demo_plan
 from acquisition.plan import load_plan
 from acquisition.session import ScanSession
@@ -41,15 +40,13 @@ def scans(tmp_path_factory) -> Iterator[dict[str, Path]]:
         done = folder / "done.h5"
         assert ScanSession(core, _plan(done), analysis=AnalysisProcess).run().complete
         partial = folder / "partial.h5"
-        controller = ScanController(core, _plan(partial))
+        session = ScanSession(core, _plan(partial))
         enough = threading.Event()
-        controller.events.tile_stored.connect(
-            lambda stored: enough.set() if stored.tile_index >= 40 else None
-        )
-        controller.start()
+        session.events.tile_stored.connect(lambda stored: enough.set() if stored.tile_index >= 40 else None)
+        session.start()
         assert enough.wait(60)
-        controller.abort("test")
-        assert controller.wait(60).state == "aborted"
+        session.abort("test")
+        assert session.wait(60).scan.state == "aborted"
     finally:
         core.close()
     yield {"done": done, "partial": partial}
