@@ -19,9 +19,10 @@ z-stack at the objective of the scan:
 
 1. Background per plane: the median (beads cover a tiny fraction of the
    frame); noise σ from adjacent-pixel differences (as the tile analysis).
-2. Beads: local maxima of the maximum projection more than ``min_snr``
-   noise σ above the background, with no other maximum within
-   ``isolation_um`` and not closer than that to the frame's edge.
+2. Beads: local maxima of the maximum projection (found after a 1-pixel
+   Gaussian smoothing, so noise on a bead's shoulders makes no maximum) more
+   than ``min_snr`` noise σ above the background, with no other maximum
+   within ``isolation_um`` and not closer than that to the frame's edge.
 3. Per bead, the plane where its 3 × 3 mean is brightest (best focus), and
    there a least-squares fit of a 2-D Gaussian plus constant to a
    ``(2R+1)²`` patch: sub-pixel centre, amplitude and width. Beads whose fit
@@ -204,7 +205,7 @@ def _box_gaussian_profile(sigma_um: float, pixel_size_um: float) -> tuple[F64, F
     p = pixel_size_um
     s = max(sigma_um, 1e-3 * p)
     reach = 4.0 * math.sqrt(s * s + p * p / 12.0) + p
-    step = min(p, s) / 12.0
+    step = max(min(p, s), p / 4.0) / 12.0  # a σ far below the pixel: the box sets the scale
     n = math.ceil(reach / step)
     t = np.arange(-n, n + 1) * step
     g = 0.5 * (erf((t + p / 2) / (s * math.sqrt(2))) - erf((t - p / 2) / (s * math.sqrt(2))))
@@ -356,13 +357,16 @@ def measure_psf_from_beads(
     sigma_noise = min(_noise_sigma(plane) for plane in stack)
     top = stack.max(axis=0)
     half = max(3, math.ceil(isolation_um / p))
-    peaks = (top == ndi.maximum_filter(top, size=3)) & (top > min_snr * sigma_noise)
+    # maxima of the lightly smoothed projection: noise on a bead's shoulders makes no maximum
+    smooth_top = ndi.gaussian_filter(top, 1.0)
+    sigma_smooth = sigma_noise / (2.0 * math.sqrt(math.pi))
+    local_max = smooth_top == ndi.maximum_filter(smooth_top, size=3)
+    peaks = local_max & (top > min_snr * sigma_noise)
     r, c = np.nonzero(peaks)
     h, w = top.shape
     inside = (r >= half) & (r < h - half) & (c >= half) & (c < w - half)
-    # isolation: count every maximum (even below min_snr) above 3 σ, so a faint neighbour also counts
-    bumps = (top == ndi.maximum_filter(top, size=3)) & (top > 3.0 * sigma_noise)
-    br, bc = np.nonzero(bumps)
+    # isolation: every maximum 5 σ above the smoothed noise counts, so a faint neighbour counts too
+    br, bc = np.nonzero(local_max & (smooth_top > 5.0 * sigma_smooth))
     isolated = np.ones(len(r), dtype=bool)
     for i, (ri, ci) in enumerate(zip(r, c, strict=True)):
         d2 = (br - ri) ** 2 + (bc - ci) ** 2

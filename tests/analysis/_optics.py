@@ -74,6 +74,18 @@ def render(
     step = pixel_size_um / ss
     fine = np.zeros((h * ss, w * ss))
     for o in objects:
+        if o.a_um < step:
+            # a point (a bead): its flux split bilinearly over the four nearest sub-pixels
+            fr, fc = (o.row + 0.5) * ss - 0.5, (o.col + 0.5) * ss - 0.5
+            r0, c0 = math.floor(fr), math.floor(fc)
+            tr, tc = fr - r0, fc - c0
+            flux = o.brightness * o.area_um2 / (step * step)
+            if 0 <= r0 and r0 + 1 < h * ss and 0 <= c0 and c0 + 1 < w * ss:
+                fine[r0, c0] += flux * (1 - tr) * (1 - tc)
+                fine[r0 + 1, c0] += flux * tr * (1 - tc)
+                fine[r0, c0 + 1] += flux * (1 - tr) * tc
+                fine[r0 + 1, c0 + 1] += flux * tr * tc
+            continue
         reach = o.a_um / step + 2
         r0 = max(0, int((o.row + 0.5) * ss - reach))
         r1 = min(h * ss, int((o.row + 0.5) * ss + reach) + 1)
