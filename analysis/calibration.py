@@ -46,15 +46,19 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from analysis.flatfield import FlatField, read_flat, write_flat
-from analysis.psf import PointSpreadFunction, read_psf, write_psf
+from analysis.object_size import ObjectSizeModel, object_size_model
+from analysis.psf import PointSpreadFunction, PSFError, gaussian_psf, read_psf, write_psf
+from analysis.settings import AnalysisSettings
 from analysis.tile import block_reduce_mean
 
 __all__ = [
+    "AppliedCalibration",
     "CalibrationError",
     "DarkCalibration",
     "FlagSummary",
     "ScanCalibration",
     "TileFlags",
+    "applied_calibration",
     "measure_dark",
     "read_scan_calibration",
     "summarise_flags",
@@ -398,3 +402,130 @@ def read_scan_calibration(group: h5py.Group) -> ScanCalibration:
     psf = read_psf(group["psf"]) if "psf" in group else None
     notes = json.loads(str(group.attrs["summary_json"])).get("notes", {})
     return ScanCalibration(darks=darks, flats=flats, psf=psf, notes=notes)
+
+
+# ------------------------------------------------------- what a scan applies
+
+
+@dataclass(frozen=True, eq=False)
+class AppliedCalibration:
+    """What the analysis of one scan applies, decided once from its settings and calibration.
+
+    Attributes
+    ----------
+    dark_offsets_adu : tuple of float
+        Offset per channel, in tile order.
+    flat_fields : tuple of (H, W) float32 or None
+        Flat field per channel (None: not flat-fielded).
+    size_model : ObjectSizeModel or None
+        Object-size model of the tracer channel (None: apparent areas, or
+        the fixed-fraction rule).
+    warnings : tuple of str
+        One line per thing that could not be calibrated and what was done
+        instead (for the log, the scan summary and ``cordscope info``).
+    description : dict
+        JSON-ready record of where each number came from (for the analysis
+        parameters written with the results).
+    """
+
+    dark_offsets_adu: tuple[float, ...]
+    flat_fields: tuple[F32 | None, ...]
+    size_model: ObjectSizeModel | None
+    warnings: tuple[str, ...]
+    description: dict[str, object]
+
+
+def applied_calibration(
+    settings: AnalysisSettings,
+    calibration: ScanCalibration | None,
+    *,
+    channel_names: tuple[str, ...],
+    tile_shape: tuple[int, int],
+    pixel_size_um: float,
+) -> AppliedCalibration:
+    """Decide the dark offsets, flat fields and object-size model a scan's analysis uses.
+
+    * Offsets: the dark frames' per channel (``dark_offset_from:
+      dark_frames``), the plan's ``dark_offset_adu`` where a channel has
+      none (with a warning), or the plan's for all (``plan``).
+    * Flat fields: the calibration's per channel, if its shape matches the tiles.
+    * Object size: the calibration's PSF (beads) at this pixel size, else
+      the plan's ``psf_sigma_um`` (a Gaussian, with ``size_offset_um2``),
+      else none (objects keep their apparent area; a warning says so).
+      ``edge_rule: fixed_fraction`` uses no model.
+
+    Parameters
+    ----------
+    settings : AnalysisSettings
+    calibration : ScanCalibration or None
+        The scan file's calibration (None for files without one).
+    channel_names : tuple of str
+        Channels in tile order.
+    tile_shape : (H, W)
+    pixel_size_um : float
+        Tile pixel size (µm).
+    """
+    cal = calibration or ScanCalibration()
+    warnings: list[str] = []
+    offsets: list[float] = []
+    offset_source: dict[str, str] = {}
+    for name in channel_names:
+        dark = cal.darks.get(name)
+        if settings.dark_offset_from == "plan":
+            offsets.append(settings.dark_offset_adu)
+            offset_source[name] = "plan"
+        elif dark is not None:
+            offsets.append(dark.offset_adu)
+            offset_source[name] = "dark_frames"
+        else:
+            offsets.append(settings.dark_offset_adu)
+            offset_source[name] = "plan_fallback"
+            warnings.append(
+                f"{name}: no dark frames in the file; subtracting the plan's dark_offset_adu "
+                f"{settings.dark_offset_adu:g} ADU, which is right only for the camera it was read from"
+            )
+    flats: list[F32 | None] = []
+    for name in channel_names:
+        flat = cal.flats.get(name)
+        if flat is not None and flat.image.shape != tuple(tile_shape):
+            warnings.append(
+                f"{name}: the flat field is {flat.image.shape}, the tiles {tuple(tile_shape)}: not used"
+            )
+            flat = None
+        flats.append(None if flat is None else flat.image)
+    model: ObjectSizeModel | None = None
+    size_source = "fixed_fraction" if settings.edge_rule == "fixed_fraction" else "none"
+    if settings.edge_rule == "object_size":
+        psf = cal.psf
+        if psf is not None:
+            try:
+                model = object_size_model(psf, pixel_size_um=pixel_size_um, settings=settings.segmentation())
+                size_source = f"psf:{psf.source}"
+            except PSFError as e:
+                warnings.append(f"tracer PSF not used: {e}")
+        if model is None and settings.psf_sigma_um is not None:
+            plan_psf = gaussian_psf(settings.psf_sigma_um, pixel_size_um=pixel_size_um, source="plan")
+            model = object_size_model(
+                plan_psf.with_size_offset(settings.size_offset_um2),
+                pixel_size_um=pixel_size_um,
+                settings=settings.segmentation(),
+            )
+            size_source = "psf:plan"
+        if model is None:
+            warnings.append(
+                "no PSF calibration: axon objects keep their apparent (blurred) area, too large for "
+                "puncta near the resolution; image beads (cordscope calibrate) or set psf_sigma_um"
+            )
+    return AppliedCalibration(
+        dark_offsets_adu=tuple(offsets),
+        flat_fields=tuple(flats),
+        size_model=model,
+        warnings=tuple(warnings),
+        description={
+            "dark_offset_adu": dict(zip(channel_names, offsets, strict=True)),
+            "dark_offset_source": offset_source,
+            "flat_fielded": [n for n, f in zip(channel_names, flats, strict=True) if f is not None],
+            "object_size": size_source,
+            "size_model": None if model is None else model.summary(),
+        },
+    )

@@ -87,6 +87,29 @@ class AnalysisSettings(BaseModel):
         "trusted (the tile stays at its requested position).",
     )
 
+    edge_rule: Literal["object_size", "fixed_fraction"] = Field(
+        default="object_size",
+        description="object_size: each object's edge from its physical size through the PSF's "
+        "object-size model (analysis.object_size); fixed_fraction: the former rule, edge at "
+        "edge_fraction of the local plateau for every object.",
+    )
+    dark_offset_from: Literal["dark_frames", "plan"] = Field(
+        default="dark_frames",
+        description="dark_frames: the offset measured from the scan's dark frames per channel "
+        "(dark_offset_adu only when a file has none, with a warning); plan: dark_offset_adu as given.",
+    )
+    psf_sigma_um: float | None = Field(
+        default=None,
+        gt=0,
+        description="Gaussian σ (µm) of the tracer channel's optical PSF, when no bead calibration "
+        "is at hand; a measured PSF (cordscope calibrate) wins over it.",
+    )
+    size_offset_um2: float = Field(
+        default=0.0,
+        description="Area (µm²) subtracted from every object, measured on size-standard beads "
+        "(analysis.object_size.measure_size_offset); with psf_sigma_um only.",
+    )
+
     def segmentation(self) -> AxonSegmentationSettings:
         """The per-tile segmentation settings."""
         return AxonSegmentationSettings(
@@ -94,7 +117,7 @@ class AnalysisSettings(BaseModel):
             threshold_method=self.threshold_method,
             noise_k_sigma=self.noise_k_sigma,
             threshold_adu=self.threshold_adu,
-            edge_fraction=self.edge_fraction,
+            edge_fraction=self.edge_fraction if self.edge_rule == "fixed_fraction" else None,
             min_area_um2=self.min_axon_area_um2,
         )
 

@@ -10,6 +10,7 @@ from scipy import ndimage as ndi
 from analysis.calibration import (
     CalibrationError,
     ScanCalibration,
+    applied_calibration,
     measure_dark,
     read_scan_calibration,
     summarise_flags,
@@ -194,3 +195,73 @@ def test_calibration_round_trips_through_hdf5(tmp_path):
     assert back.darks["tdTomato"].offset_adu == pytest.approx(dark.offset_adu, abs=1e-4)
     with h5py.File(tmp_path / "scan.h5", "r") as f, pytest.raises(CalibrationError, match="not a CordScope"):
         read_scan_calibration(f["calibration/dark"])
+
+
+# ------------------------------------------------------- what a scan applies
+
+
+def a_calibration(rng) -> ScanCalibration:
+    dark = measure_dark(
+        dark_frames(rng, offset=20.4, read_noise=1.1, bits=8), channel="tdTomato", exposure_ms=50, bit_depth=8
+    )
+    frames = np.stack(
+        [optics.Camera().expose(40.0 * optics.vignetting(SHAPE, 0.12), 20.0, rng) for _ in range(2)]
+    )
+    flat = flat_from_blank(frames, dark_offset_adu=500.0, channel="tdTomato")
+    return ScanCalibration(
+        darks={"tdTomato": dark}, flats={"tdTomato": flat}, psf=gaussian_psf(0.4, pixel_size_um=0.65)
+    )
+
+
+@pytest.mark.parametrize(
+    ("settings", "offsets", "size", "n_warnings"),
+    [
+        pytest.param({}, (100.0, 20.4), "psf:gaussian", 1, id="measured-offset-psf-from-file"),
+        pytest.param({"dark_offset_from": "plan"}, (100.0, 100.0), "psf:gaussian", 0, id="plan-fixes-offset"),
+        pytest.param({"edge_rule": "fixed_fraction"}, (100.0, 20.4), "fixed_fraction", 1, id="former-rule"),
+    ],
+)
+def test_applied_calibration_says_where_each_number_comes_from(settings, offsets, size, n_warnings):
+    from analysis.settings import AnalysisSettings
+
+    applied = applied_calibration(
+        AnalysisSettings(**settings),
+        a_calibration(np.random.default_rng(7)),
+        channel_names=("DAPI", "tdTomato"),
+        tile_shape=SHAPE,
+        pixel_size_um=0.65,
+    )
+    assert applied.dark_offsets_adu == pytest.approx(offsets, abs=0.06)
+    assert applied.flat_fields[0] is None and applied.flat_fields[1].shape == SHAPE
+    assert applied.description["object_size"] == size
+    assert (applied.size_model is None) == (size == "fixed_fraction")
+    assert len(applied.warnings) == n_warnings
+    if n_warnings and settings.get("dark_offset_from") != "plan":
+        assert "DAPI: no dark frames" in applied.warnings[0]
+
+
+def test_without_any_calibration_the_analysis_says_so():
+    from analysis.settings import AnalysisSettings
+
+    bare = applied_calibration(
+        AnalysisSettings(), None, channel_names=("tdTomato",), tile_shape=SHAPE, pixel_size_um=0.65
+    )
+    assert bare.size_model is None
+    assert any("no PSF calibration" in w for w in bare.warnings)
+    planned = applied_calibration(
+        AnalysisSettings(psf_sigma_um=0.4),
+        None,
+        channel_names=("tdTomato",),
+        tile_shape=SHAPE,
+        pixel_size_um=0.65,
+    )
+    assert planned.description["object_size"] == "psf:plan" and planned.size_model is not None
+    # a PSF of another objective is not applied, and that is said
+    other = applied_calibration(
+        AnalysisSettings(),
+        ScanCalibration(psf=gaussian_psf(0.4, pixel_size_um=1.625)),
+        channel_names=("tdTomato",),
+        tile_shape=SHAPE,
+        pixel_size_um=0.65,
+    )
+    assert other.size_model is None and any("PSF not used" in w for w in other.warnings)
