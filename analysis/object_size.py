@@ -151,12 +151,14 @@ class ObjectSizeModel:
         (n,) float64, ≥ 0
         """
         a = np.maximum(np.asarray(apparent_area_px, dtype=np.float64), 1e-3)
-        asp = np.maximum(np.asarray(aspect, dtype=np.float64), 1.0)
+        asp = np.asarray(aspect, dtype=np.float64)
+        asp = np.where(np.isfinite(asp), np.maximum(asp, 1.0), 1.0)
         out = a * np.exp(_bilinear(self.extended, np.log(a), np.log(asp), _GRID_LOG_AREA, _GRID_LOG_ASPECT))
         m = np.asarray(moment_size_px2, dtype=np.float64)
-        compact = np.isfinite(m)
+        compact = np.isfinite(m) & (m > 0)
         if compact.any():
-            m_asp = np.maximum(np.asarray(moment_aspect, dtype=np.float64)[compact], 1.0)
+            m_asp = np.asarray(moment_aspect, dtype=np.float64)[compact]
+            m_asp = np.where(np.isfinite(m_asp), np.maximum(m_asp, 1.0), 1.0)
             out[compact] = np.exp(
                 _bilinear(self.compact, np.log(m[compact]), np.log(m_asp), _GRID_LOG_MOMENT, _GRID_LOG_ASPECT)
             )

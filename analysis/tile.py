@@ -108,9 +108,9 @@ from typing import Literal, Protocol
 import numpy as np
 from numpy.lib.stride_tricks import as_strided, sliding_window_view
 from numpy.typing import ArrayLike, NDArray
-from scipy import ndimage as ndi
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
+from skimage.measure import label as label_components
 
 __all__ = [
     "AxonObjects",
@@ -589,32 +589,33 @@ def _segment(
     mask_full = np.zeros((geo.height, geo.width), dtype=bool)
     blocks = _active_blocks(work, lattice, geo, threshold)
     block_background = _BlockBackground.for_lattice(lattice, geo)
-    cand: list[Bool] = []
-    ratio: list[F32] = []
-    sig: list[F32] = []
+    b = geo.block_px
+    n = len(blocks)
+    # per block core: candidate, local plateau, signal (written chunk by chunk, no copies)
+    cand = np.empty((n, b, b), dtype=bool)
+    plateau = np.empty((n, b, b), dtype=np.float32)
+    sig = np.empty((n, b, b), dtype=np.float32)
     # chunks of blocks small enough that every intermediate stays in cache (2-3x faster)
-    for start in range(0, len(blocks), _CHUNK_BLOCKS):
+    for start in range(0, n, _CHUNK_BLOCKS):
         chunk = blocks[start : start + _CHUNK_BLOCKS]
-        signal = _gather(work, chunk, geo.block_px, geo.halo_px)
+        signal = _gather(work, chunk, b, geo.halo_px)
         signal -= block_background(chunk)
-        core_mask, core_ratio, core_signal = _segment_blocks(
-            signal, chunk, threshold, base, geo, frame, smooth=not fixed
+        at = slice(start, start + len(chunk))
+        _segment_blocks(
+            signal, chunk, threshold, base, geo, frame, smooth=not fixed, out=(cand[at], plateau[at], sig[at])
         )
-        cand.append(core_mask)
-        ratio.append(core_ratio)
-        sig.append(core_signal)
     if fixed:
         rule = f"fraction:{settings.edge_fraction:g}"
     elif size_model is not None:
         rule = f"size_model:{size_model.source}"
     else:
         rule = "apparent_area"
-    if not cand:
+    if n == 0:
         return mask_full, AxonObjects.empty(), rule
     keep_stack, objects = _objects(
-        np.concatenate(cand),
-        np.concatenate(ratio),
-        np.concatenate(sig),
+        cand,
+        plateau,
+        sig,
         blocks,
         geo,
         fixed=fixed,
@@ -905,12 +906,13 @@ def _segment_blocks(
     frame: tuple[int, int],
     *,
     smooth: bool,
-) -> tuple[Bool, F32, F32]:
-    """Candidate region, plateau ratio and signal of each block's core.
+    out: tuple[Bool, F32, F32],
+) -> None:
+    """Candidate region, local plateau and signal of each block's core.
 
     The local plateau ``P`` is the maximum within ``plateau_px`` of the
     signal smoothed by a 3 × 3 binomial kernel (``smooth``), or of its
-    5-pixel cross erosion (the fixed-fraction rule).
+    5-pixel cross erosion (the fixed-fraction rule), at least ``T``.
 
     ``signal`` is (n, S, S), ``S = B + 2·halo``, background-subtracted,
     C-contiguous. The stencils run on the flat array with offsets (``±1`` a
@@ -919,14 +921,8 @@ def _segment_blocks(
     the halo, which is never read back. Core pixels outside the frame
     (``frame`` = (H, W)) are cleared.
 
-    Returns
-    -------
-    candidate : (n, B, B) bool
-        ``s > max(T, base · P)``.
-    ratio : (n, B, B) float32
-        ``s / max(P, T)``: the pixel's signal relative to its local plateau.
-    core_signal : (n, B, B) float32
-        ``s`` (a view of ``signal``).
+    ``out`` receives, each (n, B, B): the candidate ``s > max(T, base · P)``,
+    ``P``, and the core's signal ``s``.
     """
     n, size, _ = signal.shape
     halo, b = geo.halo_px, geo.block_px
@@ -954,16 +950,16 @@ def _segment_blocks(
     start = (geo.plateau_px + 1) * (row + 1)  # plateau[i] is centred on pixel i + start
     full = np.empty(total, dtype=np.float32)
     full[start : start + plateau.size] = plateau
-    core_plateau = np.maximum(full.reshape(n, size, size)[core], level)
-    ratio = np.divide(core_signal, core_plateau)
+    candidate, core_plateau, core_out = out
+    np.maximum(full.reshape(n, size, size)[core], level, out=core_plateau)
+    core_out[...] = core_signal
     if base > 0.0:
         cut = core_plateau * np.float32(base)
         np.maximum(cut, level, out=cut)
-        candidate = core_signal > cut
+        np.greater(core_signal, cut, out=candidate)
     else:
-        candidate = core_signal > level
+        np.greater(core_signal, level, out=candidate)
     _clear_outside(candidate, blocks, b, frame)
-    return candidate, ratio, core_signal
 
 
 def _clear_outside(mask: Bool, blocks: NDArray[np.intp], block: int, frame: tuple[int, int]) -> None:
@@ -986,10 +982,6 @@ def _block_view(full: Bool, block: int) -> Bool:
 
 def _scatter(full: Bool, core_mask: Bool, blocks: NDArray[np.intp], block: int) -> None:
     _block_view(full, block)[blocks[:, 0], blocks[:, 1]] = core_mask
-
-
-_PLANE8 = np.zeros((3, 3, 3), dtype=bool)
-_PLANE8[1] = True  # 8-connected within a block, blocks independent
 
 
 def _object_ids(labels: NDArray[np.int32], n_labels: int, blocks: NDArray[np.intp]) -> NDArray[np.int64]:
@@ -1046,7 +1038,7 @@ def _object_ids(labels: NDArray[np.int32], n_labels: int, blocks: NDArray[np.int
 
 def _objects(
     candidate: Bool,
-    ratio: F32,
+    plateau: F32,
     signal: F32,
     blocks: NDArray[np.intp],
     geo: _Geometry,
@@ -1059,21 +1051,28 @@ def _objects(
 ) -> tuple[Bool, AxonObjects]:
     """Objects of the candidate region, each cut at the level that gives it its area.
 
-    ``candidate``, ``ratio`` and ``signal`` are the blocks' cores (n, B, B);
+    ``candidate``, ``plateau`` and ``signal`` are the blocks' cores (n, B, B);
     ``work`` and ``lattice`` the (padded) tile and its background, read
     around compact objects for their moments. Returns the final mask of the
     cores and the kept objects.
     """
-    labels, n_labels = ndi.label(candidate, structure=_PLANE8)
+    n, b, _ = candidate.shape
+    # blocks one under the other, a blank row between: one 2-D labelling keeps blocks apart
+    strip = np.zeros((n, b + 1, b), dtype=bool)
+    strip[:, :b] = candidate
+    strip_labels = label_components(strip.reshape(-1, b), connectivity=2).reshape(n, b + 1, b)
+    labels = strip_labels[:, :b]
+    n_labels = int(strip_labels.max())
     if n_labels == 0:
         return candidate, AxonObjects.empty()
     object_of = _object_ids(labels, n_labels, blocks)
-    k, r, c = np.nonzero(candidate)
-    obj = object_of[labels[k, r, c]]
-    u = ratio[k, r, c]
-    s = signal[k, r, c]
+    idx = np.flatnonzero(candidate)
+    k, rest = np.divmod(idx, b * b)
+    r, c = np.divmod(rest, b)
+    obj = object_of[strip_labels.reshape(-1)[k * ((b + 1) * b) + rest]]
+    s = signal.reshape(-1)[idx]
+    u = s / plateau.reshape(-1)[idx]  # the pixel's signal relative to its local plateau
     n_obj = int(obj.max()) + 1
-    b = geo.block_px
     rows = blocks[k, 0] * b + r
     cols = blocks[k, 1] * b + c
     n_cand = np.bincount(obj, minlength=n_obj)
@@ -1124,7 +1123,7 @@ def _objects(
         keep &= ~small[obj]
         n_final[small] = 0
     final = np.zeros_like(candidate)
-    final[k[keep], r[keep], c[keep]] = True
+    final.reshape(-1)[idx[keep]] = True
     kept = np.flatnonzero(~small)
     signal_sum = np.asarray(
         np.bincount(obj[keep], weights=s[keep].astype(np.float64), minlength=n_obj), dtype=np.float64
@@ -1144,12 +1143,16 @@ def _objects(
 
 
 def _aspect(vrr: F64, vcc: F64, vrc: F64) -> F64:
-    """Ratio of principal axes from second moments; + 1/12 px² each: a pixel's own spread."""
-    vrr = vrr + 1.0 / 12.0
-    vcc = vcc + 1.0 / 12.0
+    """Ratio of principal axes from second moments; + 1/12 px² each: a pixel's own spread.
+
+    Moments that describe no ellipse (noise on a dim object) give 1.
+    """
+    vrr = np.maximum(vrr, 0.0) + 1.0 / 12.0
+    vcc = np.maximum(vcc, 0.0) + 1.0 / 12.0
     mean_v = 0.5 * (vrr + vcc)
     spread = np.sqrt(0.25 * (vrr - vcc) ** 2 + vrc * vrc)
-    return np.asarray(np.sqrt((mean_v + spread) / np.maximum(mean_v - spread, 1e-12)), dtype=np.float64)
+    ratio = np.sqrt((mean_v + spread) / np.maximum(mean_v - spread, 1e-12))
+    return np.asarray(np.where(np.isfinite(ratio), ratio, 1.0), dtype=np.float64)
 
 
 def _moments(
@@ -1212,8 +1215,12 @@ def _moments(
     myy = weighted(wy * oy * oy, wx) / m0
     mxx = weighted(wy, wx * ox * ox) / m0
     mxy = weighted(wy * oy, wx * ox) / m0
-    det = np.maximum(myy * mxx - mxy * mxy, 1e-12)
-    return np.sqrt(det), _aspect(myy - 1.0 / 12.0, mxx - 1.0 / 12.0, mxy)
+    det = myy * mxx - mxy * mxy
+    # a window whose weighted signal is not a positive bump (noise, a brighter neighbour's
+    # shoulder) has no moment size: the object is sized by its apparent area instead
+    ok = (det > 0) & (myy > 0) & (mxx > 0) & (m0 > 1e-9)
+    size = np.where(ok, np.sqrt(np.where(ok, det, 1.0)), np.nan)
+    return size, _aspect(myy - 1.0 / 12.0, mxx - 1.0 / 12.0, mxy)
 
 
 def _levels(obj: NDArray[np.int64], u: F32, target: F64, n_obj: int) -> F64:
