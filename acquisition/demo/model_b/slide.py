@@ -3,8 +3,8 @@
 See the package docstring for the image model. Truth records reuse model A's
 dataclasses (:class:`~acquisition.demo.slide.SectionSpec`,
 :class:`~acquisition.demo.slide.SectionTruth`,
-:class:`~acquisition.demo.slide.RegionTruth`), which are plain data; nothing
-of model A's geometry or rendering is used.
+:class:`~acquisition.demo.slide.RegionTruth`, ``FocusBump``, ``Beads``),
+which are plain data; nothing of model A's geometry or rendering is used.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from shapely.geometry import MultiPolygon, Polygon, box
 from shapely.geometry.base import BaseGeometry
 from skimage.draw import polygon as fill_polygon
 
-from acquisition.demo.slide import RegionTruth, SectionSpec, SectionTruth
+from acquisition.demo.slide import Beads, FocusBump, RegionTruth, SectionSpec, SectionTruth
 
 from . import objects as ob
 from . import optics
@@ -216,44 +216,6 @@ class ModelBAxonObjects:
     strip_height_um: float
 
 
-@dataclass(frozen=True)
-class FocusBump:
-    """A local deviation of the focal surface (a bubble or a fold).
-
-    ``z += amplitude · exp(−½ (a²/σ_major² + b²/σ_minor²))`` with ``(a, b)``
-    the offset rotated by ``angle_deg``.
-    """
-
-    section_id: str
-    kind: str
-    x_um: float
-    y_um: float
-    amplitude_um: float
-    sigma_major_um: float
-    sigma_minor_um: float
-    angle_deg: float
-
-
-@dataclass(frozen=True, eq=False)
-class Beads:
-    """Sub-resolution fluorescent beads of the bead area (tracer channel only).
-
-    Attributes
-    ----------
-    xy_um : (N, 2) float array
-    diameter_um : float
-    area_um : (xmin, ymin, xmax, ymax)
-        The bead area's stage rectangle.
-    isolated : (N,) bool array
-        No other bead within 5 µm.
-    """
-
-    xy_um: F64
-    diameter_um: float
-    area_um: tuple[float, float, float, float]
-    isolated: NDArray[np.bool_]
-
-
 # ============================================================ focal surface
 
 
@@ -282,12 +244,12 @@ class FocalSurface:
         out = np.zeros(np.broadcast(x, y).shape)
         if not self.bumps_on:
             return out
-        for b in self.bumps:
-            c, s = math.cos(math.radians(b.angle_deg)), math.sin(math.radians(b.angle_deg))
-            dx, dy = x - b.x_um, y - b.y_um
-            a = (c * dx + s * dy) / b.sigma_major_um
-            bb = (-s * dx + c * dy) / b.sigma_minor_um
-            out = out + b.amplitude_um * np.exp(-0.5 * (a * a + bb * bb))
+        for bump in self.bumps:
+            c, s = math.cos(math.radians(bump.angle_deg)), math.sin(math.radians(bump.angle_deg))
+            dx, dy = x - bump.x_um, y - bump.y_um
+            a = (c * dx + s * dy) / bump.sigma_major_um
+            b = (-s * dx + c * dy) / bump.sigma_minor_um
+            out = out + bump.amplitude_um * np.exp(-0.5 * (a * a + b * b))
         return out
 
     def z_um(self, x: F64, y: F64) -> F64:
