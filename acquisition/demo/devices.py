@@ -112,6 +112,8 @@ class DemoHub(HubDevice):
         "demo" (the demo slide of ``acquisition.demo.slide``).
     SlideSeed : int
         Seed of the slide's procedural content (nuclei, axons, focus surface).
+    FocusBumps : {"Off", "On"}
+        The slide's local focus bumps (bubbles, folds; see ``VirtualSlide.focus_bumps``).
     """
 
     def __init__(self) -> None:
@@ -126,6 +128,14 @@ class DemoHub(HubDevice):
         self.objective_turret: DemoObjectiveTurret | None = None
         self.register_property("Slide", default_value="demo", allowed_values=("demo",))
         self.register_property("SlideSeed", default_value=2026, property_type=int, setter=DemoHub._set_seed)
+        self._focus_bumps = False
+        self.register_property(
+            "FocusBumps",
+            default_value="Off",
+            allowed_values=("Off", "On"),
+            getter=DemoHub._get_focus_bumps,
+            setter=DemoHub._set_focus_bumps,
+        )
 
     def get_installed_peripherals(self) -> Sequence[tuple[str, str]]:
         """Devices that can hang off this hub."""
@@ -145,6 +155,15 @@ class DemoHub(HubDevice):
     def _set_seed(self, value: int) -> None:
         with self._slide_lock:
             self._slide = None  # rebuilt lazily with the new seed
+
+    def _get_focus_bumps(self) -> str:
+        return "On" if self._focus_bumps else "Off"
+
+    def _set_focus_bumps(self, value: str) -> None:
+        with self._slide_lock:
+            self._focus_bumps = str(value) == "On"
+            if self._slide is not None:
+                self._slide = self._slide.with_focus_bumps(self._focus_bumps)
 
     def register(self, device: object) -> None:
         """Remember a peripheral by its role."""
@@ -169,13 +188,15 @@ class DemoHub(HubDevice):
             if self._slide is None:
                 from .slide import demo_slide
 
-                self._slide = demo_slide(seed=_int_prop(self, "SlideSeed"))
+                self._slide = demo_slide(seed=_int_prop(self, "SlideSeed")).with_focus_bumps(
+                    self._focus_bumps
+                )
             return self._slide
 
     def set_slide(self, slide: VirtualSlide) -> None:
         """Put another virtual slide on the stage (e.g. one animal of a cohort)."""
         with self._slide_lock:
-            self._slide = slide
+            self._slide = slide.with_focus_bumps(self._focus_bumps)
 
     def magnification(self) -> float:
         """Magnification of the objective in the light path."""
