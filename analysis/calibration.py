@@ -7,8 +7,9 @@ Frames taken with the shutter closed at a channel's exposure
 that :func:`analysis.tile.correct_tile` subtracts and the read noise:
 
 * offset: the mean of the pixels of the frames' average that lie within
-  5 robust σ of its median (hot and dead pixels left out; the mean, not the
-  median, so an 8-bit camera's integer levels still give a sub-ADU offset);
+  5 robust σ (of the average: fixed pattern, noise and quantisation) of its
+  median (hot and dead pixels left out; the mean, not the median, so an
+  8-bit camera's integer levels still give a sub-ADU offset);
 * read noise: the robust σ (1.4826 × MAD) of the difference of two frames,
   divided by √2 (temporal noise, fixed pattern cancelled); with a single
   frame, of adjacent-pixel differences. It is the noise of the camera's
@@ -203,7 +204,8 @@ def measure_dark(
     else:
         noise = _quantised_sigma(np.diff(data[0], axis=1)) / math.sqrt(2.0)
     centre = float(np.median(mean))
-    spread = max(noise / math.sqrt(len(data)), 0.5 / math.sqrt(3.0))  # at least the quantisation σ
+    # the average's spread: fixed pattern (per-pixel, per-column offsets), noise, quantisation
+    spread = max(_robust_sigma(mean.ravel()), noise / math.sqrt(len(data)), 0.5 / math.sqrt(3.0))
     good = np.abs(mean - centre) <= 5.0 * spread + 0.5
     offset = float(mean[good].mean())
     # a lit frame: many pixels far from the offset (hot pixels are a few per thousand at most)
