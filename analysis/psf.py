@@ -18,16 +18,18 @@ Sub-resolution fluorescent beads (0.1-0.2 µm) on glass, imaged in a small
 z-stack at the objective of the scan:
 
 1. Background per plane: the median (beads cover a tiny fraction of the
-   frame); noise σ from adjacent-pixel differences (as the tile analysis).
+   frame); noise σ from adjacent-pixel differences (as the tile analysis,
+   the median interpolated within integer bins for 8-bit cameras).
 2. Beads: local maxima of the maximum projection (found after a 1-pixel
    Gaussian smoothing, so noise on a bead's shoulders makes no maximum) more
    than ``min_snr`` noise σ above the background, with no other maximum
    within ``isolation_um`` and not closer than that to the frame's edge.
 3. Per bead, the plane where its 3 × 3 mean is brightest (best focus), and
    there a least-squares fit of a 2-D Gaussian plus constant to a
-   ``(2R+1)²`` patch: sub-pixel centre, amplitude and width. Beads whose fit
-   fails or whose width is an outlier (beyond 3 robust σ of the median:
-   doublets, dirt) are dropped.
+   ``(2R+1)²`` patch: sub-pixel centre, amplitude and width. Spots whose fit
+   fails, narrower than a pixel's own box (hot pixels), fainter than
+   ``min_snr``, or whose width is an outlier (beyond 3 robust σ of the
+   median: doublets, dirt) are dropped.
 4. The profile: every patch pixel gives one sample, distance from its bead's
    fitted centre against value over that bead's amplitude; the samples of
    all beads (at random sub-pixel positions, so the profile is sampled far
@@ -282,10 +284,27 @@ class BeadFit:
     used: NDArray[np.bool_]
 
 
+def _robust_sigma(values: F64) -> float:
+    """1.4826 × the median absolute deviation, the median interpolated within unit bins.
+
+    Integer camera data (an 8-bit camera's noise is a fraction of an ADU)
+    would otherwise give a MAD of exactly 0 or 1.
+    """
+    d = np.abs(values - np.median(values)).ravel()
+    if np.allclose(d, np.rint(d)):
+        counts = np.bincount(np.rint(d).astype(np.int64))
+        half = 0.5 * d.size
+        cum = np.cumsum(counts)
+        k = int(np.searchsorted(cum, half))
+        below = float(cum[k - 1]) if k > 0 else 0.0
+        lower, width = (k - 0.5, 1.0) if k > 0 else (0.0, 0.5)
+        return 1.4826 * (lower + (half - below) / float(counts[k]) * width)
+    return 1.4826 * float(np.median(d))
+
+
 def _noise_sigma(plane: F64) -> float:
     d = np.diff(plane[:, : plane.shape[1] - plane.shape[1] % 2], axis=1)[:, ::2]
-    mad = float(np.median(np.abs(d - np.median(d))))
-    return max(1.4826 * mad / math.sqrt(2.0), 1e-6)
+    return max(_robust_sigma(d) / math.sqrt(2.0), 1e-6)
 
 
 def _fit_gaussian(patch: F64, p0: tuple[float, float, float, float, float]) -> F64 | None:
@@ -359,13 +378,14 @@ def measure_psf_from_beads(
     half = max(3, math.ceil(isolation_um / p))
     # maxima of the lightly smoothed projection: noise on a bead's shoulders makes no maximum
     smooth_top = ndi.gaussian_filter(top, 1.0)
-    sigma_smooth = sigma_noise / (2.0 * math.sqrt(math.pi))
+    # measured, not derived from the pixel noise: fixed-pattern offsets do not average away
+    sigma_smooth = max(_robust_sigma(smooth_top), 1e-6)
     local_max = smooth_top == ndi.maximum_filter(smooth_top, size=3)
     peaks = local_max & (top > min_snr * sigma_noise)
     r, c = np.nonzero(peaks)
     h, w = top.shape
     inside = (r >= half) & (r < h - half) & (c >= half) & (c < w - half)
-    # isolation: every maximum 5 σ above the smoothed noise counts, so a faint neighbour counts too
+    # isolation: every maximum 5 σ above the smoothed image's own noise counts (a faint neighbour too)
     br, bc = np.nonzero(local_max & (smooth_top > 5.0 * sigma_smooth))
     isolated = np.ones(len(r), dtype=bool)
     for i, (ri, ci) in enumerate(zip(r, c, strict=True)):
@@ -382,6 +402,7 @@ def measure_psf_from_beads(
     fits: list[F64] = []
     zs: list[int] = []
     patches: list[F64] = []
+    corners: list[tuple[int, int]] = []  # patch origin of each fitted bead
     for ri, ci in zip(r, c, strict=True):
         z = int(np.argmax(smooth[:, ri, ci]))
         patch = stack[z, ri - half : ri + half + 1, ci - half : ci + half + 1]
@@ -391,13 +412,21 @@ def measure_psf_from_beads(
         fits.append(q + np.array([0.0, ri - half, ci - half, 0.0, 0.0]))
         zs.append(z)
         patches.append(patch - q[4])
+        corners.append((ri - half, ci - half))
     if len(fits) < min_beads:
         raise PSFError(f"only {len(fits)} bead fits converged ({min_beads} needed)")
     q_all = np.array(fits)
     s_px = q_all[:, 3]
-    med = float(np.median(s_px))
-    spread = 1.4826 * float(np.median(np.abs(s_px - med)))
-    used = np.abs(s_px - med) <= 3.0 * max(spread, 0.02 * med)
+    # a hot pixel or a cosmic fits narrower than a pixel's own box (σ 1/√12 px) can look
+    plausible = (s_px > 0.35) & (q_all[:, 0] > min_snr * sigma_noise)
+    if plausible.sum() < min_beads:
+        raise PSFError(
+            f"only {int(plausible.sum())} bead-like spots ({min_beads} needed): the others are "
+            "narrower than a pixel (hot pixels) or faint; image the beads with more light"
+        )
+    med = float(np.median(s_px[plausible]))
+    spread = 1.4826 * float(np.median(np.abs(s_px[plausible] - med)))
+    used = plausible & (np.abs(s_px - med) <= 3.0 * max(spread, 0.02 * med))
     if used.sum() < min_beads:
         raise PSFError(f"only {int(used.sum())} beads agree on the PSF width ({min_beads} needed)")
     n = 2 * half + 1
@@ -405,7 +434,7 @@ def measure_psf_from_beads(
     dist: list[F64] = []
     vals: list[F64] = []
     for k in np.flatnonzero(used):
-        amp, r0, c0 = q_all[k, 0], q_all[k, 1] - (r[k] - half), q_all[k, 2] - (c[k] - half)
+        amp, r0, c0 = q_all[k, 0], q_all[k, 1] - corners[k][0], q_all[k, 2] - corners[k][1]
         dist.append(np.hypot(yy - r0, xx - c0).ravel() * p)
         vals.append(patches[k].ravel() / amp)
     d = np.concatenate(dist)
