@@ -20,11 +20,13 @@ By simulation through the measured effective PSF (:mod:`analysis.psf`):
 ellipses of known area (equivalent radius 0.25-6 µm, aspect ratio 1-8, two
 sub-pixel phases and orientations each) are rendered on a grid of a third of
 a pixel, convolved with the PSF profile, sampled at the pixel centres and
-passed, noise-free, through the very same segmentation steps. Each gives a
-(half-maximum area, measured aspect) → true area pair; the model
-interpolates ``log(true / half-maximum area)`` linearly over ``(log
-half-maximum area, log aspect)`` (nearest value beyond the simulated range:
-larger objects keep the ratio of the largest, ≈ 1). Because the simulated
+passed, noise-free, through the very same segmentation steps. Each gives
+its measurements (apparent area and aspect; Gaussian-weighted moment size
+and aspect) and its true area; the model interpolates them linearly over a
+regular grid (the nearest simulated value beyond their range): compact
+objects by ``log true area`` over ``(log moment size, log moment aspect)``,
+extended ones by ``log(true / apparent area)`` over ``(log apparent width,
+log aspect)``. Because the simulated
 objects go through the same estimator, its own biases (plateau read by a
 cross erosion, pixel sampling) are calibrated out with the optics.
 
@@ -114,7 +116,10 @@ class ObjectSizeModel:
         Objects of at most this apparent area (pixels) are sized by their
         moments, larger ones by their apparent area.
     extended : (64, 24) float64
-        ``log(true / apparent area)`` on ``(log apparent area px, log aspect)``.
+        ``log(true / apparent area)`` on ``(log apparent area px, log aspect)``;
+        0 (no correction) beyond the simulated objects (larger, or longer than
+        an 8:1 ellipse, e.g. fibres: the apparent area of an object that
+        reaches its plateau is its area).
     compact : (64, 24) float64
         ``log(true area px)`` on ``(log moment size px², log moment aspect)``.
     size_offset_px : float
@@ -153,7 +158,8 @@ class ObjectSizeModel:
         a = np.maximum(np.asarray(apparent_area_px, dtype=np.float64), 1e-3)
         asp = np.asarray(aspect, dtype=np.float64)
         asp = np.where(np.isfinite(asp), np.maximum(asp, 1.0), 1.0)
-        out = a * np.exp(_bilinear(self.extended, np.log(a), np.log(asp), _GRID_LOG_AREA, _GRID_LOG_ASPECT))
+        ratio = _bilinear(self.extended, np.log(a), np.log(asp), _GRID_LOG_AREA, _GRID_LOG_ASPECT)
+        out = a * np.exp(ratio)
         m = np.asarray(moment_size_px2, dtype=np.float64)
         compact = np.isfinite(m) & (m > 0)
         if compact.any():
@@ -272,14 +278,27 @@ def _moment_sigma_px(psf: PointSpreadFunction, pixel_size_um: float) -> float:
     return max(1.0, 1.5 * psf.fwhm_um / (2.0 * math.sqrt(2.0 * math.log(2.0))) / pixel_size_um)
 
 
-def _table(x: F64, y: F64, value: F64, x_grid: F64, y_grid: F64) -> F64:
-    """Scattered samples → regular grid: linear inside their hull, nearest sample outside."""
+def _table(x: F64, y: F64, value: F64, x_grid: F64, y_grid: F64, *, outside: float | None = None) -> F64:
+    """Scattered samples → regular grid.
+
+    Linear inside their hull; outside it ``outside``, or (None) the nearest sample.
+    """
     pts = np.column_stack([x, y])
     gx, gy = np.meshgrid(x_grid, y_grid, indexing="ij")
     grid = LinearNDInterpolator(pts, value)(gx, gy)
-    outside = ~np.isfinite(grid)
-    if outside.any():
-        grid[outside] = NearestNDInterpolator(pts, value)(gx[outside], gy[outside])
+    beyond = ~np.isfinite(grid)
+    if beyond.any():
+        nearest = NearestNDInterpolator(pts, value)(gx[beyond], gy[beyond])
+        if outside is not None:
+            # below the simulated aspects (rounder than any sample) the nearest sample; beyond
+            # the largest or longest samples, ``outside``
+            rows = np.isfinite(grid)
+            first = np.where(rows.any(axis=1), rows.argmax(axis=1), grid.shape[1])
+            # only where round samples exist at that size (first valid aspect ≤ 1.3)
+            first = np.where(y_grid[np.minimum(first, len(y_grid) - 1)] <= math.log(1.3), first, 0)
+            rounder = np.arange(grid.shape[1])[None, :] < first[:, None]
+            nearest = np.where(rounder[beyond], nearest, outside)
+        grid[beyond] = nearest
     return np.asarray(grid, dtype=np.float64)
 
 
@@ -347,6 +366,7 @@ def object_size_model(
             np.log(true[ext] / apparent[ext]),
             _GRID_LOG_AREA,
             _GRID_LOG_ASPECT,
+            outside=0.0,
         ),
         compact=_table(
             np.log(m_size[cmp]),
