@@ -365,7 +365,7 @@ def gray_matter_mask(
     *,
     tissue: BoolArray,
     pixel_size_um: float,
-    smooth_um: float = 24.0,
+    smooth_um: float = 32.0,
     close_um: float = 12.0,
     min_fraction: float = 0.05,
     rim_um: float = 40.0,
