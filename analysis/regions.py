@@ -12,11 +12,11 @@ Region names follow the truth of the demo slide and the region table:
     Tissue: nonzero DAPI signal, holes (central canal, lesion cavity)
     excluded.
 ``"gray_matter"`` / ``"white_matter"``
-    Gray matter is where nuclei are dense: the smoothed DAPI intensity
-    (neuronal and glial nuclei packed in the gray matter, sparse
-    oligodendrocyte rows in the white matter) is split by Otsu's threshold
-    of its logarithm within the tissue; white matter is the rest of the
-    tissue.
+    Two classes of tissue told apart by a linear discriminant of the
+    smoothed DAPI signal, nucleus density and level between nuclei (gray
+    matter packs nuclei densely; whether its neuropil is brighter or
+    darker than white matter depends on stain and microscope); the class
+    lining the pia is white matter (:func:`gray_matter_mask`).
 ``"left"`` / ``"right"``, ``"dorsal"`` / ``"ventral"`` (coronal)
     Halves of the tissue on either side of the midline (through the central
     canal along the dorso-ventral axis) and of the line through the canal
@@ -310,25 +310,87 @@ def tissue_mask(
     return mask
 
 
+def _smooth_within(values: NDArray[np.float64], inside: BoolArray, sigma_px: float) -> NDArray[np.float64]:
+    """Gaussian smoothing by normalised convolution: only ``inside`` pixels contribute."""
+    w = inside.astype(np.float64)
+    num = ndi.gaussian_filter(np.where(inside, values, 0.0), sigma_px)
+    den = ndi.gaussian_filter(w, sigma_px)
+    return np.asarray(num / np.maximum(den, 1e-6), dtype=np.float64)
+
+
+def _nucleus_points(
+    signal: NDArray[np.float64], tissue: BoolArray, pixel_size_um: float
+) -> NDArray[np.float64]:
+    """1 at each nucleus (a local maximum standing out of its surroundings), else 0.
+
+    White top-hat (the signal minus its grey opening by a 12 µm disc) keeps
+    objects the size of nuclei; its local maxima above 3 robust σ of the
+    top-hat within the tissue are counted.
+    """
+    top_hat = signal - ndi.grey_opening(signal, footprint=_disk(6.0 / pixel_size_um))
+    vals = top_hat[tissue]
+    med = float(np.median(vals))
+    sigma = 1.4826 * float(np.median(np.abs(vals - med)))
+    peaks = (top_hat == ndi.maximum_filter(top_hat, size=3)) & (top_hat > med + 3.0 * max(sigma, 1e-12))
+    return (peaks & tissue).astype(np.float64)
+
+
+def _two_class_split(features: NDArray[np.float64], start: BoolArray, iterations: int = 4) -> BoolArray:
+    """Linear discriminant of two classes, refined from a starting split.
+
+    Each round: class means and pooled covariance of the features of the
+    current classes, Fisher's direction, projection, and the split at the
+    midpoint of the two classes' median projections (a linear smoothing of
+    a step crosses the midpoint at the step).
+    """
+    cls = start.copy()
+    for _ in range(iterations):
+        if cls.all() or not cls.any():
+            break
+        a, b = features[cls], features[~cls]
+        cov = 0.5 * (np.cov(a, rowvar=False) + np.cov(b, rowvar=False))
+        cov = np.atleast_2d(cov) + 1e-9 * np.eye(features.shape[1])
+        direction = np.linalg.solve(cov, a.mean(axis=0) - b.mean(axis=0))
+        y = features @ direction
+        cut = 0.5 * (float(np.median(y[cls])) + float(np.median(y[~cls])))
+        new = y > cut
+        if np.array_equal(new, cls):
+            break
+        cls = new
+    return cls
+
+
 def gray_matter_mask(
     anatomy_mosaic: ArrayLike,
     *,
     tissue: BoolArray,
     pixel_size_um: float,
-    smooth_um: float = 16.0,
+    smooth_um: float = 32.0,
     close_um: float = 12.0,
     min_fraction: float = 0.05,
+    rim_um: float = 40.0,
 ) -> BoolArray:
-    """Gray matter: the part of the tissue with dense nuclei.
+    """Gray matter: the part of the tissue that differs from the white matter under the pia.
 
-    Gray matter holds neuronal and glial nuclei much more densely than the
-    white matter (and its neuropil is brighter), so the DAPI intensity
-    averaged over a few nuclear spacings separates the two. The image is
-    smoothed by normalised convolution within the tissue (so neither the
-    pia nor the central canal or a cavity darkens its neighbourhood), and
-    its logarithm thresholded with Otsu's method over the tissue pixels;
-    the result is closed, opened, and pieces smaller than ``min_fraction``
-    of the largest are dropped.
+    What distinguishes gray from white matter in a DAPI image depends on the
+    stain, the section's thickness and the microscope: gray matter holds
+    nuclei more densely, but its neuropil may be brighter or darker than the
+    myelinated white matter. So three features are measured over the
+    tissue, each smoothed by normalised convolution within it (σ
+    ``smooth_um``, so neither the pia nor a hole darkens its neighbours):
+
+    * the mean DAPI signal,
+    * the density of nuclei (local maxima of the white top-hat, :func:`_nucleus_points`),
+    * the level between nuclei (the grey opening by a 12 µm disc).
+
+    The two classes are separated by a linear discriminant of the
+    standardised features (:func:`_two_class_split`, started from an Otsu
+    split of the first principal component), with the cut at the midpoint
+    of the classes; which class is gray matter is decided by anatomy, not by
+    brightness: the white matter lines the pia, so the class covering less
+    of the tissue's outer rim (``rim_um``) is gray. The result is closed,
+    opened, pieces smaller than ``min_fraction`` of the largest dropped and
+    holes filled (the central canal lies in gray matter).
 
     Parameters
     ----------
@@ -339,11 +401,13 @@ def gray_matter_mask(
     pixel_size_um : float
         Mosaic pixel size (µm).
     smooth_um : float
-        Gaussian sigma of the density estimate (µm).
+        Gaussian sigma of the feature smoothing (µm).
     close_um : float
         Radius of the morphological closing/opening (µm).
     min_fraction : float
         Minimal piece area relative to the largest piece.
+    rim_um : float
+        Depth of the outer rim that is white matter (µm).
 
     Returns
     -------
@@ -355,14 +419,31 @@ def gray_matter_mask(
         return np.zeros(img.shape, dtype=bool)
     p = float(pixel_size_um)
     bg = float(np.percentile(img[valid & ~tissue], 50.0)) if (valid & ~tissue).any() else 0.0
-    w = tissue.astype(np.float64)
+    signal = np.where(tissue, img - bg, 0.0)
     s = smooth_um / p
-    num = ndi.gaussian_filter(np.where(tissue, img - bg, 0.0), s)
-    den = ndi.gaussian_filter(w, s)
-    dens = num / np.maximum(den, 1e-6)
-    lv = np.log(np.maximum(dens, 1e-6 * max(float(dens[tissue].max()), 1e-12)))
-    t = threshold_otsu(lv[tissue])
-    gray = (lv > t) & tissue
+    between = ndi.grey_opening(np.where(tissue, signal, np.inf), footprint=_disk(6.0 / p))
+    between = np.where(np.isfinite(between), between, 0.0)
+    features = np.stack(
+        [
+            _smooth_within(signal, tissue, s),
+            _smooth_within(_nucleus_points(signal, tissue, p), tissue, s),
+            _smooth_within(between, tissue, s),
+        ],
+        axis=-1,
+    )[tissue]
+    spread = features.std(axis=0)
+    z = (features - features.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
+    # start: Otsu on the first principal component
+    _, _, vt = np.linalg.svd(z - z.mean(axis=0), full_matrices=False)
+    pc = z @ vt[0]
+    cls = _two_class_split(z, pc > threshold_otsu(pc))
+    labels = np.zeros(img.shape, dtype=bool)
+    labels[tissue] = cls
+    filled = ndi.binary_fill_holes(tissue)
+    rim = tissue & (ndi.distance_transform_edt(filled) * p <= rim_um)
+    if rim.any() and (labels & rim).sum() / rim.sum() > 0.5:
+        labels = tissue & ~labels  # the class lining the pia is white matter
+    gray = labels
     fp = _disk(close_um / p)
     gray = ndi.binary_closing(gray, fp, border_value=0)
     gray = ndi.binary_opening(gray, fp, border_value=0)

@@ -35,7 +35,7 @@ def segmentation_settings(settings: AnalysisSettings) -> AxonSegmentationSetting
         threshold_method=settings.threshold_method,
         noise_k_sigma=settings.noise_k_sigma,
         threshold_adu=settings.threshold_adu,
-        edge_fraction=settings.edge_fraction,
+        edge_fraction=settings.edge_fraction if settings.edge_rule == "fixed_fraction" else None,
         min_area_um2=settings.min_axon_area_um2,
     )
 

@@ -15,7 +15,7 @@ Axon segmentation (:func:`segment_axons`)
 -----------------------------------------
 Labelled axons in a tracer tile are small bright objects (puncta, beaded
 fibres, 1-5 µm across) on a faint, smooth tissue autofluorescence. The mask
-is computed in four steps, at full resolution wherever it matters:
+is computed in five steps, at full resolution wherever it matters:
 
 1. **Local background.** Mean of ``S × S`` sub-blocks (``S`` ≈
    ``background_scale_um / 3``, 8 px at 10x), then a 3 × 3 grey opening of
@@ -42,81 +42,91 @@ is computed in four steps, at full resolution wherever it matters:
    Why not a histogram threshold: on the demo tiles Otsu, triangle and Li
    (``skimage.filters``) all split the noise of a tile *without* axons
    (ipsilateral side, glass) and mark 40-100 % of it as axons, and on
-   sparse tiles Li lands inside the background. Combined with step 3, Otsu
+   sparse tiles Li lands inside the background. With plateau edges, Otsu
    is also too high for dim axons (-5 % area, Dice 0.958 against 0.982). A
    noise-based threshold has no such failure: with no object above ``5 σ``
    it finds nothing (a pure Gaussian exceeds ``5 σ`` in ~1 pixel per 2048²
-   tile, which step 4 removes).
-3. **Edge refinement (local fraction of the plateau).** An object's edge
-   lies at a fixed fraction of *its own* plateau, and plateaus vary tenfold
-   between axons, so no single global threshold gets every object's size
-   right (a threshold at ``5 σ`` makes puncta ~50 % too large). With ``s``
-   the background-subtracted tile::
+   tile, which step 5 removes).
+3. **Candidate region and objects.** With ``s`` the background-subtracted
+   tile and ``P`` its local plateau (the maximum within
+   ``plateau_radius_um`` of ``s`` smoothed by a 3 × 3 binomial kernel: a
+   pixel sees the brightness of its own object)::
 
-       P = max over a (2r+1)² square of ( min over the 5-pixel cross of s ),
-       r = plateau_radius_um / pixel size (2 px at 10x)
-       mask = s > max(T, edge_fraction · P)
+       candidate = s > max(T, 0.375 · P)
 
-   The cross erosion discards single noisy pixels and the one-pixel-wide
-   bright ridges where the overlapping beads of a fibre add up (which would
-   otherwise make a fibre's plateau look twice as bright); the dilation lets
-   every edge pixel see the plateau of its own object. ``edge_fraction``
-   0.5 is the half-maximum edge of a disc blurred by a Gaussian PSF; the
-   default 0.6 is calibrated on the demo microscope, whose soft object edge
-   puts the true boundary at ≈ 0.55 of the plateau (and whose plateau
-   estimate reads slightly low): calibrate it for a real rig, e.g. with
-   beads of known size. ``edge_fraction = 0`` switches this step off.
-4. **Specks.** 8-connected components smaller than ``min_area_um2`` (2 µm²,
-   5 px at 10x; the smallest labelled object is ≈ 4.5 µm²) are removed.
+   0.375 lies below the level of any object's true edge, so the candidate
+   holds every object whole, with some of its blur. Its 8-connected
+   components are the objects (labelled block by block, then joined across
+   block edges and corners).
+4. **Each object's edge from its physical size.** Where, inside the blurred
+   edge, the true boundary lies depends on the PSF and on the object's size
+   (:mod:`analysis.object_size`): at half the plateau for an object much
+   larger than the PSF, higher up for one about as wide as the PSF, which a
+   fixed fraction of the plateau cannot follow (the former rule, 0.6, made
+   puncta 2.4 × too large under a wider PSF). Per object, what the optics
+   show is measured: its apparent area (its pixels weighted by their ratio
+   ``s / P``, continuous in the object's size) and aspect, and for compact
+   objects (apparent area up to a disc of 2.5 weight σ) Gaussian-weighted
+   second moments about a refined centroid (their size grows with the
+   object's, independently of where it falls between pixels). The
+   object-size model of the rig's PSF turns these into the object's
+   physical area ``A``, and the object keeps its ``A / pixel²`` pixels of
+   highest ratio ``s / P`` (the level found per object in a histogram of
+   ratios, interpolated within its bin: over many objects the pixel count
+   is unbiased). Without a model every object keeps its apparent area
+   (right for objects much larger than the PSF), and the result says so
+   (``edge_rule``). A fixed ``edge_fraction`` in the settings restores the
+   former rule: ``s > max(T, f · P)`` with ``P`` read from a 5-pixel cross
+   erosion.
+5. **Specks.** Objects whose final area is under ``min_area_um2`` are
+   removed (whole objects, so removal is exact).
 
-Accuracy on the demo slide (10x, in focus, noise on; 512² and 2048² tiles
-over the rubrospinal territory of all three groups at C5, Th7 and L2, the
-contralateral gray matter and the fibres of horizontal sections): Dice ≥
-0.976 for puncta, ≥ 0.91 for thin beaded fibres; segmented axon area +1 to
-+2 % of the true area (within 0.1 percentage points of the true % axonal
-area, of the tile's tissue or of its rubrospinal territory); not one pixel
-in the 19 tiles without axons (ipsilateral tissue, glass). Area grows with
-defocus (≈ +4 % at 1 µm, +13 % at 2 µm, +35 % at 3 µm): focus matters.
+Limits: objects near the resolution limit (below ≈ 1.5 PSF FWHM across)
+are sized less precisely; touching objects whose saddle lies above 0.375
+of their plateau are one object; dim objects (plateau below 2.7 ``T``) are
+cut by the threshold and read small; an object of strongly varying
+brightness (a beaded fibre) is sized by its pixels' ratio to their local
+plateau, which reads dim beads next to bright ones slightly small (−8 % on
+the demo slide's fibres).
 
 Speed
 -----
-Steps 3-4 run only in 32 × 32 px blocks (4 sub-blocks) that hold a pixel
-above ``background + T`` (tested on block maxima against the lowest
-background the block can have), gathered with a halo into batches small
-enough to stay in cache; the full frame sees three cheap passes
-(correction, block sums, block maxima). Exact speck removal needs connected
-components, but a mask pixel with ≥ ``n_min`` mask pixels in its 3 × 3
-neighbourhood (in 8-connectivity all of its own component) is certainly in
-a large component, and so is any mask pixel next to one; only the few
-blocks holding other mask pixels are labelled, with a halo of ``n_min − 1``
-px (a component that reaches the halo's border has at least ``n_min``
-pixels, any other is measured whole). The result equals the plain
-full-frame method pixel for pixel (tested). About 16 ms (median) and 23 ms
-(p95) for a 2048² tile on one core here, correction included.
+The full frame sees three cheap passes (correction, block sums, block
+maxima); everything else runs only in 32 × 32 px blocks (4 sub-blocks)
+that hold a pixel above ``background + T`` (tested on block maxima against
+the lowest background the block can have), gathered with a halo into
+batches small enough to stay in cache, and then on the candidate pixels
+only (labels, per-object sums by ``bincount``, ratio histograms).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided, sliding_window_view
 from numpy.typing import ArrayLike, NDArray
-from scipy import ndimage as ndi
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from skimage.measure import label as label_components
 
 __all__ = [
+    "AxonObjects",
     "AxonSegmentation",
     "AxonSegmentationSettings",
+    "ObjectSizeModel",
     "block_reduce_mean",
     "correct_tile",
     "expand_background",
+    "measure_objects",
     "normalise_flat_field",
     "segment_axons",
 ]
 
 F32 = NDArray[np.float32]
+F64 = NDArray[np.float64]
 Bool = NDArray[np.bool_]
 
 _BLOCK_SUBBLOCKS = 4
@@ -124,6 +134,10 @@ _BLOCK_SUBBLOCKS = 4
 _NOISE_SAMPLES = 1 << 16  # adjacent-pixel pairs sampled for the noise σ
 _CHUNK_BLOCKS = 64
 _FLAT_MEAN_TOLERANCE = 0.1
+_BASE_FRACTION = 0.375
+"""Candidate region: signal above this fraction of the local plateau (below any true edge)."""
+_LEVEL_BINS_PER_UNIT = 40  # 0.5 is a bin edge: (0.5 − 0.375) · 40 = 5
+_LEVEL_BINS = 100  # ratios up to 0.375 + 100 / 40 = 2.875; above, the top bin
 
 
 # ------------------------------------------------------------------ correction
@@ -220,7 +234,7 @@ def correct_tile(image: ArrayLike, *, dark_offset_adu: float, flat_field: ArrayL
 
 @dataclass(frozen=True, kw_only=True)
 class AxonSegmentationSettings:
-    """How :func:`segment_axons` finds labelled axons (defaults: 10x, demo-calibrated).
+    """How :func:`segment_axons` finds labelled axons.
 
     Attributes
     ----------
@@ -238,15 +252,18 @@ class AxonSegmentationSettings:
     threshold_adu : float
         Detection threshold above the local background (corrected ADU) for
         ``"fixed"``.
-    edge_fraction : float
-        A pixel is kept where its signal is at least this fraction of its
-        object's local plateau (0 disables edge refinement). 0.6 puts the edge
-        where the true object boundary lies for an in-focus object.
+    edge_fraction : float or None
+        ``None`` (default): each object's edge is placed where its physical
+        size puts it (step 4 of the module docstring: the object-size model
+        of the PSF, or the half-maximum rule without one). A number fixes the
+        edge of every object at that fraction of its local plateau instead
+        (the former, uncalibrated rule; 0 keeps every pixel above the
+        detection threshold).
     plateau_radius_um : float
         How far (µm) an edge pixel looks for its object's plateau.
     min_area_um2 : float
-        Connected components (8-connected) smaller than this (µm²) are
-        removed as specks.
+        Objects whose final area is smaller than this (µm²) are removed as
+        specks.
     """
 
     background_scale_um: float = 15.0
@@ -254,7 +271,7 @@ class AxonSegmentationSettings:
     noise_k_sigma: float = 5.0
     noise_floor_adu: float = 0.5
     threshold_adu: float = 50.0
-    edge_fraction: float = 0.6
+    edge_fraction: float | None = None
     plateau_radius_um: float = 1.3
     min_area_um2: float = 2.0
 
@@ -273,8 +290,89 @@ class AxonSegmentationSettings:
         for name, value in {"threshold_adu": self.threshold_adu, "min_area_um2": self.min_area_um2}.items():
             if not (math.isfinite(value) and value >= 0.0):
                 raise ValueError(f"{name} must be a number ≥ 0, got {value}")
-        if not (0.0 <= self.edge_fraction < 1.0):
-            raise ValueError(f"edge_fraction must be in [0, 1), got {self.edge_fraction}")
+        if self.edge_fraction is not None and not (0.0 <= self.edge_fraction < 1.0):
+            raise ValueError(f"edge_fraction must be in [0, 1) or None, got {self.edge_fraction}")
+
+
+class ObjectSizeModel(Protocol):
+    """Maps what an object looks like after the optics to its physical area.
+
+    :class:`analysis.object_size.ObjectSizeModel` is the implementation (a
+    table simulated through a measured PSF); any object with these members
+    can stand in for it in tests.
+    """
+
+    @property
+    def source(self) -> str:
+        """Where the model comes from (e.g. ``"beads"``, ``"plan"``)."""
+        ...
+
+    @property
+    def compact_limit_px(self) -> float:
+        """Objects of at most this apparent area (pixels) are sized by their moments."""
+        ...
+
+    @property
+    def moment_sigma_px(self) -> float:
+        """σ (pixels) of the Gaussian weight of the moments."""
+        ...
+
+    def true_area_px(
+        self, apparent_area_px: F64, aspect: F64, moment_size_px2: F64, moment_aspect: F64
+    ) -> F64:
+        """Physical area (pixels) from an object's measurements (moments NaN where not taken)."""
+        ...
+
+
+@dataclass(frozen=True, eq=False)
+class AxonObjects:
+    """Per-object measurements of one tile (one entry per kept object).
+
+    Attributes
+    ----------
+    centroid_rc : (n, 2) float64
+        Centroid (row, col) of the object (pixels weighted by their plateau ratio).
+    area_px : (n,) int64
+        Pixels in the final mask.
+    target_area_px : (n,) float64
+        Physical area the object-size model gave (pixels), before rounding
+        to whole pixels.
+    apparent_area_px : (n,) float64
+        The object's candidate pixels, each weighted by its ratio to the
+        local plateau (pixels): its area as the optics show it.
+    peak_signal : (n,) float64
+        Brightest pixel (corrected ADU, background subtracted).
+    moment_size_px2 : (n,) float64
+        ``sqrt(det M)`` of the Gaussian-weighted second moments (px²) of
+        compact objects (NaN for the others and without a size model).
+    moment_aspect : (n,) float64
+        Ratio of principal axes from those moments (NaN where not taken).
+    aspect : (n,) float64
+        Ratio of the principal axes (≥ 1) of the object (pixels weighted by
+        that ratio).
+    signal_sum : (n,) float64
+        Background-subtracted signal over the final mask (corrected ADU).
+    """
+
+    centroid_rc: F64
+    area_px: NDArray[np.int64]
+    target_area_px: F64
+    apparent_area_px: F64
+    peak_signal: F64
+    aspect: F64
+    moment_size_px2: F64
+    moment_aspect: F64
+    signal_sum: F64
+
+    def __len__(self) -> int:
+        return len(self.area_px)
+
+    @classmethod
+    def empty(cls) -> AxonObjects:
+        """No objects."""
+        z = np.zeros(0)
+        zi = np.zeros(0, dtype=np.int64)
+        return cls(np.zeros((0, 2)), zi, z, z.copy(), z.copy(), z.copy(), z.copy(), z.copy(), z.copy())
 
 
 @dataclass(frozen=True, eq=False)
@@ -306,6 +404,13 @@ class AxonSegmentation:
     signal_sum : float
         Sum of the background-subtracted intensity over the mask (corrected
         ADU); additive over tiles and regions.
+    objects : AxonObjects
+        Per-object measurements.
+    edge_rule : str
+        How object edges were placed: ``"size_model:<source>"`` (physical
+        size through the object-size model), ``"apparent_area"`` (no model:
+        each object keeps its apparent area) or ``"fraction:<f>"`` (a fixed
+        edge fraction from the settings).
 
     The background-subtracted tile itself is ``tracer − background_image()``;
     it is not kept, as the analysis only needs it under the mask.
@@ -319,6 +424,8 @@ class AxonSegmentation:
     pixel_size_um: float
     axon_pixels: int
     signal_sum: float
+    objects: AxonObjects = field(default_factory=AxonObjects.empty)
+    edge_rule: str = "apparent_area"
 
     @property
     def axon_area_um2(self) -> float:
@@ -340,6 +447,7 @@ def segment_axons(
     *,
     pixel_size_um: float,
     settings: AxonSegmentationSettings | None = None,
+    size_model: ObjectSizeModel | None = None,
 ) -> AxonSegmentation:
     """Segment labelled axons in a corrected tracer tile (method in the module docstring).
 
@@ -352,11 +460,18 @@ def segment_axons(
         Pixel size (µm) of the tile.
     settings : AxonSegmentationSettings, optional
         Defaults to ``AxonSegmentationSettings()``.
+    size_model : ObjectSizeModel, optional
+        Physical area of an object from its apparent area and aspect
+        (:func:`analysis.object_size.object_size_model`, built once per PSF
+        and pixel size). Without one, and without a fixed
+        ``settings.edge_fraction``, every object keeps its apparent area
+        (right for objects much larger than the PSF).
 
     Returns
     -------
     AxonSegmentation
-        Mask, background, threshold and summary numbers.
+        Mask, background, threshold, per-object measurements and summary
+        numbers.
 
     Raises
     ------
@@ -381,28 +496,9 @@ def segment_axons(
     threshold = (
         sigma * settings.noise_k_sigma if settings.threshold_method == "auto" else settings.threshold_adu
     )
-
-    mask_full = np.zeros((geo.height, geo.width), dtype=bool)
-    blocks = _active_blocks(work, lattice, geo, threshold)
-    block_background = _BlockBackground.for_lattice(lattice, geo)
-    signal_sum = 0.0
-    unsure: list[tuple[NDArray[np.intp], F32]] = []
-    # chunks of blocks small enough that every intermediate stays in cache (2-3x faster)
-    for start in range(0, len(blocks), _CHUNK_BLOCKS):
-        chunk = blocks[start : start + _CHUNK_BLOCKS]
-        signal = _gather(work, chunk, geo.block_px, geo.halo_px)
-        signal -= block_background(chunk)
-        core_mask, core_signal, needs_labels = _segment_blocks(
-            signal, chunk, threshold, geo, settings, (height, width)
-        )
-        _scatter(mask_full, core_mask, chunk, geo.block_px)
-        signal_sum += float(np.einsum("ijk,ijk->", core_signal, core_mask.astype(np.float32)))
-        if needs_labels.any():
-            unsure.append((chunk[needs_labels], core_signal[needs_labels].copy()))
-    if unsure:
-        unsure_blocks = np.concatenate([u[0] for u in unsure])
-        dropped = _remove_specks(mask_full, unsure_blocks, geo)
-        signal_sum -= float(np.sum(np.concatenate([u[1] for u in unsure])[dropped], dtype=np.float64))
+    mask_full, objects, rule = _segment(
+        work, lattice, threshold, geo, settings, size_model, frame=(height, width)
+    )
     mask = mask_full[:height, :width]
     if mask.shape != mask_full.shape:
         mask = np.ascontiguousarray(mask)
@@ -413,9 +509,123 @@ def segment_axons(
         threshold_used=float(threshold),
         noise_sigma=float(sigma),
         pixel_size_um=float(pixel_size_um),
-        axon_pixels=int(np.count_nonzero(mask)),
-        signal_sum=signal_sum,
+        axon_pixels=int(objects.area_px.sum()),
+        signal_sum=float(objects.signal_sum.sum()),
+        objects=objects,
+        edge_rule=rule,
     )
+
+
+def measure_objects(
+    signal: ArrayLike,
+    *,
+    pixel_size_um: float,
+    threshold_adu: float,
+    settings: AxonSegmentationSettings | None = None,
+    size_model: ObjectSizeModel | None = None,
+) -> AxonSegmentation:
+    """Segment a background-free image (zero background assumed) with a given threshold.
+
+    The same steps as :func:`segment_axons` after its background and noise
+    estimates: used to simulate the method on noise-free images of objects
+    of known size (:mod:`analysis.object_size`).
+
+    Parameters
+    ----------
+    signal : (H, W) array
+        Signal above a zero background (any linear unit).
+    pixel_size_um : float
+    threshold_adu : float
+        Detection threshold (same unit as ``signal``), > 0.
+    settings, size_model
+        As for :func:`segment_axons`.
+
+    Returns
+    -------
+    AxonSegmentation
+        ``background`` is all zero, ``noise_sigma`` is NaN.
+    """
+    settings = settings or AxonSegmentationSettings()
+    image = np.ascontiguousarray(signal, dtype=np.float32)
+    if image.ndim != 2 or image.size == 0:
+        raise ValueError(f"signal must be a non-empty 2-D array, got shape {image.shape}")
+    if not (math.isfinite(threshold_adu) and threshold_adu > 0.0):
+        raise ValueError(f"threshold_adu must be a positive number, got {threshold_adu}")
+    geo = _Geometry.for_tile(image.shape, float(pixel_size_um), settings)
+    height, width = image.shape
+    work = np.zeros((geo.height, geo.width), dtype=np.float32)
+    work[:height, :width] = image
+    lattice = np.zeros((geo.height // geo.sub_px, geo.width // geo.sub_px), dtype=np.float32)
+    mask_full, objects, rule = _segment(
+        work, lattice, float(threshold_adu), geo, settings, size_model, frame=(height, width)
+    )
+    return AxonSegmentation(
+        mask=np.ascontiguousarray(mask_full[:height, :width]),
+        background=lattice,
+        background_block_px=geo.sub_px,
+        threshold_used=float(threshold_adu),
+        noise_sigma=math.nan,
+        pixel_size_um=float(pixel_size_um),
+        axon_pixels=int(objects.area_px.sum()),
+        signal_sum=float(objects.signal_sum.sum()),
+        objects=objects,
+        edge_rule=rule,
+    )
+
+
+def _segment(
+    work: F32,
+    lattice: F32,
+    threshold: float,
+    geo: _Geometry,
+    settings: AxonSegmentationSettings,
+    size_model: ObjectSizeModel | None,
+    *,
+    frame: tuple[int, int],
+) -> tuple[Bool, AxonObjects, str]:
+    """Steps 3-5 on a (padded) tile: candidate region, objects, edges; the mask at padded size."""
+    fixed = settings.edge_fraction is not None
+    base = _BASE_FRACTION if settings.edge_fraction is None else settings.edge_fraction
+    mask_full = np.zeros((geo.height, geo.width), dtype=bool)
+    blocks = _active_blocks(work, lattice, geo, threshold)
+    block_background = _BlockBackground.for_lattice(lattice, geo)
+    b = geo.block_px
+    n = len(blocks)
+    # per block core: candidate, local plateau, signal (written chunk by chunk, no copies)
+    cand = np.empty((n, b, b), dtype=bool)
+    plateau = np.empty((n, b, b), dtype=np.float32)
+    sig = np.empty((n, b, b), dtype=np.float32)
+    # chunks of blocks small enough that every intermediate stays in cache (2-3x faster)
+    for start in range(0, n, _CHUNK_BLOCKS):
+        chunk = blocks[start : start + _CHUNK_BLOCKS]
+        signal = _gather(work, chunk, b, geo.halo_px)
+        signal -= block_background(chunk)
+        at = slice(start, start + len(chunk))
+        _segment_blocks(
+            signal, chunk, threshold, base, geo, frame, smooth=not fixed, out=(cand[at], plateau[at], sig[at])
+        )
+    if fixed:
+        rule = f"fraction:{settings.edge_fraction:g}"
+    elif size_model is not None:
+        rule = f"size_model:{size_model.source}"
+    else:
+        rule = "apparent_area"
+    if n == 0:
+        return mask_full, AxonObjects.empty(), rule
+    keep_stack, objects = _objects(
+        cand,
+        plateau,
+        sig,
+        blocks,
+        geo,
+        fixed=fixed,
+        size_model=size_model,
+        work=work,
+        lattice=lattice,
+        frame=frame,
+    )
+    _scatter(mask_full, keep_stack, blocks, geo.block_px)
+    return mask_full, objects, rule
 
 
 # -------------------------------------------------------------------- helpers
@@ -497,8 +707,7 @@ class _Geometry:
         sub = max(1, round(s.background_scale_um / (3.0 * pixel_size_um)))
         block = _BLOCK_SUBBLOCKS * sub
         plateau = max(1, round(s.plateau_radius_um / pixel_size_um))
-        # erosion (1) + plateau dilation + 2 for the speck pre-test (3x3 count, 3x3 spread)
-        halo = 1 + plateau + 2
+        halo = max(3, 1 + plateau)  # erosion (1) + plateau dilation; 3 for the peak estimate
         min_pixels = max(1, math.ceil(s.min_area_um2 / pixel_size_um**2 - 1e-9))
         h, w = int(shape[0]), int(shape[1])
         return cls(sub, block, plateau, halo, min_pixels, -(-h // block) * block, -(-w // block) * block)
@@ -692,84 +901,72 @@ def _segment_blocks(
     signal: F32,
     blocks: NDArray[np.intp],
     threshold: float,
+    base: float,
     geo: _Geometry,
-    settings: AxonSegmentationSettings,
     frame: tuple[int, int],
-) -> tuple[Bool, F32, Bool]:
-    """Threshold + edge refinement in each block; returns core mask, core signal, needs-labelling flags.
+    *,
+    smooth: bool,
+    out: tuple[Bool, F32, F32],
+) -> None:
+    """Candidate region, local plateau and signal of each block's core.
+
+    The local plateau ``P`` is the maximum within ``plateau_px`` of the
+    signal smoothed by a 3 × 3 binomial kernel (``smooth``), or of its
+    5-pixel cross erosion (the fixed-fraction rule), at least ``T``.
 
     ``signal`` is (n, S, S), ``S = B + 2·halo``, background-subtracted,
-    C-contiguous. Every stencil runs on the flat array with offsets (``±1``
-    a column, ``±S`` a row): one long vectorised operation instead of many
+    C-contiguous. The stencils run on the flat array with offsets (``±1`` a
+    column, ``±S`` a row): one long vectorised operation instead of many
     short rows. Windows that cross a block's edge give garbage, but only in
-    the halo, which is never read back. The mask is valid on the core plus a
-    2-pixel ring (the speck pre-test needs it); ring pixels outside the frame
+    the halo, which is never read back. Core pixels outside the frame
     (``frame`` = (H, W)) are cleared.
+
+    ``out`` receives, each (n, B, B): the candidate ``s > max(T, base · P)``,
+    ``P``, and the core's signal ``s``.
     """
     n, size, _ = signal.shape
     halo, b = geo.halo_px, geo.block_px
     flat = signal.reshape(-1)
     total = flat.size
     row = size
+    core = (slice(None), slice(halo, halo + b), slice(halo, halo + b))
     level = np.float32(threshold)
-    mask_flat = np.zeros(total, dtype=bool)
-    if settings.edge_fraction > 0.0:
+    core_signal = signal[core]
+    if smooth:
+        # binomial [1 2 1]² / 16; eroded[i] is pixel i + row + 1
+        across = flat[: total - 2] + flat[2:]
+        across += 2.0 * flat[1 : total - 1]
+        eroded = across[: total - 2 - 2 * row] + across[2 * row :]
+        eroded += 2.0 * across[row : total - 2 - row]
+        eroded *= np.float32(1.0 / 16.0)
+    else:
         # 5-pixel cross erosion; eroded[i] is pixel i + row + 1
         eroded = np.minimum(flat[row + 1 : total - row - 1], flat[row : total - row - 2])
         np.minimum(eroded, flat[row + 2 : total - row], out=eroded)
         np.minimum(eroded, flat[1 : total - 2 * row - 1], out=eroded)
         np.minimum(eroded, flat[2 * row + 1 : total - 1], out=eroded)
-        w = 2 * geo.plateau_px + 1
-        plateau = _run_max(_run_max(eroded, w, 1), w, row)
-        if plateau is eroded:
-            plateau = eroded.copy()
-        plateau *= np.float32(settings.edge_fraction)
-        np.maximum(plateau, level, out=plateau)  # the cut: max(T, f·P)
-        start = (geo.plateau_px + 1) * (row + 1)  # plateau[i] is centred on pixel i + start
-        np.greater(flat[start : start + plateau.size], plateau, out=mask_flat[start : start + plateau.size])
+    w = 2 * geo.plateau_px + 1
+    plateau = _run_max(_run_max(eroded, w, 1), w, row)
+    start = (geo.plateau_px + 1) * (row + 1)  # plateau[i] is centred on pixel i + start
+    full = np.empty(total, dtype=np.float32)
+    full[start : start + plateau.size] = plateau
+    candidate, core_plateau, core_out = out
+    np.maximum(full.reshape(n, size, size)[core], level, out=core_plateau)
+    core_out[...] = core_signal
+    if base > 0.0:
+        cut = core_plateau * np.float32(base)
+        np.maximum(cut, level, out=cut)
+        np.greater(core_signal, cut, out=candidate)
     else:
-        np.greater(flat, level, out=mask_flat)
-    mask = mask_flat.reshape(n, size, size)
-    _clear_outside(mask[:, halo - 2 : halo + b + 2, halo - 2 : halo + b + 2], blocks, b, 2, frame)
-    core = (slice(None), slice(halo, halo + b), slice(halo, halo + b))
-    core_mask = np.ascontiguousarray(mask[core])
-    core_signal = signal[core]
-    n_min = geo.min_pixels
-    if n_min <= 1:
-        return core_mask, core_signal, np.zeros(n, dtype=bool)
-    if n_min > 9:
-        # the 3x3 pre-test cannot vouch for components this large: label every block with axons
-        return core_mask, core_signal, np.asarray(core_mask.any(axis=(1, 2)))
-    # A mask pixel with ≥ n_min mask pixels in its 3x3 neighbourhood (in 8-connectivity all of
-    # them its own component's) is in a large component, and so is every mask pixel next to
-    # one; blocks with other mask pixels in their core are labelled exactly. Read back at the
-    # core these use only ring pixels.
-    u8 = mask_flat.view(np.uint8)
-    rows3 = u8[: total - 2 * row] + u8[row : total - row]
-    rows3 += u8[2 * row :]  # rows3[i]: pixel i + row
-    count3 = rows3[:-2] + rows3[1:-1]
-    count3 += rows3[2:]  # count3[i]: pixel i + row + 1
-    seed = count3 >= n_min
-    seed &= mask_flat[row + 1 : total - row - 1]  # a gap between two components is no seed
-    near = seed[: seed.size - 2 * row] | seed[row : seed.size - row]
-    near |= seed[2 * row :]
-    near = near[:-2] | near[1:-1] | near[2:]  # near[i]: pixel i + 2·row + 2
-    unsure_flat = np.zeros(total, dtype=bool)
-    lo = 2 * row + 2
-    np.greater(mask_flat[lo : lo + near.size], near, out=unsure_flat[lo : lo + near.size])
-    return core_mask, core_signal, np.asarray(unsure_flat.reshape(n, size, size)[core].any(axis=(1, 2)))
+        np.greater(core_signal, level, out=candidate)
+    _clear_outside(candidate, blocks, b, frame)
 
 
-def _clear_outside(
-    mask: Bool, blocks: NDArray[np.intp], block: int, ring: int, frame: tuple[int, int]
-) -> None:
-    """Clear the pixels of (n, B + 2·ring, B + 2·ring) block masks that lie outside the frame."""
-    r0 = blocks[:, 0] * block - ring
-    c0 = blocks[:, 1] * block - ring
-    size = block + 2 * ring
-    for k in np.flatnonzero((r0 < 0) | (c0 < 0) | (r0 + size > frame[0]) | (c0 + size > frame[1])):
-        mask[k, : max(0, -r0[k])] = False
-        mask[k, :, : max(0, -c0[k])] = False
+def _clear_outside(mask: Bool, blocks: NDArray[np.intp], block: int, frame: tuple[int, int]) -> None:
+    """Clear the pixels of (n, B, B) block masks that lie outside the frame."""
+    r0 = blocks[:, 0] * block
+    c0 = blocks[:, 1] * block
+    for k in np.flatnonzero((r0 + block > frame[0]) | (c0 + block > frame[1])):
         mask[k, max(0, frame[0] - r0[k]) :] = False
         mask[k, :, max(0, frame[1] - c0[k]) :] = False
 
@@ -787,39 +984,265 @@ def _scatter(full: Bool, core_mask: Bool, blocks: NDArray[np.intp], block: int) 
     _block_view(full, block)[blocks[:, 0], blocks[:, 1]] = core_mask
 
 
-def _remove_specks(full: Bool, blocks: NDArray[np.intp], geo: _Geometry) -> Bool:
-    """Exact removal of components < ``min_pixels`` from the cores of the given blocks.
+def _object_ids(labels: NDArray[np.int32], n_labels: int, blocks: NDArray[np.intp]) -> NDArray[np.int64]:
+    """Object id (0..m−1) of each block-local label (index 1..n_labels; entry 0 is −1).
 
-    Each block is labelled with a halo of ``min_pixels − 1`` pixels (zeros
-    outside the frame): a component that reaches the halo's border has at
-    least ``min_pixels`` pixels and is kept; any other component lies wholly
-    inside and is measured exactly. Only each block's own core is edited.
-
-    Returns
-    -------
-    (n, B, B) bool
-        The pixels removed from each block's core.
+    Labels of blocks that touch (8-connected, across a block edge or
+    corner) are joined: the border pixels of every pair of neighbouring
+    blocks are compared, and the label graph's connected components are the
+    objects. Ids follow the order of each object's first label.
     """
-    b = geo.block_px
-    halo = geo.min_pixels - 1
-    size = b + 2 * halo
-    h, w = full.shape
-    stack = np.zeros((len(blocks), size, size), dtype=bool)
-    for k, (bi, bj) in enumerate(blocks):
-        r0, c0 = bi * b - halo, bj * b - halo
-        rs, cs = max(r0, 0), max(c0, 0)
-        re, ce = min(r0 + size, h), min(c0 + size, w)
-        stack[k, rs - r0 : re - r0, cs - c0 : ce - c0] = full[rs:re, cs:ce]
-    structure = np.zeros((3, 3, 3), dtype=bool)
-    structure[1] = True  # 8-connected within a block, blocks independent
-    labels, n = ndi.label(stack, structure=structure)
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)
-    keep = sizes >= geo.min_pixels
-    for edge in (labels[:, 0, :], labels[:, -1, :], labels[:, :, 0], labels[:, :, -1]):
-        keep[edge] = True
-    keep[0] = True
-    drop = ~keep[labels[:, halo : halo + b, halo : halo + b]]
-    if drop.any():
-        cores = _block_view(full, b)
-        cores[blocks[:, 0], blocks[:, 1]] = cores[blocks[:, 0], blocks[:, 1]] & ~drop
-    return drop
+    n, b, _ = labels.shape
+    rows = blocks[:, 0] + 1
+    cols = blocks[:, 1] + 1
+    where = np.full((int(rows.max()) + 2, int(cols.max()) + 2), -1, dtype=np.int64)
+    where[rows, cols] = np.arange(n)
+    a_parts: list[NDArray[np.int32]] = []
+    b_parts: list[NDArray[np.int32]] = []
+
+    def join(first: NDArray[np.int32], second: NDArray[np.int32]) -> None:
+        both = (first > 0) & (second > 0)
+        if both.any():
+            a_parts.append(first[both])
+            b_parts.append(second[both])
+
+    for dr, dc in ((0, 1), (1, 0)):
+        other = where[rows + dr, cols + dc]
+        has = other >= 0
+        if not has.any():
+            continue
+        k, k2 = np.flatnonzero(has), other[has]
+        if dc:  # right neighbour: last column against first column
+            edge, edge2 = labels[k, :, b - 1], labels[k2, :, 0]
+        else:  # lower neighbour: last row against first row
+            edge, edge2 = labels[k, b - 1, :], labels[k2, 0, :]
+        join(edge, edge2)
+        join(edge[:, 1:], edge2[:, :-1])
+        join(edge[:, :-1], edge2[:, 1:])
+    for dc, corner, corner2 in ((1, (b - 1, b - 1), (0, 0)), (-1, (b - 1, 0), (0, b - 1))):
+        other = where[rows + 1, cols + dc]
+        has = other >= 0
+        if has.any():
+            k, k2 = np.flatnonzero(has), other[has]
+            join(labels[k, corner[0], corner[1]], labels[k2, corner2[0], corner2[1]])
+    if not a_parts:
+        return np.arange(-1, n_labels, dtype=np.int64)
+    a = np.concatenate(a_parts)
+    c = np.concatenate(b_parts)
+    graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, c)), shape=(n_labels + 1, n_labels + 1))
+    _, component = connected_components(graph, directed=False)
+    _, ids = np.unique(component[1:], return_inverse=True)
+    # unique() sorts by component number, which follows the first label of each component
+    return np.concatenate([[-1], ids.astype(np.int64)])
+
+
+def _objects(
+    candidate: Bool,
+    plateau: F32,
+    signal: F32,
+    blocks: NDArray[np.intp],
+    geo: _Geometry,
+    *,
+    fixed: bool,
+    size_model: ObjectSizeModel | None,
+    work: F32,
+    lattice: F32,
+    frame: tuple[int, int],
+) -> tuple[Bool, AxonObjects]:
+    """Objects of the candidate region, each cut at the level that gives it its area.
+
+    ``candidate``, ``plateau`` and ``signal`` are the blocks' cores (n, B, B);
+    ``work`` and ``lattice`` the (padded) tile and its background, read
+    around compact objects for their moments. Returns the final mask of the
+    cores and the kept objects.
+    """
+    n, b, _ = candidate.shape
+    # blocks one under the other, a blank row between: one 2-D labelling keeps blocks apart
+    strip = np.zeros((n, b + 1, b), dtype=bool)
+    strip[:, :b] = candidate
+    strip_labels = label_components(strip.reshape(-1, b), connectivity=2).reshape(n, b + 1, b)
+    labels = strip_labels[:, :b]
+    n_labels = int(strip_labels.max())
+    if n_labels == 0:
+        return candidate, AxonObjects.empty()
+    object_of = _object_ids(labels, n_labels, blocks)
+    idx = np.flatnonzero(candidate)
+    k, rest = np.divmod(idx, b * b)
+    r, c = np.divmod(rest, b)
+    obj = object_of[strip_labels.reshape(-1)[k * ((b + 1) * b) + rest]]
+    s = signal.reshape(-1)[idx]
+    u = s / plateau.reshape(-1)[idx]  # the pixel's signal relative to its local plateau
+    n_obj = int(obj.max()) + 1
+    rows = blocks[k, 0] * b + r
+    cols = blocks[k, 1] * b + c
+    n_cand = np.bincount(obj, minlength=n_obj)
+
+    # apparent area: the pixels weighted by their ratio to the local plateau, continuous (a
+    # pixel count moves in whole rings of pixels) and local (a fibre's beads differ in brightness)
+    weight = np.clip(u, 0.0, 2.0).astype(np.float64)
+    apparent = np.asarray(np.bincount(obj, weights=weight, minlength=n_obj), dtype=np.float64)
+    safe = np.maximum(apparent, 1e-9)
+    mr = np.bincount(obj, weights=weight * rows, minlength=n_obj) / safe
+    mc = np.bincount(obj, weights=weight * cols, minlength=n_obj) / safe
+    aspect = _aspect(
+        np.bincount(obj, weights=weight * (rows - mr[obj]) ** 2, minlength=n_obj) / safe,
+        np.bincount(obj, weights=weight * (cols - mc[obj]) ** 2, minlength=n_obj) / safe,
+        np.bincount(obj, weights=weight * (rows - mr[obj]) * (cols - mc[obj]), minlength=n_obj) / safe,
+    )
+    peak = np.full(n_obj, -np.inf, dtype=np.float32)
+    np.maximum.at(peak, obj, s)
+    moment_size = np.full(n_obj, np.nan)
+    moment_aspect = np.full(n_obj, np.nan)
+
+    if fixed:
+        keep = np.ones(len(u), dtype=bool)
+        target = n_cand.astype(np.float64)
+    else:
+        target = apparent
+        if size_model is not None:
+            compact = np.flatnonzero(apparent <= size_model.compact_limit_px)
+            if len(compact):
+                # the brightest pixel of each compact object centres its moment window
+                first = np.flatnonzero(s == peak[obj])
+                owner, at = np.unique(obj[first], return_index=True)
+                centre = np.zeros((n_obj, 2), dtype=np.int64)
+                centre[owner, 0] = rows[first[at]]
+                centre[owner, 1] = cols[first[at]]
+                size, m_aspect = _moments(
+                    work, lattice, geo, centre[compact], size_model.moment_sigma_px, frame
+                )
+                moment_size[compact] = size
+                moment_aspect[compact] = m_aspect
+            target = np.asarray(
+                size_model.true_area_px(apparent, aspect, moment_size, moment_aspect), dtype=np.float64
+            )
+        keep = u > _levels(obj, u, target, n_obj)[obj]
+    n_final = np.bincount(obj, weights=keep, minlength=n_obj)
+    small = n_final < geo.min_pixels
+    if small.any():
+        keep &= ~small[obj]
+        n_final[small] = 0
+    final = np.zeros_like(candidate)
+    final.reshape(-1)[idx[keep]] = True
+    kept = np.flatnonzero(~small)
+    signal_sum = np.asarray(
+        np.bincount(obj[keep], weights=s[keep].astype(np.float64), minlength=n_obj), dtype=np.float64
+    )
+    objects = AxonObjects(
+        centroid_rc=np.column_stack([mr[kept], mc[kept]]),
+        area_px=n_final[kept].astype(np.int64),
+        target_area_px=target[kept],
+        apparent_area_px=apparent[kept],
+        peak_signal=peak[kept].astype(np.float64),
+        aspect=aspect[kept],
+        moment_size_px2=moment_size[kept],
+        moment_aspect=moment_aspect[kept],
+        signal_sum=signal_sum[kept],
+    )
+    return final, objects
+
+
+def _aspect(vrr: F64, vcc: F64, vrc: F64) -> F64:
+    """Ratio of principal axes from second moments; + 1/12 px² each: a pixel's own spread.
+
+    Moments that describe no ellipse (noise on a dim object) give 1.
+    """
+    vrr = np.maximum(vrr, 0.0) + 1.0 / 12.0
+    vcc = np.maximum(vcc, 0.0) + 1.0 / 12.0
+    mean_v = 0.5 * (vrr + vcc)
+    spread = np.sqrt(0.25 * (vrr - vcc) ** 2 + vrc * vrc)
+    ratio = np.sqrt((mean_v + spread) / np.maximum(mean_v - spread, 1e-12))
+    return np.asarray(np.where(np.isfinite(ratio), ratio, 1.0), dtype=np.float64)
+
+
+def _moments(
+    work: F32,
+    lattice: F32,
+    geo: _Geometry,
+    centre: NDArray[np.int64],
+    sigma_px: float,
+    frame: tuple[int, int],
+) -> tuple[F64, F64]:
+    """Gaussian-weighted second moments of compact objects: size and aspect.
+
+    In a window around each object's brightest pixel (background from the
+    lattice at that pixel subtracted), the centroid is refined three times
+    under a circular Gaussian weight of ``sigma_px``; the weighted second
+    moments about it give ``sqrt(det M)`` (px², grows with the object's
+    size with no dependence on where it falls between pixels, unlike any
+    peak or pixel count) and the ratio of principal axes. The weight is
+    separable, so every sum is two small matrix products per object.
+    """
+    half = max(3, math.ceil(3.5 * sigma_px))
+    offsets = np.arange(-half, half + 1, dtype=np.float64)
+    rr = np.clip(centre[:, 0, None] + np.arange(-half, half + 1), 0, frame[0] - 1)
+    cc = np.clip(centre[:, 1, None] + np.arange(-half, half + 1), 0, frame[1] - 1)
+    patch = work[rr[:, :, None], cc[:, None, :]].astype(np.float64)
+    sub = geo.sub_px
+    lr = np.clip((centre[:, 0] + 0.5) / sub - 0.5, 0, lattice.shape[0] - 1)
+    lc = np.clip((centre[:, 1] + 0.5) / sub - 0.5, 0, lattice.shape[1] - 1)
+    r0 = np.minimum(lr.astype(np.int64), lattice.shape[0] - 1)
+    c0 = np.minimum(lc.astype(np.int64), lattice.shape[1] - 1)
+    r1 = np.minimum(r0 + 1, lattice.shape[0] - 1)
+    c1 = np.minimum(c0 + 1, lattice.shape[1] - 1)
+    tr, tc = lr - r0, lc - c0
+    background = (
+        lattice[r0, c0] * (1 - tr) * (1 - tc)
+        + lattice[r1, c0] * tr * (1 - tc)
+        + lattice[r0, c1] * (1 - tr) * tc
+        + lattice[r1, c1] * tr * tc
+    )
+    patch -= background[:, None, None]
+    inv = -0.5 / (sigma_px * sigma_px)
+    dy = np.zeros(len(centre))
+    dx = np.zeros(len(centre))
+
+    def weighted(fy: F64, fx: F64) -> F64:
+        # sum over the window of fy[row] · patch · fx[col]
+        return np.einsum("ny,nyx,nx->n", fy, patch, fx, optimize=False)
+
+    for _ in range(4):
+        wy = np.exp(inv * (offsets[None, :] - dy[:, None]) ** 2)
+        wx = np.exp(inv * (offsets[None, :] - dx[:, None]) ** 2)
+        m0 = np.maximum(weighted(wy, wx), 1e-12)
+        dy = np.clip(weighted(wy * offsets, wx) / m0, -1.5, 1.5)
+        dx = np.clip(weighted(wy, wx * offsets) / m0, -1.5, 1.5)
+    wy = np.exp(inv * (offsets[None, :] - dy[:, None]) ** 2)
+    wx = np.exp(inv * (offsets[None, :] - dx[:, None]) ** 2)
+    m0 = np.maximum(weighted(wy, wx), 1e-12)
+    oy = offsets[None, :] - dy[:, None]
+    ox = offsets[None, :] - dx[:, None]
+    myy = weighted(wy * oy * oy, wx) / m0
+    mxx = weighted(wy, wx * ox * ox) / m0
+    mxy = weighted(wy * oy, wx * ox) / m0
+    det = myy * mxx - mxy * mxy
+    # a window whose weighted signal is not a positive bump (noise, a brighter neighbour's
+    # shoulder) has no moment size: the object is sized by its apparent area instead
+    ok = (det > 0) & (myy > 0) & (mxx > 0) & (m0 > 1e-9)
+    size = np.where(ok, np.sqrt(np.where(ok, det, 1.0)), np.nan)
+    return size, _aspect(myy - 1.0 / 12.0, mxx - 1.0 / 12.0, mxy)
+
+
+def _levels(obj: NDArray[np.int64], u: F32, target: F64, n_obj: int) -> F64:
+    """Per object, the plateau ratio above which ``target`` of its pixels lie.
+
+    A histogram of ratios per object (``_LEVEL_BINS_PER_UNIT`` bins per unit
+    from ``_BASE_FRACTION``), counted from the top down to the bin where the
+    count reaches the target, interpolated within that bin. An object whose
+    target exceeds its candidate pixels keeps them all.
+    """
+    q = _LEVEL_BINS_PER_UNIT
+    nb = _LEVEL_BINS
+    bins = np.clip(((u - np.float32(_BASE_FRACTION)) * np.float32(q)).astype(np.int64), 0, nb - 1)
+    counts = np.bincount(obj * nb + bins, minlength=n_obj * nb).reshape(n_obj, nb)
+    above = np.cumsum(counts[:, ::-1], axis=1)[:, ::-1]  # above[:, j]: pixels in bins ≥ j
+    j = (above >= target[:, None]).sum(axis=1) - 1
+    level = np.full(n_obj, -np.inf)
+    ok = j >= 0
+    jj = j[ok]
+    rows = np.flatnonzero(ok)
+    over = np.where(jj + 1 < nb, above[rows, np.minimum(jj + 1, nb - 1)], 0)
+    in_bin = counts[rows, jj]
+    frac = (target[ok] - over) / np.maximum(in_bin, 1)
+    level[ok] = _BASE_FRACTION + (jj + 1 - frac) / q
+    return level

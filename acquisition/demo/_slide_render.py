@@ -113,7 +113,12 @@ class Optics:
 
 @dataclass(frozen=True)
 class FocalPlane:
-    """Focal plane z (µm) over the slide: tilt plus gentle waviness."""
+    """Focal plane z (µm) over the slide: tilt plus gentle waviness, plus optional local bumps.
+
+    ``bumps`` are anisotropic Gaussians ``(x, y, amplitude, sigma_major,
+    sigma_minor, angle_rad)`` in µm: ``amplitude · exp(−½(a²/σ_major² +
+    b²/σ_minor²))``, ``(a, b)`` the offset from ``(x, y)`` rotated by ``−angle``.
+    """
 
     z_ref_um: float
     ref_xy_um: tuple[float, float]
@@ -121,6 +126,7 @@ class FocalPlane:
     wave_amplitude_um: tuple[float, float]
     wave_length_um: tuple[float, float]
     wave_phase: tuple[float, float]
+    bumps: tuple[tuple[float, float, float, float, float, float], ...] = ()
 
     def fx(self, x_um: F64) -> F64:
         return self.tilt_um_per_mm[0] * (np.asarray(x_um) - self.ref_xy_um[0]) / 1000.0 + (
@@ -134,18 +140,38 @@ class FocalPlane:
             * np.sin(2 * np.pi * np.asarray(y_um) / self.wave_length_um[1] + self.wave_phase[1])
         )
 
+    def bump_um(self, x_um: F64, y_um: F64) -> F64:
+        """Sum of the local bumps at (x, y) (µm; broadcasts)."""
+        x = np.asarray(x_um, dtype=np.float64)
+        y = np.asarray(y_um, dtype=np.float64)
+        out = np.zeros(np.broadcast_shapes(x.shape, y.shape))
+        for bx, by, amp, s_major, s_minor, angle in self.bumps:
+            c, s = np.cos(angle), np.sin(angle)
+            dx, dy = x - bx, y - by
+            a = (c * dx + s * dy) / s_major
+            b = (c * dy - s * dx) / s_minor
+            out = out + amp * np.exp(-0.5 * (a * a + b * b))
+        return out
+
     def z_um(self, x_um: F64, y_um: F64) -> F64:
-        return self.z_ref_um + self.fx(x_um) + self.fy(y_um)
+        z = self.z_ref_um + self.fx(x_um) + self.fy(y_um)
+        return z + self.bump_um(x_um, y_um) if self.bumps else z
 
     def range_over(self, bbox_um: tuple[float, float, float, float]) -> tuple[float, float]:
-        """Bounds of the focal plane over a box (tilt at the corners ± waves)."""
+        """Bounds of the focal plane over a box (tilt at the corners ± waves ± nearby bumps)."""
         x0, y0, x1, y1 = bbox_um
         corners = self.z_ref_um + np.add.outer(
             self.tilt_um_per_mm[0] * (np.array([x0, x1]) - self.ref_xy_um[0]) / 1000.0,
             self.tilt_um_per_mm[1] * (np.array([y0, y1]) - self.ref_xy_um[1]) / 1000.0,
         )
         wave = abs(self.wave_amplitude_um[0]) + abs(self.wave_amplitude_um[1])
-        return float(corners.min() - wave), float(corners.max() + wave)
+        lo, hi = float(corners.min() - wave), float(corners.max() + wave)
+        for bx, by, amp, s_major, _, _ in self.bumps:
+            reach = 5.0 * s_major
+            if bx + reach > x0 and bx - reach < x1 and by + reach > y0 and by - reach < y1:
+                lo += min(0.0, amp)
+                hi += max(0.0, amp)
+        return lo, hi
 
 
 @dataclass(frozen=True)
@@ -665,6 +691,8 @@ def _add_background(
     """Add tissue autofluorescence (photons/ms) at the lattice ``y_um × x_um``."""
     optics = Optics.for_pixel_size(pixel_size_um)
     dz = z_um - (focal.z_ref_um + focal.fy(y_um)[:, None] + focal.fx(x_um)[None, :])
+    if focal.bumps:
+        dz -= focal.bump_um(x_um[None, :], y_um[:, None])
     beta = np.clip((optics.sigma_um(dz) - 1.0) / 7.0, 0.0, 1.0).astype(np.float32)
     for cmap in maps:
         buf += sample_coverage(cmap, x_um, y_um, rates[0], rates[1], beta)

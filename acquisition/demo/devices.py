@@ -409,6 +409,8 @@ class DemoHub(HubDevice):
         "demo" (the demo slide of ``acquisition.demo.slide``).
     SlideSeed : int
         Seed of the slide's procedural content (nuclei, axons, focus surface).
+    FocusBumps : {"Off", "On"}
+        The slide's local focus bumps (bubbles, folds; see ``VirtualSlide.focus_bumps``).
     """
 
     def __init__(self) -> None:
@@ -427,6 +429,14 @@ class DemoHub(HubDevice):
         )
         with _DEMO_DEVICES_LOCK:
             _DEMO_DEVICES.add(self)
+        self._focus_bumps = False
+        self.register_property(
+            "FocusBumps",
+            default_value="Off",
+            allowed_values=("Off", "On"),
+            getter=DemoHub._get_focus_bumps,
+            setter=DemoHub._set_focus_bumps,
+        )
 
     def get_installed_peripherals(self) -> Sequence[tuple[str, str]]:
         """Devices that can hang off this hub."""
@@ -450,6 +460,15 @@ class DemoHub(HubDevice):
         with self._slide_lock:
             self._seed = int(float(value))
             self._slide = None  # rebuilt lazily with the new seed
+
+    def _get_focus_bumps(self) -> str:
+        return "On" if self._focus_bumps else "Off"
+
+    def _set_focus_bumps(self, value: str) -> None:
+        with self._slide_lock:
+            self._focus_bumps = str(value) == "On"
+            if self._slide is not None:
+                self._slide = self._slide.with_focus_bumps(self._focus_bumps)
 
     # ---------------------------------------------------------- peripherals
 
@@ -535,13 +554,14 @@ class DemoHub(HubDevice):
             if self._slide is None:
                 from .slide import demo_slide
 
-                self._slide = demo_slide(seed=self._seed)
+                self._slide = demo_slide(seed=self._seed).with_focus_bumps(self._focus_bumps)
             return self._slide
 
     def set_slide(self, slide: VirtualSlide) -> None:
         """Put another virtual slide on the stage (e.g. one animal of a cohort)."""
         with self._slide_lock:
-            self._slide = slide
+            # a slide put on the stage keeps its own bumps unless the hub's FocusBumps is on
+            self._slide = slide.with_focus_bumps(True) if self._focus_bumps else slide
 
     def magnification(self) -> float:
         """Magnification of the objective in the light path."""

@@ -24,6 +24,16 @@ toward −x (seen from caudal). Horizontal sections lie with their long
 animal's right is toward −y. Each section is rotated about its centre by its
 ``rotation_deg`` (positive turns +x toward +y).
 
+Beads and focus bumps
+---------------------
+A bead area (:data:`BEAD_AREA_UM`, right of the tissue zone) holds 0.17 µm
+fluorescent beads on a jittered 25 µm lattice (tracer channel only,
+positions in :meth:`VirtualSlide.beads`), imaged with the slide's own blur,
+for PSF calibration. Optional local focus bumps (bubbles and folds of ±3-8
+µm over 0.3-0.9 mm on eight sections, :attr:`VirtualSlide.focus_bumps`) are
+off by default (``make_slide(..., focus_bumps=True)`` or
+:meth:`VirtualSlide.with_focus_bumps`).
+
 Ground truth
 ------------
 Every labelled object (an axon punctum, i.e. a disc, or a beaded fibre, i.e.
@@ -40,11 +50,12 @@ import functools
 import math
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy.spatial import cKDTree
 
 from acquisition.demo import _slide_geometry as geo
 from acquisition.demo import _slide_render as rnd
@@ -241,6 +252,24 @@ in two rows, horizontal sections through T9-10 in two rows (intact animals'
 have no cavity). Rotations are drawn within ±8° from the slide seed."""
 
 MAX_DEMO_ROTATION_DEG = 8.0
+
+BEAD_AREA_UM: tuple[float, float, float, float] = (72_600.0, 9_000.0, 74_600.0, 16_000.0)
+"""Stage rectangle (xmin, ymin, xmax, ymax), µm, of the bead area: right of the
+tissue zone, on the slide, holding no tissue."""
+
+BEAD_DIAMETER_UM = 0.17
+"""Diameter (µm) of the sub-resolution fluorescent beads."""
+
+BEAD_PITCH_UM = 25.0
+"""Beads sit on a jittered lattice of this pitch (µm); 8 % of sites hold a close pair."""
+
+BEAD_PEAK = 1600.0
+"""Nominal in-focus brightness of a bead (photons / ms / pixel, as ``object_peak``):
+its total signal is ``BEAD_PEAK · area / p²`` photons / ms, about 50 photons/ms/pixel
+at its peak at 10x."""
+
+FOCUS_BUMP_SECTIONS = 8
+"""Sections that carry a local focus bump when bumps are switched on."""
 
 # tracer object parameters (µm)
 _GAP_UM = 0.1  # clearance between objects and from region boundaries
@@ -443,6 +472,57 @@ class AxonObjects:
     tissue: NDArray[np.str_]
     side: NDArray[np.str_]
     zone: NDArray[np.str_]
+
+
+@dataclass(frozen=True)
+class FocusBump:
+    """A local deviation of the focal surface (a bubble or a fold), ground truth.
+
+    ``z += amplitude_um · exp(−½ (a²/σ_major² + b²/σ_minor²))``, ``(a, b)``
+    the offset from ``(x_um, y_um)`` rotated by ``−angle_deg``. A focus map of
+    a few points per section does not capture it.
+    """
+
+    section_id: str
+    kind: str  # "bubble" (round) or "fold" (elongated)
+    x_um: float
+    y_um: float
+    amplitude_um: float
+    sigma_major_um: float
+    sigma_minor_um: float
+    angle_deg: float
+
+    def as_tuple(self) -> tuple[float, float, float, float, float, float]:
+        """(x, y, amplitude, sigma_major, sigma_minor, angle_rad)."""
+        return (
+            self.x_um,
+            self.y_um,
+            self.amplitude_um,
+            self.sigma_major_um,
+            self.sigma_minor_um,
+            math.radians(self.angle_deg),
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class Beads:
+    """Sub-resolution fluorescent beads of a slide's bead area (tracer channel only).
+
+    Attributes
+    ----------
+    xy_um : (N, 2) float array
+        Bead centres (stage µm).
+    diameter_um : float
+    area_um : (xmin, ymin, xmax, ymax)
+        The bead area's stage rectangle.
+    isolated : (N,) bool array
+        No other bead within 5 µm.
+    """
+
+    xy_um: FloatArray
+    diameter_um: float
+    area_um: tuple[float, float, float, float]
+    isolated: NDArray[np.bool_]
 
 
 def horizontal_axon_density(
@@ -1224,6 +1304,65 @@ def _boxes_overlap(a: tuple[float, float, float, float], b: tuple[float, float, 
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
+def _grow_box(b: tuple[float, float, float, float], m: float) -> tuple[float, float, float, float]:
+    return (b[0] - m, b[1] - m, b[2] + m, b[3] + m)
+
+
+def _make_beads(seed: int) -> tuple[Beads, rnd.ObjectSet]:
+    """Beads on a jittered lattice over :data:`BEAD_AREA_UM` and their render set."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0xBEAD5]))
+    x0, y0, x1, y1 = BEAD_AREA_UM
+    pitch = BEAD_PITCH_UM
+    gx, gy = np.meshgrid(np.arange(x0 + pitch / 2, x1, pitch), np.arange(y0 + pitch / 2, y1, pitch))
+    sites = np.column_stack([gx.ravel(), gy.ravel()]) + rng.uniform(-0.25 * pitch, 0.25 * pitch, (gx.size, 2))
+    pair = rng.uniform(0.0, 1.0, len(sites)) < 0.08
+    angle = rng.uniform(0.0, 2.0 * np.pi, int(pair.sum()))
+    dist = rng.uniform(0.8, 2.5, int(pair.sum()))
+    xy = np.concatenate([sites, sites[pair] + np.column_stack([dist * np.cos(angle), dist * np.sin(angle)])])
+    nearest, _ = cKDTree(xy).query(xy, k=2)
+    r2 = np.full(len(xy), (BEAD_DIAMETER_UM / 2.0) ** 2)
+    objects = rnd.ObjectSet.build(
+        xy[:, 0], xy[:, 1], r2, np.zeros_like(r2), r2, np.full(len(xy), BEAD_PEAK), isotropic=True
+    )
+    return Beads(xy, BEAD_DIAMETER_UM, BEAD_AREA_UM, nearest[:, 1] > 5.0), objects
+
+
+def _make_focus_bumps(sections: Sequence[_Section], seed: int) -> tuple[FocusBump, ...]:
+    """One bump on each of :data:`FOCUS_BUMP_SECTIONS` sections: bubbles and folds.
+
+    A bump of ±3-8 µm with a full width at half maximum of 0.3-0.9 mm lies
+    inside its section, halfway between the centre and the outline.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0xB0B5]))
+    chosen = rng.choice(len(sections), size=min(FOCUS_BUMP_SECTIONS, len(sections)), replace=False)
+    bumps = []
+    for i in sorted(chosen):
+        truth = sections[i].truth
+        centre = np.asarray(truth.spec.centre_um)
+        outline = geo.PolygonIndex(truth.outline)
+        for _ in range(200):
+            point = centre + rng.uniform(0.35, 0.6) * (
+                truth.outline[rng.integers(len(truth.outline))] - centre
+            )
+            if outline.contains(point[None, :])[0]:
+                break
+        fold = bool(rng.uniform() < 0.4)
+        sigma = rng.uniform(300.0, 900.0) / 2.355
+        bumps.append(
+            FocusBump(
+                section_id=truth.section_id,
+                kind="fold" if fold else "bubble",
+                x_um=float(point[0]),
+                y_um=float(point[1]),
+                amplitude_um=float(rng.choice([-1.0, 1.0]) * rng.uniform(3.0, 8.0)),
+                sigma_major_um=float(sigma),
+                sigma_minor_um=float(sigma * (0.3 if fold else 1.0)),
+                angle_deg=float(rng.uniform(0.0, 180.0)),
+            )
+        )
+    return tuple(bumps)
+
+
 # ================================================================== the slide
 
 
@@ -1238,11 +1377,42 @@ class VirtualSlide:
 
     channels: tuple[str, ...] = CHANNELS
 
-    def __init__(self, sections: Sequence[_Section], focal: rnd.FocalPlane, seed: int):
+    def __init__(
+        self,
+        sections: Sequence[_Section],
+        focal: rnd.FocalPlane,
+        seed: int,
+        *,
+        bumps: Sequence[FocusBump] = (),
+        bumps_on: bool = False,
+    ):
         self._sections = tuple(sections)
         self._by_id = {s.truth.section_id: s for s in self._sections}
-        self._focal = focal
+        self._bumps = tuple(bumps)
+        self._bumps_on = bool(bumps_on)
+        self._focal = replace(focal, bumps=tuple(b.as_tuple() for b in self._bumps) if bumps_on else ())
         self.seed = seed
+        self._beads, self._bead_set = _make_beads(seed)
+
+    @property
+    def focus_bumps(self) -> tuple[FocusBump, ...]:
+        """The slide's local focus bumps (their truth, whether or not they are switched on)."""
+        return self._bumps
+
+    @property
+    def focus_bumps_on(self) -> bool:
+        """Whether the focus bumps deform the focal surface."""
+        return self._bumps_on
+
+    def with_focus_bumps(self, on: bool) -> VirtualSlide:
+        """Return this slide with its focus bumps switched on or off (sections shared)."""
+        if bool(on) == self._bumps_on:
+            return self
+        return VirtualSlide(self._sections, self._focal, self.seed, bumps=self._bumps, bumps_on=bool(on))
+
+    def beads(self) -> Beads:
+        """The beads of the bead area (:data:`BEAD_AREA_UM`), positions known exactly."""
+        return self._beads
 
     # ------------------------------------------------------------ geometry
 
@@ -1345,6 +1515,9 @@ class VirtualSlide:
         grid = rnd.FrameGrid.from_center(center_um, p, (h, w))
         hits = self._sections_near(grid, float(z_um))
         fl = FLUORESCENCE[channel]
+        objects = [s.nuclei if channel == "DAPI" else s.tracer for s in hits]
+        if channel == "tdTomato" and _boxes_overlap(BEAD_AREA_UM, _grow_box(grid.bbox_um(), 200.0)):
+            objects.append(self._bead_set)
         rnd.render_frame(
             out,
             grid,
@@ -1352,7 +1525,7 @@ class VirtualSlide:
             self._focal,
             [s.coverage for s in hits],
             (fl["white_matter"], fl["gray_matter"]),
-            [s.nuclei if channel == "DAPI" else s.tracer for s in hits],
+            objects,
         )
         return out
 
@@ -1517,7 +1690,7 @@ class VirtualSlide:
 # ================================================================== builders
 
 
-def make_slide(specs: Sequence[SectionSpec], *, seed: int) -> VirtualSlide:
+def make_slide(specs: Sequence[SectionSpec], *, seed: int, focus_bumps: bool = False) -> VirtualSlide:
     """Generate a virtual slide holding the given sections.
 
     Parameters
@@ -1527,6 +1700,9 @@ def make_slide(specs: Sequence[SectionSpec], *, seed: int) -> VirtualSlide:
         :data:`TISSUE_ZONE_UM` and sections must not overlap.
     seed : int
         Seed of all procedural content (shapes, objects, nuclei, focus).
+    focus_bumps : bool
+        Switch the slide's local focus bumps on (see
+        :attr:`VirtualSlide.focus_bumps`); off by default.
 
     Returns
     -------
@@ -1570,7 +1746,8 @@ def make_slide(specs: Sequence[SectionSpec], *, seed: int) -> VirtualSlide:
         wave_length_um=(float(rng.uniform(15_000.0, 25_000.0)), float(rng.uniform(10_000.0, 18_000.0))),
         wave_phase=(float(rng.uniform(0, 2 * np.pi)), float(rng.uniform(0, 2 * np.pi))),
     )
-    return VirtualSlide(sections, focal, seed)
+    bumps = _make_focus_bumps(sections, seed)
+    return VirtualSlide(sections, focal, seed, bumps=bumps, bumps_on=focus_bumps)
 
 
 def demo_specs(seed: int = 2026) -> tuple[SectionSpec, ...]:

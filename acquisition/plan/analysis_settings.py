@@ -78,3 +78,25 @@ class AnalysisSettings(_SettingsModel):
         description="Registered positions further than this (µm) from the requested ones are not "
         "trusted (the tile stays at its requested position).",
     )
+    edge_rule: Literal["object_size", "fixed_fraction"] = Field(
+        default="object_size",
+        description="object_size: each object's edge from its physical size through the PSF's "
+        "object-size model (analysis.object_size); fixed_fraction: the former rule, edge at "
+        "edge_fraction of the local plateau for every object.",
+    )
+    dark_offset_from: Literal["dark_frames", "plan"] = Field(
+        default="dark_frames",
+        description="dark_frames: the offset measured from the scan's dark frames per channel "
+        "(dark_offset_adu only when a file has none, with a warning); plan: dark_offset_adu as given.",
+    )
+    psf_sigma_um: float | None = Field(
+        default=None,
+        gt=0,
+        description="Gaussian σ (µm) of the tracer channel's optical PSF, when no bead calibration "
+        "is at hand; a measured PSF (cordscope calibrate) wins over it.",
+    )
+    size_offset_um2: float = Field(
+        default=0.0,
+        description="Area (µm²) subtracted from every object, measured on size-standard beads "
+        "(analysis.object_size.measure_size_offset); with psf_sigma_um only.",
+    )

@@ -282,3 +282,55 @@ def test_empty_inputs():
     assert not g.any()
     with pytest.raises(ValueError):
         tissue_mask(np.zeros((2, 3, 4)), pixel_size_um=P_UM)
+
+
+# ------------------------------------------------------- other DAPI contrasts
+
+
+def lattice_dapi(truth, rng, occupancy, background, *, cell_um=10.0, p=P_UM):
+    """A DAPI mosaic of another stain/microscope on the slide's geometry (not its renderer).
+
+    Nuclei on a jittered lattice, kept with an occupancy per tissue class
+    (gray, white), log-normal brightness, a textured background per class,
+    Poisson noise.
+    """
+    from scipy import ndimage as ndi
+
+    tissue = truth["section"]
+    gray = truth["gray_matter"] & tissue
+    h, w = tissue.shape
+    yy, xx = np.mgrid[0 : int(h * p / cell_um), 0 : int(w * p / cell_um)]
+    r = np.clip(((yy + rng.uniform(0, 1, yy.shape)) * cell_um / p).astype(int), 0, h - 1)
+    c = np.clip(((xx + rng.uniform(0, 1, xx.shape)) * cell_um / p).astype(int), 0, w - 1)
+    occ = np.where(gray[r, c], occupancy[0], np.where(tissue[r, c], occupancy[1], 0.0))
+    keep = rng.uniform(0, 1, occ.shape) < occ
+    img = np.zeros((h, w))
+    np.add.at(img, (r[keep], c[keep]), rng.lognormal(np.log(1500), 0.3, keep.sum()))
+    img = ndi.gaussian_filter(img, 0.8)
+    texture = ndi.gaussian_filter(rng.standard_normal((h, w)), 8)
+    texture = 1 + 0.08 * texture / texture.std()
+    level = np.where(gray, background[0], np.where(tissue, background[1], 0.0))
+    img += ndi.gaussian_filter(level * texture * 36, 1.0)
+    return (rng.poisson(img * 0.3) / 0.3 + 50).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    ("occupancy", "background", "section_id"),
+    [
+        pytest.param((0.5, 0.28), (0.8, 1.2), "rat03-C5", id="darker-gray-neuropil-C5"),
+        pytest.param((0.5, 0.28), (0.8, 1.2), "rat05-L2", id="darker-gray-neuropil-L2"),
+        pytest.param((0.5, 0.3), (1.0, 1.0), "rat03-C5", id="nuclei-only-C5"),
+        pytest.param((0.5, 0.3), (1.0, 1.0), "rat02-Th7", id="nuclei-only-Th7"),
+    ],
+)
+def test_gray_matter_holds_under_other_dapi_contrasts(slide, occupancy, background, section_id):
+    """Gray matter found by its nuclei and by anatomy, whichever way its neuropil differs."""
+    _, _, truth = section_frame(slide, section_id)
+    img = lattice_dapi(truth, np.random.default_rng(0), occupancy, background)
+    tissue = tissue_mask(img, pixel_size_um=P_UM)
+    gray = gray_matter_mask(img, tissue=tissue, pixel_size_um=P_UM)
+    true_gray = truth["gray_matter"] & truth["section"]
+    assert dice(tissue, truth["section"]) >= 0.95
+    assert dice(gray, true_gray) >= 0.9
+    assert dice(tissue & ~gray, truth["section"] & ~truth["gray_matter"]) >= 0.9
+    assert gray.sum() / true_gray.sum() == pytest.approx(1.0, abs=0.1)

@@ -11,6 +11,7 @@ from matplotlib.path import Path
 from scipy.spatial import cKDTree
 
 from acquisition.demo.slide import (
+    BEAD_AREA_UM,
     CHANNELS,
     SLIDE_SIZE_UM,
     TISSUE_ZONE_UM,
@@ -517,3 +518,107 @@ def test_generation_is_seeded() -> None:
 def test_unknown_section_raises_naming_it(slide: VirtualSlide) -> None:
     with pytest.raises(KeyError, match="rat99-C5"):
         slide.truth_table("rat99-C5")
+
+
+# ------------------------------------------------------------ beads and focus bumps
+
+
+def test_bead_area_lies_on_glass_and_holds_mostly_isolated_beads(slide: VirtualSlide) -> None:
+    beads = slide.beads()
+    x0, y0, x1, y1 = BEAD_AREA_UM
+    assert beads.area_um == BEAD_AREA_UM
+    assert 0.1 <= beads.diameter_um <= 0.2
+    assert len(beads.xy_um) > 5000
+    inside = (
+        (beads.xy_um[:, 0] > x0)
+        & (beads.xy_um[:, 0] < x1)
+        & (beads.xy_um[:, 1] > y0)
+        & (beads.xy_um[:, 1] < y1)
+    )
+    assert inside.all()
+    assert beads.isolated.mean() > 0.8
+    assert 0 <= x0 and x1 <= SLIDE_SIZE_UM[0] and 0 <= y0 and y1 <= SLIDE_SIZE_UM[1]
+    for section in slide.sections:
+        b = section.bbox_um
+        assert b[2] + 500 < x0 or b[0] - 500 > x1 or b[3] + 500 < y0 or b[1] - 500 > y1, section.section_id
+
+
+@pytest.mark.parametrize("pixel_size_um", [1.625, 0.65, 0.325], ids=["4x", "10x", "20x"])
+def test_beads_render_as_spots_of_the_slide_blur_at_their_positions(
+    slide: VirtualSlide, pixel_size_um: float
+) -> None:
+    p = pixel_size_um
+    beads = slide.beads()
+    x0, y0, x1, y1 = BEAD_AREA_UM
+    xy = ((x0 + x1) / 2, (y0 + y1) / 2)
+    z = _focus(slide, xy)
+    h = w = 288
+    img = slide.render(center_um=xy, pixel_size_um=p, shape=(h, w), channel="tdTomato", z_um=z)
+    dapi = slide.render(center_um=xy, pixel_size_um=p, shape=(h, w), channel="DAPI", z_um=z)
+    assert dapi.max() == 0.0  # beads are seen in the tracer channel only
+    cx = xy[0] + (np.arange(w) + 0.5 - w / 2) * p
+    cy = xy[1] + (np.arange(h) + 0.5 - h / 2) * p
+    # the slide's documented blur: a point's soft edge ends at r_out (see _slide_render)
+    sigma = 0.45 * p
+    sigma_tot = math.hypot(sigma, p / math.sqrt(12.0))
+    r_out = math.hypot(beads.diameter_um / 2, sigma) + 1.25 * sigma_tot
+    margin = r_out + 4 * p
+    sel = beads.isolated & (np.abs(beads.xy_um[:, 0] - xy[0]) < w / 2 * p - margin)
+    sel &= np.abs(beads.xy_um[:, 1] - xy[1]) < h / 2 * p - margin
+    assert sel.sum() >= 5
+    yy, xx = np.meshgrid(cy, cx, indexing="ij")
+    for bx, by in beads.xy_um[sel]:
+        d = np.hypot(xx - bx, yy - by)
+        near = d < r_out + 2 * p
+        spot = np.where(near, img, 0.0)
+        peak = np.unravel_index(int(np.argmax(spot)), img.shape)
+        assert d[peak] <= 0.75 * p  # brightest pixel on the bead
+        lit = near & (img > 1e-3 * img[peak])
+        assert r_out - 1.5 * p < d[lit].max() <= r_out + 0.01 * p  # as wide as the blur (float32)
+
+
+def test_focus_bumps_are_off_by_default_and_deform_the_focal_surface_when_on(slide: VirtualSlide) -> None:
+    assert not slide.focus_bumps_on
+    bumps = slide.focus_bumps
+    assert len(bumps) >= 5 and {b.kind for b in bumps} == {"bubble", "fold"}
+    on = slide.with_focus_bumps(True)
+    assert on.focus_bumps_on and on.focus_bumps == bumps
+    assert on.with_focus_bumps(False).focal_plane_z_um(1.0, 2.0) == slide.focal_plane_z_um(1.0, 2.0)
+    ids = {s.section_id for s in slide.sections}
+    for b in bumps:
+        assert b.section_id in ids
+        assert 3.0 <= abs(b.amplitude_um) <= 8.0
+        assert 300.0 <= 2.355 * b.sigma_major_um <= 1000.0  # full width at half maximum
+        lift = on.focal_plane_z_um(b.x_um, b.y_um) - slide.focal_plane_z_um(b.x_um, b.y_um)
+        assert lift == pytest.approx(b.amplitude_um, abs=0.05 * abs(b.amplitude_um))
+        assert Path(slide.section(b.section_id).outline).contains_point((b.x_um, b.y_um))
+    # a bump is local: 4 mm away nothing changes
+    b = bumps[0]
+    far = (b.x_um + 4000.0, b.y_um)
+    assert on.focal_plane_z_um(*far) == pytest.approx(float(slide.focal_plane_z_um(*far)), abs=1e-6)
+
+
+def test_a_bump_blurs_what_the_smooth_focus_would_see_sharp(slide: VirtualSlide) -> None:
+    on = slide.with_focus_bumps(True)
+    b = max(slide.focus_bumps, key=lambda b: abs(b.amplitude_um))
+    xy = (b.x_um, b.y_um)
+    z_smooth = _focus(slide, xy)
+    kw: dict[str, object] = dict(center_um=xy, pixel_size_um=P10X_UM, shape=(256, 256), channel="DAPI")
+    flat = _sharpness(slide.render(**kw, z_um=z_smooth))  # type: ignore[arg-type]
+    missed = _sharpness(on.render(**kw, z_um=z_smooth))  # type: ignore[arg-type]
+    refocused = _sharpness(on.render(**kw, z_um=z_smooth + b.amplitude_um))  # type: ignore[arg-type]
+    assert missed < 0.5 * flat
+    assert refocused == pytest.approx(flat, rel=0.1)
+
+
+def test_frames_agree_exactly_with_bumps_on(slide: VirtualSlide) -> None:
+    on = slide.with_focus_bumps(True)
+    b = on.focus_bumps[0]
+    p, h, w = P10X_UM, 200, 240
+    xy = (b.x_um, b.y_um)
+    z = _focus(slide, xy)
+    a = on.render(center_um=xy, pixel_size_um=p, shape=(h, w), channel="tdTomato", z_um=z)
+    c = on.render(
+        center_um=(xy[0] + 31 * p, xy[1] - 17 * p), pixel_size_um=p, shape=(h, w), channel="tdTomato", z_um=z
+    )
+    np.testing.assert_array_equal(a[: h - 17, 31:], c[17:, : w - 31])

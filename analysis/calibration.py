@@ -1,0 +1,535 @@
+"""A scan's calibration: dark frames per channel, flat fields, the PSF; per-tile flags.
+
+Dark frames (:func:`measure_dark`)
+----------------------------------
+Frames taken with the shutter closed at a channel's exposure
+(:func:`acquisition.calibration.acquire_dark_frames`) give the camera offset
+that :func:`analysis.tile.correct_tile` subtracts and the read noise:
+
+* offset: the mean of the pixels of the frames' average that lie within
+  5 robust σ (of the average: fixed pattern, noise and quantisation) of its
+  median (hot and dead pixels left out; the mean, not the median, so an
+  8-bit camera's integer levels still give a sub-ADU offset);
+* read noise: the robust σ (1.4826 × MAD) of the difference of two frames,
+  divided by √2 (temporal noise, fixed pattern cancelled); with a single
+  frame, of adjacent-pixel differences. It is the noise of the camera's
+  output, quantisation included (``√(σ² + 1/12)`` ADU);
+* optionally the per-pixel dark map (the frames' average), for cameras with
+  a fixed-pattern offset.
+
+A default offset is wrong on any camera but the one it was read from (the
+demo camera's 100 ADU subtracted from an 8-bit camera's ~20 ADU made every
+tracer intensity −71): the offset comes from these frames unless the plan
+fixes it.
+
+Per-tile flags (:func:`tile_flags`)
+-----------------------------------
+* ``darker_than_offset``: the tile's background (the 1st percentile of its
+  16 × 16-pixel block means, i.e. glass where there is glass) lies below the
+  offset by more than 5 noise σ of a block mean (and 0.5 ADU of
+  quantisation): the offset is wrong, or the camera drifted;
+* ``n_saturated``: pixels at the camera's full scale (``2**bits − 1``);
+  their true brightness is unknown.
+
+Counts over a scan: :func:`summarise_flags`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import h5py
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from analysis.flatfield import FlatField, read_flat, write_flat
+from analysis.object_size import ObjectSizeModel, object_size_model
+from analysis.psf import PointSpreadFunction, PSFError, gaussian_psf, read_psf, write_psf
+from analysis.settings import AnalysisSettings, segmentation_settings
+from analysis.tile import block_reduce_mean
+
+__all__ = [
+    "AppliedCalibration",
+    "CalibrationError",
+    "DarkCalibration",
+    "FlagSummary",
+    "ScanCalibration",
+    "TileFlags",
+    "applied_calibration",
+    "measure_dark",
+    "read_scan_calibration",
+    "summarise_flags",
+    "tile_flags",
+    "write_scan_calibration",
+]
+
+F32 = NDArray[np.float32]
+F64 = NDArray[np.float64]
+
+CALIBRATION_FORMAT = "cordscope-calibration"
+CALIBRATION_FORMAT_VERSION = 1
+_FLAG_BLOCK_PX = 16
+
+
+class CalibrationError(ValueError):
+    """Calibration images are unusable, or a calibration file cannot be read (the message says why)."""
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True, eq=False)
+class DarkCalibration:
+    """Camera offset and read noise of one channel's exposure, from dark frames.
+
+    Attributes
+    ----------
+    channel : str
+    exposure_ms : float
+    offset_adu : float
+        Mean dark level (ADU).
+    read_noise_adu : float
+        Temporal read noise σ (ADU).
+    n_frames : int
+    bit_depth : int
+        Camera bit depth the frames were taken at.
+    n_hot_pixels : int
+        Pixels of the average more than 5 σ from the offset.
+    dark_map_adu : (H, W) float32 or None
+        Per-pixel average of the frames, if kept.
+    created : str
+    """
+
+    channel: str
+    exposure_ms: float
+    offset_adu: float
+    read_noise_adu: float
+    n_frames: int
+    bit_depth: int
+    n_hot_pixels: int
+    dark_map_adu: F32 | None = None
+    created: str = ""
+
+    @property
+    def saturation_adu(self) -> int:
+        """Full-scale value of the camera (``2**bit_depth − 1``)."""
+        return 2**self.bit_depth - 1
+
+    def summary(self) -> dict[str, object]:
+        """Scalar description, JSON-ready."""
+        return {
+            "channel": self.channel,
+            "exposure_ms": self.exposure_ms,
+            "offset_adu": round(self.offset_adu, 4),
+            "read_noise_adu": round(self.read_noise_adu, 4),
+            "n_frames": self.n_frames,
+            "bit_depth": self.bit_depth,
+            "n_hot_pixels": self.n_hot_pixels,
+            "has_dark_map": self.dark_map_adu is not None,
+            "created": self.created,
+        }
+
+
+def _robust_sigma(values: F64) -> float:
+    med = float(np.median(values))
+    return 1.4826 * float(np.median(np.abs(values - med)))
+
+
+def _quantised_sigma(diff: F64) -> float:
+    """Robust σ of integer-valued differences, interpolated within their unit bins.
+
+    With read noise below ~1 ADU the MAD of integers sticks at 0 or 1; the
+    median of ``|d|`` is interpolated inside its histogram bin (as the tile
+    analysis does for its noise σ).
+    """
+    a = np.abs(np.rint(diff)).astype(np.int64)
+    counts = np.bincount(a.ravel())
+    half = 0.5 * a.size
+    cum = np.cumsum(counts)
+    k = int(np.searchsorted(cum, half))
+    below = float(cum[k - 1]) if k > 0 else 0.0
+    lower, width = (k - 0.5, 1.0) if k > 0 else (0.0, 0.5)
+    return 1.4826 * (lower + (half - below) / float(counts[k]) * width)
+
+
+def measure_dark(
+    frames: ArrayLike,
+    *,
+    channel: str,
+    exposure_ms: float,
+    bit_depth: int,
+    keep_map: bool = False,
+) -> DarkCalibration:
+    """Offset and read noise from dark frames (method in the module docstring).
+
+    Parameters
+    ----------
+    frames : (N, H, W) or (H, W) array
+        Raw frames (ADU) with the shutter closed.
+    channel : str
+    exposure_ms : float
+    bit_depth : int
+        Camera bit depth (8, 12, 16, ...).
+    keep_map : bool
+        Keep the per-pixel average as ``dark_map_adu``.
+
+    Raises
+    ------
+    CalibrationError
+        If the frames are not 2-D/3-D, or look lit (a median far above the
+        offset level: the shutter was open) or saturated.
+    """
+    stack = np.asarray(frames)
+    if stack.ndim == 2:
+        stack = stack[None]
+    if stack.ndim != 3 or stack.size == 0:
+        raise CalibrationError(f"dark frames must be (N, H, W) or (H, W), got shape {np.shape(frames)}")
+    if not (isinstance(bit_depth, int | np.integer) and 1 <= bit_depth <= 32):
+        raise CalibrationError(f"bit_depth must be an integer 1..32, got {bit_depth!r}")
+    data = stack.astype(np.float64)
+    top = 2**bit_depth - 1
+    if np.mean(data >= top) > 0.01:
+        raise CalibrationError(
+            f"{channel}: {100 * np.mean(data >= top):.1f} % of the dark-frame pixels are saturated: "
+            "the shutter was open or the light leaks"
+        )
+    mean = data.mean(axis=0)
+    if len(data) >= 2:
+        noise = _quantised_sigma(data[1] - data[0]) / math.sqrt(2.0)
+    else:
+        noise = _quantised_sigma(np.diff(data[0], axis=1)) / math.sqrt(2.0)
+    centre = float(np.median(mean))
+    # the average's spread: fixed pattern (per-pixel, per-column offsets), noise, quantisation
+    spread = max(_robust_sigma(mean.ravel()), noise / math.sqrt(len(data)), 0.5 / math.sqrt(3.0))
+    good = np.abs(mean - centre) <= 5.0 * spread + 0.5
+    offset = float(mean[good].mean())
+    # a lit frame: many pixels far from the offset (hot pixels are a few per thousand at most)
+    if np.mean(~good) > 0.01:
+        raise CalibrationError(
+            f"{channel}: {100 * np.mean(~good):.1f} % of the dark-frame pixels lie far from the offset: "
+            "was the shutter closed?"
+        )
+    return DarkCalibration(
+        channel=str(channel),
+        exposure_ms=float(exposure_ms),
+        offset_adu=offset,
+        read_noise_adu=float(noise),
+        n_frames=len(data),
+        bit_depth=int(bit_depth),
+        n_hot_pixels=int(np.count_nonzero(~good)),
+        dark_map_adu=mean.astype(np.float32) if keep_map else None,
+        created=_now(),
+    )
+
+
+@dataclass(frozen=True)
+class TileFlags:
+    """What is wrong with one raw tile of one channel, if anything.
+
+    Attributes
+    ----------
+    background_adu : float
+        1st percentile of the tile's 16 × 16 block means (raw ADU).
+    darker_than_offset : bool
+        ``background_adu`` below the offset by more than noise and
+        quantisation allow.
+    n_saturated : int
+        Pixels at full scale.
+    """
+
+    background_adu: float
+    darker_than_offset: bool
+    n_saturated: int
+
+    @property
+    def ok(self) -> bool:
+        """Neither darker than the offset nor saturated."""
+        return not self.darker_than_offset and self.n_saturated == 0
+
+
+def tile_flags(raw: ArrayLike, *, offset_adu: float, read_noise_adu: float, bit_depth: int) -> TileFlags:
+    """Flag a raw tile darker than the offset or with saturated pixels (module docstring).
+
+    Parameters
+    ----------
+    raw : (H, W) array
+        Raw tile (ADU).
+    offset_adu, read_noise_adu : float
+        From :func:`measure_dark` (or the plan's offset and an estimate of the noise).
+    bit_depth : int
+        Camera bit depth; full scale is ``2**bit_depth − 1``.
+    """
+    image = np.asarray(raw)
+    if image.ndim != 2 or image.size == 0:
+        raise CalibrationError(f"tile must be a non-empty 2-D array, got shape {image.shape}")
+    top = 2**bit_depth - 1
+    n_sat = int(np.count_nonzero(image >= top))
+    blocks = block_reduce_mean(image, _FLAG_BLOCK_PX)
+    background = float(np.percentile(blocks, 1.0))
+    allowance = 5.0 * read_noise_adu / _FLAG_BLOCK_PX + 0.5
+    return TileFlags(background, background < offset_adu - allowance, n_sat)
+
+
+@dataclass(frozen=True)
+class FlagSummary:
+    """Counts of flagged tiles (for the scan's summary and ``cordscope info``)."""
+
+    n_tiles: int
+    n_darker_than_offset: int
+    n_with_saturation: int
+    n_saturated_pixels: int
+
+    def messages(self) -> list[str]:
+        """One line per problem a user should act on (empty when all is well)."""
+        out = []
+        if self.n_darker_than_offset:
+            out.append(
+                f"{self.n_darker_than_offset} of {self.n_tiles} tiles are darker than the camera offset: "
+                "the offset is wrong for this camera (measure dark frames) or the camera drifted"
+            )
+        if self.n_with_saturation:
+            out.append(
+                f"{self.n_with_saturation} of {self.n_tiles} tiles have saturated pixels "
+                f"({self.n_saturated_pixels} in all): shorten the exposure"
+            )
+        return out
+
+
+def summarise_flags(flags: Iterable[TileFlags]) -> FlagSummary:
+    """Count flagged tiles."""
+    items = list(flags)
+    return FlagSummary(
+        n_tiles=len(items),
+        n_darker_than_offset=sum(f.darker_than_offset for f in items),
+        n_with_saturation=sum(f.n_saturated > 0 for f in items),
+        n_saturated_pixels=sum(f.n_saturated for f in items),
+    )
+
+
+# ------------------------------------------------------------------ the bundle
+
+
+@dataclass(frozen=True, eq=False)
+class ScanCalibration:
+    """Everything a scan was calibrated with.
+
+    Attributes
+    ----------
+    darks : dict of str to DarkCalibration
+        Per channel.
+    flats : dict of str to FlatField
+        Per channel (channels without one are not flat-fielded).
+    psf : PointSpreadFunction or None
+        The tracer channel's PSF at the scan's objective.
+    notes : dict of str to str
+        Free-form provenance (e.g. ``{"psf": "beads 2026-12-07, 10x"}``).
+    """
+
+    darks: Mapping[str, DarkCalibration] = field(default_factory=dict)
+    flats: Mapping[str, FlatField] = field(default_factory=dict)
+    psf: PointSpreadFunction | None = None
+    notes: Mapping[str, str] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, object]:
+        """JSON-ready description (``cordscope info``)."""
+        return {
+            "darks": {k: v.summary() for k, v in self.darks.items()},
+            "flats": {k: v.summary() for k, v in self.flats.items()},
+            "psf": None if self.psf is None else self.psf.summary(),
+            "notes": dict(self.notes),
+        }
+
+
+def write_scan_calibration(group: h5py.Group, calibration: ScanCalibration) -> None:
+    """Write a calibration into an empty HDF5 group (e.g. a scan file's ``/calibration``).
+
+    Layout: ``dark/<channel>`` (attributes; ``dark_map_adu`` dataset if kept),
+    ``flat/<channel>`` (:func:`analysis.flatfield.write_flat`), ``psf``
+    (:func:`analysis.psf.write_psf`); the group's ``summary_json`` attribute
+    describes it all.
+    """
+    group.attrs["format"] = CALIBRATION_FORMAT
+    group.attrs["format_version"] = CALIBRATION_FORMAT_VERSION
+    group.attrs["summary_json"] = json.dumps(calibration.summary(), sort_keys=True)
+    darks = group.require_group("dark")
+    for channel, dark in calibration.darks.items():
+        g = darks.require_group(channel)
+        g.attrs["summary_json"] = json.dumps(dark.summary(), sort_keys=True)
+        if dark.dark_map_adu is not None:
+            if "dark_map_adu" in g:
+                del g["dark_map_adu"]
+            g.create_dataset("dark_map_adu", data=dark.dark_map_adu, compression="gzip", shuffle=True)
+    flats = group.require_group("flat")
+    for channel, flat in calibration.flats.items():
+        write_flat(flats.require_group(channel), flat)
+    if calibration.psf is not None:
+        write_psf(group.require_group("psf"), calibration.psf)
+
+
+def read_scan_calibration(group: h5py.Group) -> ScanCalibration:
+    """Read a calibration written by :func:`write_scan_calibration`.
+
+    Raises
+    ------
+    CalibrationError
+        If the group is not a calibration of a known format version.
+    """
+    if group.attrs.get("format") != CALIBRATION_FORMAT:
+        raise CalibrationError(f"{group.name}: not a CordScope calibration group")
+    version = int(group.attrs.get("format_version", 0))
+    if version > CALIBRATION_FORMAT_VERSION:
+        raise CalibrationError(
+            f"{group.name}: calibration format version {version} is newer than this CordScope"
+        )
+    darks: dict[str, DarkCalibration] = {}
+    for channel, g in group.get("dark", {}).items():
+        s = json.loads(str(g.attrs["summary_json"]))
+        darks[channel] = DarkCalibration(
+            channel=str(s["channel"]),
+            exposure_ms=float(s["exposure_ms"]),
+            offset_adu=float(s["offset_adu"]),
+            read_noise_adu=float(s["read_noise_adu"]),
+            n_frames=int(s["n_frames"]),
+            bit_depth=int(s["bit_depth"]),
+            n_hot_pixels=int(s["n_hot_pixels"]),
+            dark_map_adu=np.asarray(g["dark_map_adu"][()], dtype=np.float32) if "dark_map_adu" in g else None,
+            created=str(s["created"]),
+        )
+    flats = {channel: read_flat(g) for channel, g in group.get("flat", {}).items()}
+    psf = read_psf(group["psf"]) if "psf" in group else None
+    notes = json.loads(str(group.attrs["summary_json"])).get("notes", {})
+    return ScanCalibration(darks=darks, flats=flats, psf=psf, notes=notes)
+
+
+# ------------------------------------------------------- what a scan applies
+
+
+@dataclass(frozen=True, eq=False)
+class AppliedCalibration:
+    """What the analysis of one scan applies, decided once from its settings and calibration.
+
+    Attributes
+    ----------
+    dark_offsets_adu : tuple of float
+        Offset per channel, in tile order.
+    flat_fields : tuple of (H, W) float32 or None
+        Flat field per channel (None: not flat-fielded).
+    size_model : ObjectSizeModel or None
+        Object-size model of the tracer channel (None: apparent areas, or
+        the fixed-fraction rule).
+    warnings : tuple of str
+        One line per thing that could not be calibrated and what was done
+        instead (for the log, the scan summary and ``cordscope info``).
+    description : dict
+        JSON-ready record of where each number came from (for the analysis
+        parameters written with the results).
+    """
+
+    dark_offsets_adu: tuple[float, ...]
+    flat_fields: tuple[F32 | None, ...]
+    size_model: ObjectSizeModel | None
+    warnings: tuple[str, ...]
+    description: dict[str, object]
+
+
+def applied_calibration(
+    settings: AnalysisSettings,
+    calibration: ScanCalibration | None,
+    *,
+    channel_names: tuple[str, ...],
+    tile_shape: tuple[int, int],
+    pixel_size_um: float,
+) -> AppliedCalibration:
+    """Decide the dark offsets, flat fields and object-size model a scan's analysis uses.
+
+    * Offsets: the dark frames' per channel (``dark_offset_from:
+      dark_frames``), the plan's ``dark_offset_adu`` where a channel has
+      none (with a warning), or the plan's for all (``plan``).
+    * Flat fields: the calibration's per channel, if its shape matches the tiles.
+    * Object size: the calibration's PSF (beads) at this pixel size, else
+      the plan's ``psf_sigma_um`` (a Gaussian, with ``size_offset_um2``),
+      else none (objects keep their apparent area; a warning says so).
+      ``edge_rule: fixed_fraction`` uses no model.
+
+    Parameters
+    ----------
+    settings : AnalysisSettings
+    calibration : ScanCalibration or None
+        The scan file's calibration (None for files without one).
+    channel_names : tuple of str
+        Channels in tile order.
+    tile_shape : (H, W)
+    pixel_size_um : float
+        Tile pixel size (µm).
+    """
+    cal = calibration or ScanCalibration()
+    warnings: list[str] = []
+    offsets: list[float] = []
+    offset_source: dict[str, str] = {}
+    for name in channel_names:
+        dark = cal.darks.get(name)
+        if settings.dark_offset_from == "plan":
+            offsets.append(settings.dark_offset_adu)
+            offset_source[name] = "plan"
+        elif dark is not None:
+            offsets.append(dark.offset_adu)
+            offset_source[name] = "dark_frames"
+        else:
+            offsets.append(settings.dark_offset_adu)
+            offset_source[name] = "plan_fallback"
+            warnings.append(
+                f"{name}: no dark frames in the file; subtracting the plan's dark_offset_adu "
+                f"{settings.dark_offset_adu:g} ADU, which is right only for the camera it was read from"
+            )
+    flats: list[F32 | None] = []
+    for name in channel_names:
+        flat = cal.flats.get(name)
+        if flat is not None and flat.image.shape != tuple(tile_shape):
+            warnings.append(
+                f"{name}: the flat field is {flat.image.shape}, the tiles {tuple(tile_shape)}: not used"
+            )
+            flat = None
+        flats.append(None if flat is None else flat.image)
+    model: ObjectSizeModel | None = None
+    size_source = "fixed_fraction" if settings.edge_rule == "fixed_fraction" else "none"
+    if settings.edge_rule == "object_size":
+        psf = cal.psf
+        if psf is not None:
+            try:
+                model = object_size_model(
+                    psf, pixel_size_um=pixel_size_um, settings=segmentation_settings(settings)
+                )
+                size_source = f"psf:{psf.source}"
+            except PSFError as e:
+                warnings.append(f"tracer PSF not used: {e}")
+        if model is None and settings.psf_sigma_um is not None:
+            plan_psf = gaussian_psf(settings.psf_sigma_um, pixel_size_um=pixel_size_um, source="plan")
+            model = object_size_model(
+                plan_psf.with_size_offset(settings.size_offset_um2),
+                pixel_size_um=pixel_size_um,
+                settings=segmentation_settings(settings),
+            )
+            size_source = "psf:plan"
+        if model is None:
+            warnings.append(
+                "no PSF calibration: axon objects keep their apparent (blurred) area, too large for "
+                "puncta near the resolution; image beads (cordscope calibrate) or set psf_sigma_um"
+            )
+    return AppliedCalibration(
+        dark_offsets_adu=tuple(offsets),
+        flat_fields=tuple(flats),
+        size_model=model,
+        warnings=tuple(warnings),
+        description={
+            "dark_offset_adu": dict(zip(channel_names, offsets, strict=True)),
+            "dark_offset_source": offset_source,
+            "flat_fielded": [n for n, f in zip(channel_names, flats, strict=True) if f is not None],
+            "object_size": size_source,
+            "size_model": None if model is None else model.summary(),
+        },
+    )
