@@ -515,7 +515,7 @@ class WideLayers:
             ny, nx1 = diff.shape
             oy, ox = self.origin[0] - pad, self.origin[1] - pad
             counts = objs.count[o]
-            strip = np.repeat(objs.first[o], counts) + _ragged_arange(counts)
+            strip = np.repeat(objs.first[o], counts) + ragged_arange(counts)
             g = np.repeat(gain[u], counts) * (m * m) * FIXED_POINT
             # cell coordinates: cell j spans [(j − ½)m, (j + ½)m] pixels
             a = (objs.strip_x0_um[strip] / p - lat.phi_x) / m + 0.5 - ox
@@ -596,7 +596,7 @@ class WideLayers:
             coarse += out[off : off + ny, off : off + nx]
 
 
-def _ragged_arange(counts: I64) -> I64:
+def ragged_arange(counts: I64) -> I64:
     """``concatenate([arange(c) for c in counts])``."""
     total = int(counts.sum())
     if total == 0:
