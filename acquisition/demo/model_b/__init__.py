@@ -85,8 +85,8 @@ Rendering
 Exact stamps for PSF components narrower than the coarse step (the strips'
 pixel-integrated Gaussian responses are closed-form, a separable product per
 strip: a small matrix product per object); wider components as exact
-integer area layers on a coarse lattice (1.8-2.3 µm), blurred separably per
-12-20 % sigma class, interpolated into the frame with the background. Every
+integer area layers on a coarse lattice (0.9-2.3 µm), blurred separably per
+20 % sigma class, interpolated into the frame with the background. Every
 value depends on global pixel indices only: overlapping frames agree bit for
 bit.
 

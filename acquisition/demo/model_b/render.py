@@ -16,7 +16,7 @@ component narrower than the coarse step ``m`` goes to the pixel lattice as
 an exact stamp. A wider one goes to the coarse lattice: the object's area
 in each coarse cell is accumulated exactly (integer fixed point, so the sum
 does not depend on order), and the cells are blurred by a separable
-Gaussian whose sigma is the unit's, quantised to 12 % classes (the cell's
+Gaussian whose sigma is the unit's, quantised to 20 % classes (the cell's
 own width removed, the pixel's added). The coarse lattice (which also holds
 the smooth tissue background) is then interpolated into the frame.
 """
@@ -24,7 +24,7 @@ the smooth tissue background) is then interpolated into the frame.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -710,6 +710,3 @@ def add_background(
         gray *= tex
         gray *= tissue
         coarse.buffer[np.ix_(rows, cols)] += gray
-
-
-Focal = Callable[[F64, F64], F64]

@@ -349,10 +349,6 @@ class _Content:
     fields: rd.Fields
 
 
-def _exterior(g: BaseGeometry) -> F64:
-    return sh.polygon_array(sh._largest(g))
-
-
 def _build_geometry(spec: SectionSpec, seed: int) -> _Geometry:
     rng = np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(spec.section_id.encode()), 0x6E0]))
     animal = _animal(seed, spec.animal)
