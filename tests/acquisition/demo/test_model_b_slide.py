@@ -495,3 +495,38 @@ def test_generation_is_seeded() -> None:
 def test_unknown_section_raises_naming_it(slide: ModelBSlide) -> None:
     with pytest.raises(KeyError, match="rat99-C5"):
         slide.truth_table("rat99-C5")
+
+
+# --------------------------------------------------- one interface, two models
+
+
+@pytest.mark.parametrize("model", ["A", "B"])
+def test_both_models_share_the_truth_interface(slide: ModelBSlide, model: str) -> None:
+    from acquisition.demo.slide import demo_slide
+
+    sl = demo_slide() if model == "A" else slide
+    first = sl.sections[0]
+    assert sl.section(first.section_id) is first
+    for attr in ("outline", "gray_matter", "bbox_um", "region_names", "right_direction", "midline_point_um"):
+        assert getattr(first, attr) is not None
+    rows = sl.truth_table(first.section_id)
+    assert [r.region for r in rows] == list(first.region_names)
+    for field in ("area_um2", "axon_area_um2", "pct_axonal_area", "n_axon_objects", "mean_tracer_photons"):
+        assert all(math.isfinite(getattr(r, field)) for r in rows)
+    obj = sl.axon_objects(first.section_id)
+    n = len(obj.area_um2)
+    assert obj.xy_um.shape == (n, 2) and obj.equivalent_diameter_um.shape == (n,)
+    assert len(obj.tissue) == len(obj.side) == len(obj.zone) == n
+    assert Polygon(first.outline).contains(shapely.MultiPoint(obj.xy_um))
+    b = sl.section_bbox_um(first.section_id)
+    assert sl.tissue_bbox_um()[0] <= b[0]
+    xy = ((b[0] + b[2]) / 2, (b[1] + b[3]) / 2)
+    masks = sl.render_truth_labels(
+        center_um=xy, pixel_size_um=2.0, shape=(64, 64), section_id=first.section_id
+    )
+    assert set(first.region_names) | {"axons"} <= set(masks)
+    img = sl.render(center_um=xy, pixel_size_um=2.0, shape=(64, 64), channel="DAPI", z_um=_focus(sl, xy))
+    assert img.shape == (64, 64) and img.dtype == np.float32
+    beads = sl.beads()
+    assert len(beads.xy_um) > 1000 and 0.1 <= beads.diameter_um <= 0.2
+    assert len(sl.focus_bumps) > 0 and sl.with_focus_bumps(True).focus_bumps_on
