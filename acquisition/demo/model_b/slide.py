@@ -1341,10 +1341,15 @@ def make_model_b_slide(
     return ModelBSlide(geoms, focal, seed, params, _make_beads(seed))
 
 
-@functools.lru_cache(maxsize=4)
 def model_b_slide(seed: int = 2027) -> ModelBSlide:
     """Model B's demo slide (:data:`LAYOUT`), built once per seed and process.
 
     Sections' content is built on first use, so the slide is cheap to make.
     """
+    return _model_b_slide(int(seed))
+
+
+@functools.lru_cache(maxsize=4)
+def _model_b_slide(seed: int) -> ModelBSlide:
+    # one cache entry per seed, however the caller spells it
     return make_model_b_slide(model_b_specs(seed), seed=seed)
