@@ -473,6 +473,22 @@ class AxonObjects:
     side: NDArray[np.str_]
     zone: NDArray[np.str_]
 
+    @property
+    def xy_um(self) -> FloatArray:
+        """Centroid of each object (N, 2): the mean of its discs (equal, evenly spaced)."""
+        count = np.bincount(self.disc_object, minlength=len(self.area_um2))
+        return np.column_stack(
+            [
+                np.bincount(self.disc_object, weights=self.disc_xy_um[:, k], minlength=len(count)) / count
+                for k in (0, 1)
+            ]
+        )
+
+    @property
+    def equivalent_diameter_um(self) -> FloatArray:
+        """Diameter of the disc of each object's area (µm)."""
+        return np.asarray(2.0 * np.sqrt(self.area_um2 / np.pi), dtype=np.float64)
+
 
 @dataclass(frozen=True)
 class FocusBump:

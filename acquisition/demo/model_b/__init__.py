@@ -45,7 +45,7 @@ renderer's convolution is exact. Placement: clustered in the territory
 (Thomas process: clusters of ~5 within 6 µm), Poisson elsewhere; objects
 never overlap and never cross a truth-region boundary. Densities
 (:data:`slide.RST_DENSITY` etc.) differ by group and level (intact C5/Th7/L2
-5.2/4.5/3.8 % of the territory; vehicle L2 0.65 %, treated L2 1.5 %), with
+5.2/4.5/3.8 % of the territory; vehicle L2 0.55 %, treated L2 1.6 %), with
 log-normal animal factors; along horizontal sections a logistic fall across
 the epicenter to 10 % (vehicle) or 32 % (treated) caudally. Objects lie
 within ±1 µm of the focal surface (``object_depth_range_um`` 2).
@@ -85,8 +85,8 @@ Rendering
 Exact stamps for PSF components narrower than the coarse step (the strips'
 pixel-integrated Gaussian responses are closed-form, a separable product per
 strip: a small matrix product per object); wider components as exact
-integer area layers on a coarse lattice (1.8-2.3 µm), blurred separably per
-12-20 % sigma class, interpolated into the frame with the background. Every
+integer area layers on a coarse lattice (0.9-2.3 µm), blurred separably per
+20 % sigma class, interpolated into the frame with the background. Every
 value depends on global pixel indices only: overlapping frames agree bit for
 bit.
 

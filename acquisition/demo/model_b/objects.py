@@ -333,11 +333,14 @@ def segment_distance(a0: F64, a1: F64, b0: F64, b1: F64) -> F64:
     cc = (d1 * r).sum(1)
     bb = (d1 * d2).sum(1)
     denom = aa * ee - bb * bb
+    eps = 1e-12
     with np.errstate(invalid="ignore", divide="ignore"):
-        s = np.where(denom > 1e-12, np.clip((bb * ff - cc * ee) / denom, 0.0, 1.0), 0.0)
-        t = np.where(ee > 1e-12, (bb * s + ff) / ee, 0.0)
+        s = np.where(denom > eps, np.clip((bb * ff - cc * ee) / denom, 0.0, 1.0), 0.0)
+        # second segment a point: the first segment's point nearest it
+        s = np.where(ee <= eps, np.where(aa > eps, np.clip(-cc / aa, 0.0, 1.0), 0.0), s)
+        t = np.where(ee > eps, (bb * s + ff) / ee, 0.0)
         t_c = np.clip(t, 0.0, 1.0)
-        s = np.where(t != t_c, np.where(aa > 1e-12, np.clip((bb * t_c - cc) / aa, 0.0, 1.0), 0.0), s)
+        s = np.where(t != t_c, np.where(aa > eps, np.clip((bb * t_c - cc) / aa, 0.0, 1.0), 0.0), s)
     p = a0 + s[:, None] * d1
     q = b0 + t_c[:, None] * d2
     return np.asarray(np.hypot(*(p - q).T), dtype=np.float64)
@@ -358,7 +361,8 @@ def keep_disjoint(c: Candidates, gap_um: float = GAP_UM) -> NDArray[np.bool_]:
         return alive
     i, j = pairs[:, 0], pairs[:, 1]
     d = segment_distance(a0[i], a1[i], a0[j], a1[j])
-    clash = d < c.radius[i] + c.radius[j] + gap_um
+    # strips stick out of their polygon by up to half a strip: keep that apart too
+    clash = d < c.radius[i] + c.radius[j] + gap_um + STRIP_UM
     i, j = i[clash], j[clash]
     lo, hi = np.minimum(i, j), np.maximum(i, j)
     for a, b in zip(*(x[np.lexsort((hi, lo))] for x in (lo, hi)), strict=True):
@@ -422,14 +426,23 @@ class Partition:
         a0 = c.centre + c.axis[:, 0]
         a1 = c.centre + c.axis[:, 1]
         length = np.hypot(*(a1 - a0).T)
-        k = max(2, int(np.ceil(length.max() / 1.0)) + 1)
-        t = np.linspace(0.0, 1.0, k)
-        samples = a0[:, None, :] + t[None, :, None] * (a1 - a0)[:, None, :]
-        step = length / (k - 1)
-        d, _ = self._tree.query(samples.reshape(-1, 2))
-        dmin = d.reshape(n, k).min(axis=1)
-        need = c.radius + GAP_UM + 0.5 * step + 0.5 * BOUNDARY_SPACING_UM
-        ok = dmin >= need
+        need = c.radius + 0.5 * STRIP_UM + GAP_UM + 0.5 * BOUNDARY_SPACING_UM
+        # fast path: the axis' midpoint far enough from every boundary clears the whole capsule
+        bound = need + 0.5 * length
+        d_mid, _ = self._tree.query(0.5 * (a0 + a1), distance_upper_bound=float(bound.max()) + 1.0)
+        ok = d_mid >= bound
+        close = np.flatnonzero(~ok)
+        if len(close):
+            # near a boundary: sample the axis every ≤ 1 µm
+            k = np.maximum(2, np.ceil(length[close]).astype(np.int64) + 1)
+            owner = np.repeat(np.arange(len(close)), k)
+            t = ragged_fraction(k)
+            pts = a0[close][owner] + t[:, None] * (a1 - a0)[close][owner]
+            d, _ = self._tree.query(pts, distance_upper_bound=float(need.max()) + 2.0)
+            dmin = np.full(len(close), np.inf)
+            np.minimum.at(dmin, owner, d)
+            step = length[close] / (k - 1)
+            ok[close] = dmin >= need[close] + 0.5 * step
         x, y = c.centre[:, 0], c.centre[:, 1]
         ok &= shapely.contains_xy(self.tissue, x, y)
         in_gray = shapely.contains_xy(self.gray, x, y)
@@ -437,7 +450,7 @@ class Partition:
         if self.territory is not None:
             in_rst = shapely.contains_xy(self.territory, x, y)
             tclass = np.where(in_rst & ~in_gray, 1, tclass)
-        reach = c.radius + GAP_UM
+        reach = c.radius + 0.5 * STRIP_UM + GAP_UM
 
         def clear_of_line(coord: int, at: NDArray[np.floating] | float) -> NDArray[np.bool_]:
             e0 = a0[:, coord] - at
@@ -456,6 +469,13 @@ class Partition:
             edge = self.epicenter_u_um + zone * self.bin_um
             ok &= clear_of_line(0, edge) & clear_of_line(0, edge + self.bin_um)
         return ok, tclass.astype(np.int64), side, zone
+
+
+def ragged_fraction(counts: I64) -> F64:
+    """``concatenate([linspace(0, 1, c) for c in counts])`` (every count ≥ 2)."""
+    starts = np.repeat(np.cumsum(counts) - counts, counts)
+    i = np.arange(int(counts.sum())) - starts
+    return np.asarray(i / np.repeat(counts - 1, counts), dtype=np.float64)
 
 
 def uniform_in(rng: np.random.Generator, poly: Polygon, n: int) -> F64:

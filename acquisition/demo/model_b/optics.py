@@ -271,13 +271,6 @@ def psi(t: F32) -> F32:
     return _lookup(t, _PSI, _PSI_SLOPE)
 
 
-def cdf(t: F32) -> F32:
-    """The normal CDF ``Φ(t)`` (float32, tabulated; ``t`` is overwritten)."""
-    t *= _TAB_SCALE
-    t += _TAB_OFFSET
-    return _lookup(t, _CDF, _CDF_SLOPE)
-
-
 def interval_response(edges_px: F64, sigma_px: F64, first_px: NDArray[np.int64], n_points: int) -> F32:
     """Pixel-integrated Gaussian responses of half-lines on the pixel lattice.
 
@@ -309,22 +302,6 @@ def interval_response(edges_px: F64, sigma_px: F64, first_px: NDArray[np.int64],
     t *= inv
     b = psi(t)
     return np.asarray(b[..., 1:] - b[..., :-1], dtype=np.float32)
-
-
-def point_response(
-    edges_px: F64, sigma_px: F64, first_px: NDArray[np.int64], n_points: int, step: int
-) -> F32:
-    """Blurred half-lines sampled at lattice points: ``Φ((m_i − e)/s)``, ``m_i = first + step·i``.
-
-    For wide Gaussians on a coarse lattice (the pixel's own width is folded
-    into ``s`` by the caller). Shapes as in :func:`interval_response`.
-    """
-    inv = (1.0 / np.asarray(sigma_px, dtype=np.float64)).astype(np.float32)[:, None, None]
-    start = (np.asarray(first_px, dtype=np.float64)[:, None] - edges_px).astype(np.float32)[:, :, None]
-    m = (step * np.arange(n_points, dtype=np.float32))[None, None, :]
-    t = start + m
-    t *= inv
-    return cdf(t)
 
 
 # ------------------------------------------------------------ nuclei discs

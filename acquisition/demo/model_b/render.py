@@ -16,7 +16,7 @@ component narrower than the coarse step ``m`` goes to the pixel lattice as
 an exact stamp. A wider one goes to the coarse lattice: the object's area
 in each coarse cell is accumulated exactly (integer fixed point, so the sum
 does not depend on order), and the cells are blurred by a separable
-Gaussian whose sigma is the unit's, quantised to 12 % classes (the cell's
+Gaussian whose sigma is the unit's, quantised to 20 % classes (the cell's
 own width removed, the pixel's added). The coarse lattice (which also holds
 the smooth tissue background) is then interpolated into the frame.
 """
@@ -24,7 +24,7 @@ the smooth tissue background) is then interpolated into the frame.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -515,7 +515,7 @@ class WideLayers:
             ny, nx1 = diff.shape
             oy, ox = self.origin[0] - pad, self.origin[1] - pad
             counts = objs.count[o]
-            strip = np.repeat(objs.first[o], counts) + _ragged_arange(counts)
+            strip = np.repeat(objs.first[o], counts) + ragged_arange(counts)
             g = np.repeat(gain[u], counts) * (m * m) * FIXED_POINT
             # cell coordinates: cell j spans [(j − ½)m, (j + ½)m] pixels
             a = (objs.strip_x0_um[strip] / p - lat.phi_x) / m + 0.5 - ox
@@ -596,7 +596,7 @@ class WideLayers:
             coarse += out[off : off + ny, off : off + nx]
 
 
-def _ragged_arange(counts: I64) -> I64:
+def ragged_arange(counts: I64) -> I64:
     """``concatenate([arange(c) for c in counts])``."""
     total = int(counts.sum())
     if total == 0:
@@ -710,6 +710,3 @@ def add_background(
         gray *= tex
         gray *= tissue
         coarse.buffer[np.ix_(rows, cols)] += gray
-
-
-Focal = Callable[[F64, F64], F64]

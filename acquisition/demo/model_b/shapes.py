@@ -319,12 +319,49 @@ def horizontal_geometry(group: str, cavity_factor: float, rng: np.random.Generat
 
 
 def boundary_points(geoms: list[Polygon], spacing_um: float) -> F64:
-    """Points every ``spacing_um`` along the boundaries of the polygons."""
+    """Points at most ``spacing_um`` apart along the boundaries of the polygons (vertices included)."""
     pts = []
     for g in geoms:
         for ring in [g.exterior, *g.interiors]:
-            line = LineString(ring.coords)
-            n = max(8, math.ceil(line.length / spacing_um))
-            d = np.linspace(0.0, line.length, n, endpoint=False)
-            pts.append(shapely.get_coordinates(shapely.line_interpolate_point(line, d)))
+            xy = np.asarray(ring.coords, dtype=np.float64)
+            seg = np.hypot(*np.diff(xy, axis=0).T)
+            n = np.maximum(1, np.ceil(seg / spacing_um).astype(np.int64))
+            t = (np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)) / np.repeat(n, n)
+            start = np.repeat(xy[:-1], n, axis=0)
+            step = np.repeat(np.diff(xy, axis=0), n, axis=0)
+            pts.append(start + t[:, None] * step)
     return np.concatenate(pts) if pts else np.zeros((0, 2))
+
+
+def scanline_fill(
+    geom: BaseGeometry, origin_um: tuple[float, float], step_um: float, shape: tuple[int, int]
+) -> NDArray[np.bool_]:
+    """Grid points inside a (multi)polygon with holes (even-odd rule, by scanlines).
+
+    Point ``(i, j)`` of the grid sits at ``origin + step·(j, i)`` (x, y); a
+    point on an edge's upper end belongs to the row above (half-open rule).
+    """
+    h, w = shape
+    out = np.zeros((h, w), dtype=bool)
+    if geom.is_empty:
+        return out
+    rings = []
+    for q in getattr(geom, "geoms", [geom]):
+        if isinstance(q, Polygon):
+            rings += [np.asarray(q.exterior.coords), *(np.asarray(r.coords) for r in q.interiors)]
+    if not rings:
+        return out
+    e = np.concatenate([np.column_stack([r[:-1], r[1:]]) for r in rings])
+    x0 = (e[:, 0] - origin_um[0]) / step_um
+    y0 = (e[:, 1] - origin_um[1]) / step_um
+    x1 = (e[:, 2] - origin_um[0]) / step_um
+    y1 = (e[:, 3] - origin_um[1]) / step_um
+    lo = np.clip(np.ceil(np.minimum(y0, y1)), 0, h).astype(np.int64)
+    hi = np.clip(np.ceil(np.maximum(y0, y1)), 0, h).astype(np.int64)  # rows lo..hi-1 cross the edge
+    count = hi - lo
+    edge = np.repeat(np.arange(len(e)), count)
+    row = np.repeat(lo, count) + (np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count))
+    x = x0[edge] + (row - y0[edge]) / (y1[edge] - y0[edge]) * (x1[edge] - x0[edge])
+    flips = np.zeros((h, w + 1), dtype=np.int32)
+    np.add.at(flips, (row, np.clip(np.ceil(x), 0, w).astype(np.int64)), 1)
+    return (np.cumsum(flips[:, :w], axis=1) & 1).astype(bool)
