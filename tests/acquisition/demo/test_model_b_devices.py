@@ -78,7 +78,7 @@ def test_model_b_config_loads_its_own_microscope() -> None:
     try:
         hub = _hub(core)
         assert isinstance(hub.slide, ModelBSlide)
-        assert isinstance(hub.camera_b, ModelBCamera)
+        assert isinstance(hub.camera, ModelBCamera)  # found by its role, as every demo peripheral
         assert (core.getImageWidth(), core.getImageHeight()) == (2048, 2048)
         assert core.getImageBitDepth() == 16
         for objective, (mag, _) in optics.OBJECTIVE_NA.items():
