@@ -38,7 +38,8 @@ from psygnal import Signal, SignalGroup
 from pymmcore_plus import CMMCorePlus
 from pymmcore_plus.metadata import summary_metadata
 
-from .engine import DeviceTimeoutError, ScanEngine, TileRef, _one_line
+from .calibration import ScanCalibrationInputs, scan_calibration_inputs
+from .engine import DeviceTimeoutError, ScanEngine, TileRef, _one_line, call_with_watchdog
 from .errors import CordScopeError
 from .plan import (
     PlannedTile,
@@ -397,8 +398,16 @@ class ScanController:
         if resuming:
             writer = ScanWriter.open_for_resume(self.output_path)
             self._check_resume_matches(writer)
+            try:  # a resumed scan keeps its dark frames; channels without any get them now
+                calibration = self._calibration_inputs(writer.dark_frame_channels)
+                writer.add_calibration(dark_frames=calibration.dark_frames, files=calibration.files)
+            except Exception:
+                writer.close()
+                raise
         else:
-            writer = self._create_file()
+            # dark frames first: before the focus map (or anything else) moves the stage
+            calibration = self._calibration_inputs(())
+            writer = self._create_file(calibration)
         try:
             tiles = self._pending_tiles(writer)
             self._count(writer)
@@ -421,7 +430,39 @@ class ScanController:
                     f"now gives {width}×{height} px; set the same camera ROI as when the scan started"
                 )
 
-    def _create_file(self) -> ScanWriter:
+    def _calibration_inputs(self, have_dark_frames: Sequence[str]) -> ScanCalibrationInputs:
+        """Dark frames (shutter closed) and the calibration files beside the config; said in one line."""
+        plan = self.plan
+        inputs = scan_calibration_inputs(
+            self.core,
+            channel_group=plan.groups[0],
+            exposures_ms={ch.preset: ch.exposure_ms for ch in plan.channels},
+            tracer_channel=plan.tracer_channel.preset,
+            objective=plan.objective,
+            config_path=self.core.systemConfigurationFile() or plan.hardware_config,
+            have_dark_frames=have_dark_frames,
+            device_call=self._calibration_call,
+        )
+        self._message("info", inputs.info)
+        for line in inputs.warnings:
+            self._message("warning", line)
+        return inputs
+
+    def _calibration_call(self, description: str, func: Callable[[], Any]) -> Any:
+        """A calibration snap under the watchdog, with the plan's retries."""
+        reliability = self.plan.reliability
+        for attempt in range(reliability.max_retries + 1):
+            try:
+                return call_with_watchdog(description, func, timeout_s=reliability.tile_timeout_s)
+            except DeviceTimeoutError:
+                raise  # the device hangs: retrying would only queue behind it
+            except Exception as e:
+                if attempt >= reliability.max_retries:
+                    raise
+                logger.warning("%s failed (%s); retry %d", description, _one_line(e), attempt + 1)
+        raise AssertionError("unreachable")
+
+    def _create_file(self, calibration: ScanCalibrationInputs | None = None) -> ScanWriter:
         core, plan = self.core, self.plan
         size_um = tile_size_um(core, plan)
         affine = pixel_affine_um(core)  # the objective is set: the affine the tiles are taken with
@@ -473,6 +514,8 @@ class ScanController:
             config_text=config_text,
             core_state=_core_state(core),
             overwrite=self._overwrite,
+            dark_frames=calibration.dark_frames if calibration else (),
+            calibration_files=calibration.files if calibration else None,
         )
 
     def _focus_function(self, centres: Mapping[str, np.ndarray]) -> Callable[[str, float, float], float]:

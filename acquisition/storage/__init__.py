@@ -18,6 +18,9 @@ metadata, plus a log of events (start, pause, retry, fault, finish)::
         tile_meta       UTF-8 strings (n_tiles,), per-tile JSON; "" until written
         analysis/       reserved for the analysis
     /events             resizable UTF-8 strings, one JSON object per event
+    /calibration        dark frames taken at the scan's start, PSF and flat fields
+                        copied from calibration files (:mod:`.calibration`; additive:
+                        files without it read as before)
 
 Everything is plain datasets and JSON / YAML text, so a reader needs nothing
 but h5py. The file uses HDF5's default (oldest compatible) format, not SWMR:
@@ -65,6 +68,17 @@ Crash safety in detail:
 - :class:`ScanFile` reads a scan (analysis, ``cordscope info``, tests).
 """
 
+from .calibration import (
+    CALIBRATION_FORMAT,
+    CALIBRATION_FORMAT_VERSION,
+    CALIBRATION_GROUP,
+    DarkFrames,
+    copy_calibration_parts,
+    read_dark_frames,
+    read_sources,
+    require_calibration_group,
+    write_dark_frames,
+)
 from .format import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -81,10 +95,14 @@ from .reader import ScanFile, ScanSummary, SectionReader, SectionSummary
 from .writer import ScanWriter, SectionLayout
 
 __all__ = [
+    "CALIBRATION_FORMAT",
+    "CALIBRATION_FORMAT_VERSION",
+    "CALIBRATION_GROUP",
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "FREE_SPACE_RESERVE_BYTES",
     "STANDARD_SECTION_ATTRS",
+    "DarkFrames",
     "EventKind",
     "MDAWriterOutput",
     "ScanFile",
@@ -97,6 +115,11 @@ __all__ = [
     "TileStatus",
     "TileStored",
     "WriterEvents",
+    "copy_calibration_parts",
     "parse_tile_name",
+    "read_dark_frames",
+    "read_sources",
+    "require_calibration_group",
     "tile_name",
+    "write_dark_frames",
 ]
