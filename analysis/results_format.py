@@ -51,6 +51,12 @@ Layout (version 2)::
         mosaic                        float32 (C, rows, cols)  attrs origin_um, pixel_um, channel_names
         registration/                 pairs, pair_shift_px, pair_ncc, pair_used, residual_px, correction_um
         registered_tile_xy_um         float64 (n_tiles, 2), NaN where not registered
+        tile_flags/                   per tile and channel (additive: groups without it read as before)
+            background_adu            float32 (n_tiles, C): raw background (1st percentile of block
+                                      means); NaN where the tile was not analysed
+            darker_than_offset        uint8 (n_tiles, C): 1 where the background lies below the offset
+            n_saturated               int64 (n_tiles, C): pixels at full scale; -1 not analysed
+                                      attrs channel_names (JSON), bit_depth (JSON list, per channel)
 """
 
 from __future__ import annotations
@@ -83,11 +89,13 @@ __all__ = [
     "RegionRecord",
     "ResultsFormatError",
     "SavedAnalysis",
+    "TileFlagArrays",
     "analysis_format_version",
     "has_analysis",
     "read_analysis",
     "read_region_table",
     "read_registered_tile_xy_um",
+    "read_tile_flags",
     "region_csv_path",
     "replace_dataset",
     "write_analysis",
@@ -341,6 +349,63 @@ def _where(group: h5py.Group) -> str:
     return f"{group.file.filename}: {group.name}"
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class TileFlagArrays:
+    """Per-tile, per-channel flags of a section (``analysis.calibration.tile_flags``).
+
+    Attributes
+    ----------
+    background_adu : (n_tiles, C) float32
+        Raw background of each tile and channel; NaN where the tile was not analysed.
+    darker_than_offset : (n_tiles, C) bool
+    n_saturated : (n_tiles, C) int64
+        Pixels at full scale; -1 where the tile was not analysed.
+    channel_names : tuple of str
+    bit_depths : tuple of int or None
+        Full scale used per channel (``2**bits − 1``); None where unknown (16 assumed).
+    """
+
+    background_adu: F32
+    darker_than_offset: BoolArray
+    n_saturated: NDArray[np.int64]
+    channel_names: tuple[str, ...] = ()
+    bit_depths: tuple[int | None, ...] = ()
+
+    @property
+    def analysed(self) -> BoolArray:
+        """(n_tiles,) bool: tiles whose flags were computed."""
+        return np.asarray((self.n_saturated >= 0).all(axis=1))
+
+
+def _write_tile_flags(h5_group: h5py.Group, flags: TileFlagArrays) -> None:
+    g = _fresh_group(h5_group, "tile_flags")
+    g.create_dataset("background_adu", data=np.asarray(flags.background_adu, dtype=np.float32))
+    g.create_dataset("darker_than_offset", data=np.asarray(flags.darker_than_offset, dtype=np.uint8))
+    g.create_dataset("n_saturated", data=np.asarray(flags.n_saturated, dtype=np.int64))
+    g.attrs["channel_names"] = json.dumps(list(flags.channel_names))
+    g.attrs["bit_depth"] = json.dumps(list(flags.bit_depths))
+    g.attrs["description"] = (
+        "per tile and channel: background_adu, the 1st percentile of the raw tile's block means; "
+        "darker_than_offset, that background below the dark offset by more than noise allows (the "
+        "offset is wrong, or the camera drifted); n_saturated, pixels at the camera's full scale; "
+        "-1 / NaN where the tile was not analysed"
+    )
+
+
+def read_tile_flags(h5_group: h5py.Group | None) -> TileFlagArrays | None:
+    """The per-tile flags of a section's ``analysis/`` group; None if it has none (older analyses)."""
+    if h5_group is None or "tile_flags" not in h5_group:
+        return None
+    g = h5_group["tile_flags"]
+    return TileFlagArrays(
+        background_adu=np.asarray(g["background_adu"][()], dtype=np.float32),
+        darker_than_offset=np.asarray(g["darker_than_offset"][()], dtype=bool),
+        n_saturated=np.asarray(g["n_saturated"][()], dtype=np.int64),
+        channel_names=tuple(json.loads(_text(g.attrs.get("channel_names", "[]")))),
+        bit_depths=tuple(json.loads(_text(g.attrs.get("bit_depth", "[]")))),
+    )
+
+
 def replace_dataset(group: h5py.Group, name: str, data: Any, **kwargs: Any) -> h5py.Dataset:
     """Create dataset ``name`` in ``group``, replacing one already there."""
     if name in group:
@@ -492,6 +557,7 @@ def write_analysis(
     registration: Any | None = None,
     registered_tile_xy_um: ArrayLike | None = None,
     sums: CellSums | None = None,
+    tile_flags: TileFlagArrays | None = None,
 ) -> None:
     """Write a section's whole analysis into its ``analysis/`` group (layout: module docstring).
 
@@ -529,6 +595,8 @@ def write_analysis(
         Registered tile centres (NaN where not registered).
     sums : CellSums, optional
         Per-cell sums to write when no accumulator is given.
+    tile_flags : TileFlagArrays, optional
+        Per-tile flags (dark offset, saturation).
 
     Raises
     ------
@@ -584,6 +652,8 @@ def write_analysis(
             "registered stage position (x, y, µm) of each tile centre; NaN where not analysed "
             "or registration is off"
         )
+    if tile_flags is not None:
+        _write_tile_flags(h5_group, tile_flags)
     _stamp(h5_group)
 
 

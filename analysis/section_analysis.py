@@ -68,6 +68,7 @@ import yaml
 from numpy.typing import ArrayLike, NDArray
 
 from acquisition.storage import SectionReader
+from analysis.calibration import AppliedCalibration, flags_from_blocks
 from analysis.geometry import (
     affine_from_attr,
     footprint_bbox_um,
@@ -95,7 +96,7 @@ from analysis.mosaic import (
 )
 from analysis.region_edits import analysis_records
 from analysis.regions import SectionAxes, SectionRegions, section_regions
-from analysis.results_format import SavedAnalysis, read_analysis, write_analysis
+from analysis.results_format import SavedAnalysis, TileFlagArrays, read_analysis, write_analysis
 from analysis.settings import AnalysisSettings, segmentation_settings
 from analysis.tile import correct_tile, segment_axons
 
@@ -395,7 +396,13 @@ class SectionAnalysis:
         ``rostral_direction_deg``, ``lesion_epicenter_um``, ``region_polygons_um``.
     settings : AnalysisSettings
     flat_fields : sequence of (H, W) float32 or None, per channel, optional
-        Normalised flat fields (:func:`analysis.settings.load_flat_fields`).
+        Normalised flat fields (:func:`analysis.settings.load_flat_fields`); default:
+        the calibration's.
+    calibration : AppliedCalibration, optional
+        What the scan's calibration decided (:func:`analysis.calibration.applied_calibration`):
+        the dark offset per channel, flat fields, the tracer's object-size model, the
+        read noise and bit depth the per-tile flags use; recorded with the results.
+        Default: the plan's ``dark_offset_adu`` for every channel, no object-size model.
     channel_names : sequence of str
         Channel (preset) names, in tile order.
     read_tile : callable, optional
@@ -426,6 +433,7 @@ class SectionAnalysis:
         read_tile: TileReader | None = None,
         tile_centres_um: ArrayLike | None = None,
         pixel_affine_um: ArrayLike | None = None,
+        calibration: AppliedCalibration | None = None,
     ) -> None:
         self.section_id = str(section_id)
         self.tile_xy_um = np.asarray(tile_xy_um, dtype=np.float64).reshape(-1, 2)
@@ -456,9 +464,24 @@ class SectionAnalysis:
         self.attrs = dict(section_attrs or {})
         self.settings = settings or AnalysisSettings()
         self.segmentation = segmentation_settings(self.settings)
+        self.calibration = calibration
+        if flat_fields is None and calibration is not None:
+            flat_fields = calibration.flat_fields
         self.flat_fields = list(flat_fields) if flat_fields is not None else [None] * self.n_channels
         if len(self.flat_fields) != self.n_channels:
             raise ValueError(f"{len(self.flat_fields)} flat fields for {self.n_channels} channels")
+        n_c = self.n_channels
+        self.dark_offsets_adu = (
+            tuple(float(v) for v in calibration.dark_offsets_adu)
+            if calibration is not None
+            else (float(self.settings.dark_offset_adu),) * n_c
+        )
+        if len(self.dark_offsets_adu) != n_c:
+            raise ValueError(f"{len(self.dark_offsets_adu)} dark offsets for {n_c} channels")
+        self.size_model = None if calibration is None else calibration.size_model
+        self._flag_noise_adu = (calibration.read_noise_adu if calibration else ()) or (0.0,) * n_c
+        self._bit_depths = (calibration.bit_depths if calibration else ()) or (None,) * n_c
+        self._full_scale = tuple(2 ** (b or 16) - 1 for b in self._bit_depths)
         self.channel_names = tuple(str(c) for c in channel_names)
         self.read_tile = read_tile
         margin = _grid_margin_um(self.settings, self.rebuilt)
@@ -490,6 +513,10 @@ class SectionAnalysis:
         self._pairs: dict[tuple[int, int], tuple[float, float, float, int]] = {}
         self._strips: dict[tuple[int, int], NDArray[Any]] = {}
         self._reduced: dict[int, ReducedTile] = {}
+        # per-tile flags (analysis.calibration.tile_flags): -1 / NaN until a tile is analysed
+        self.tile_background_adu = np.full((self.n_tiles, n_c), np.nan, dtype=np.float32)
+        self.tile_darker_than_offset = np.zeros((self.n_tiles, n_c), dtype=bool)
+        self.tile_n_saturated = np.full((self.n_tiles, n_c), -1, dtype=np.int64)
 
     @classmethod
     def from_reader(
@@ -500,6 +527,7 @@ class SectionAnalysis:
         settings: AnalysisSettings | None = None,
         flat_fields: Sequence[NDArray[np.float32] | None] | None = None,
         read_tile: TileReader | None = None,
+        calibration: AppliedCalibration | None = None,
     ) -> SectionAnalysis:
         """Analysis state for a section of a scan file (geometry, pixel affine, channel roles, attributes)."""
         tracer, anatomy = channel_roles(plan_yaml, section.channel_names)
@@ -522,10 +550,11 @@ class SectionAnalysis:
             channel_names=section.channel_names,
             read_tile=read_tile,
             pixel_affine_um=affine,
+            calibration=calibration,
         )
 
     def _rebuilt_copy(self, positions_um: NDArray[np.float64]) -> SectionAnalysis:
-        return SectionAnalysis(
+        copy = SectionAnalysis(
             section_id=self.section_id,
             tile_xy_um=self.tile_xy_um,
             tile_shape_px=self.tile_shape_px,
@@ -540,7 +569,13 @@ class SectionAnalysis:
             read_tile=self.read_tile,
             tile_centres_um=positions_um,
             pixel_affine_um=self.pixel_affine_um,
+            calibration=self.calibration,
         )
+        with self._lock:
+            copy.tile_background_adu[...] = self.tile_background_adu
+            copy.tile_darker_than_offset[...] = self.tile_darker_than_offset
+            copy.tile_n_saturated[...] = self.tile_n_saturated
+        return copy
 
     @property
     def n_tiles(self) -> int:
@@ -552,7 +587,9 @@ class SectionAnalysis:
         return {
             "settings": self.settings.model_dump(mode="json"),
             "segmentation": dataclasses.asdict(self.segmentation),
-            "dark_offset_adu": self.settings.dark_offset_adu,
+            "dark_offset_adu": self.dark_offsets_adu[self.tracer_channel],
+            "dark_offsets_adu": dict(zip(self.channel_names, self.dark_offsets_adu, strict=False)),
+            "calibration": None if self.calibration is None else self.calibration.description,
             "flat_fielded_channels": [
                 name for name, ff in zip(self.channel_names, self.flat_fields, strict=False) if ff is not None
             ],
@@ -586,7 +623,7 @@ class SectionAnalysis:
         flat = self.flat_fields[channel]
         if flat is not None and region is not None:
             flat = flat[region]
-        return correct_tile(raw, dark_offset_adu=self.settings.dark_offset_adu, flat_field=flat)
+        return correct_tile(raw, dark_offset_adu=self.dark_offsets_adu[channel], flat_field=flat)
 
     def _projected(self, images: ArrayLike, tile_index: int) -> NDArray[Any]:
         raw = np.asarray(images)
@@ -621,7 +658,7 @@ class SectionAnalysis:
             elif self.flat_fields[c] is None:
                 # block means of the raw values minus the offset: the mean of the corrected values
                 means[c] = lat.block_means(raw[c])
-                means[c] -= np.float32(self.settings.dark_offset_adu)
+                means[c] -= np.float32(self.dark_offsets_adu[c])
             else:
                 means[c] = lat.block_means(self._corrected(raw[c], c))
         return ReducedTile(means, lat.block_counts(axon_mask))
@@ -667,10 +704,40 @@ class SectionAnalysis:
         t = self._check_new(tile_index)
         raw = self._projected(images, t)
         tracer = self._corrected(raw[self.tracer_channel], self.tracer_channel)
-        axons = segment_axons(tracer, pixel_size_um=self.pixel_size_um, settings=self.segmentation)
+        axons = segment_axons(
+            tracer, pixel_size_um=self.pixel_size_um, settings=self.segmentation, size_model=self.size_model
+        )
         reduced = self.reduce(raw, tracer, axons.mask)
+        self._flag(t, raw, reduced)
         pairs = self._measure_pairs(t, raw[self.anatomy_channel]) if self.settings.register_tiles else {}
         self._add_reduced(t, reduced, pairs)
+
+    def _flag(self, t: int, raw: NDArray[Any], reduced: ReducedTile) -> None:
+        """Per-channel flags of a tile from its block means (dark offset) and its pixels (saturation)."""
+        f = self.lattice.factor
+        for c in range(self.n_channels):
+            flags = flags_from_blocks(
+                reduced.means[c] + np.float32(self.dark_offsets_adu[c]),
+                block_px=f,
+                n_saturated=int(np.count_nonzero(raw[c] >= self._full_scale[c])),
+                offset_adu=self.dark_offsets_adu[c],
+                read_noise_adu=float(self._flag_noise_adu[c]),
+            )
+            with self._lock:
+                self.tile_background_adu[t, c] = flags.background_adu
+                self.tile_darker_than_offset[t, c] = flags.darker_than_offset
+                self.tile_n_saturated[t, c] = flags.n_saturated
+
+    def tile_flag_arrays(self) -> TileFlagArrays:
+        """The per-tile flags so far (copies)."""
+        with self._lock:
+            return TileFlagArrays(
+                background_adu=self.tile_background_adu.copy(),
+                darker_than_offset=self.tile_darker_than_offset.copy(),
+                n_saturated=self.tile_n_saturated.copy(),
+                channel_names=self.channel_names,
+                bit_depths=tuple(self._bit_depths),
+            )
 
     def _add_reduced(
         self, t: int, reduced: ReducedTile, pairs: Mapping[tuple[int, int], tuple[float, float, float, int]]
@@ -865,6 +932,7 @@ class SectionAnalysis:
             positions[done] = reg.positions_um[done]
         names = list(results.regions.masks)
         plan_polygons = {k: v for k, v in (self.attrs.get("region_polygons_um") or {}).items() if k in names}
+        flags = section.tile_flag_arrays()
         # held while writing: the sums must not change under the writer (add_tile takes the lock)
         with section._lock:
             write_analysis(
@@ -886,6 +954,7 @@ class SectionAnalysis:
                 regions_json=regions_to_json(results.regions),
                 registration=reg,
                 registered_tile_xy_um=positions,
+                tile_flags=flags,
             )
 
     def snapshot(self, regions: SectionRegions | None = None) -> LiveSnapshot:
@@ -948,6 +1017,9 @@ class SectionAnalysis:
             for n, t in enumerate(kept):
                 means[n] = self._reduced[t].means
                 counts[n] = self._reduced[t].axon_counts
+            group.create_dataset("tile_background_adu", data=self.tile_background_adu)
+            group.create_dataset("tile_darker_than_offset", data=self.tile_darker_than_offset)
+            group.create_dataset("tile_n_saturated", data=self.tile_n_saturated)
 
     def load_state(self, group: h5py.Group) -> None:
         """Restore the state written by :meth:`save_state` into this (freshly made) section."""
@@ -972,6 +1044,10 @@ class SectionAnalysis:
                 means, counts = group["reduced_means"], group["reduced_axon_counts"]
                 for n, t in enumerate(group["reduced_tiles"][()]):
                     self._reduced[int(t)] = ReducedTile(means[n], counts[n])
+            if "tile_n_saturated" in group:
+                self.tile_background_adu[...] = group["tile_background_adu"][()]
+                self.tile_darker_than_offset[...] = group["tile_darker_than_offset"][()]
+                self.tile_n_saturated[...] = group["tile_n_saturated"][()]
 
 
 def saved_snapshot(group: h5py.Group, section_id: str) -> LiveSnapshot:
