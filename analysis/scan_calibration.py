@@ -21,6 +21,7 @@ import datetime as _dt
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import h5py
@@ -76,7 +77,7 @@ class CalibrationReport:
             f_used = flat.get(ch)
             f_stored = stored.flats.get(ch)
             if f_used:
-                flat_text = f"{f_used.get('method')} ({f_used.get('source')})"
+                flat_text = f"{f_used.get('method')} ({_short(str(f_used.get('source')))})"
             elif f_stored is not None:
                 flat_text = f"{f_stored.method}, {f_stored.n_images} images (not applied)"
             else:
@@ -110,13 +111,13 @@ class CalibrationReport:
                 f"PSF {psf.get('source')}: FWHM {float(psf.get('fwhm_um', 0.0)):.2f} µm "
                 f"(σ {float(psf.get('sigma_um', 0.0)):.3f} µm"
                 + (f", {psf.get('n_beads')} beads" if psf.get("n_beads") else "")
-                + f") from {psf.get('from')}"
+                + f") from {_short(str(psf.get('from')))}"
             )
         elif stored.psf is not None:
             p = stored.psf
             text = (
                 f"PSF {p.source}: FWHM {p.fwhm_um:.2f} µm ({p.n_beads} beads) from "
-                f"{stored.notes.get('psf', 'the file')}"
+                f"{_short(stored.notes.get('psf', 'the file'))} (not applied yet)"
             )
         else:
             text = "no PSF calibration"
@@ -158,6 +159,12 @@ class CalibrationReport:
             },
             "written": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         }
+
+
+def _short(note: str) -> str:
+    """A source note's file name without its folder and dates (for one-line reports)."""
+    head = note.split(" (", 1)[0]
+    return Path(head).name if head.endswith(".h5") else note
 
 
 def _flags(scan: ScanFile) -> dict[str, FlagSummary]:
