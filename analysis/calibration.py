@@ -430,6 +430,8 @@ def _source_note(source: Mapping[str, Any]) -> str:
             f"{source.get('n_frames')} dark frames at {source.get('exposure_ms')} ms taken at the scan's "
             f"start (shutter {source.get('shutter')}, {source.get('created')})"
         )
+    if source.get("kind") == "scan_tiles":
+        return f"estimated from {source.get('n_images')} of the scan's tiles ({source.get('created')})"
     if source.get("kind") == "file":
         return f"{source.get('file')} (made {source.get('file_created')}, copied {source.get('copied')})"
     return json.dumps(dict(source), sort_keys=True)

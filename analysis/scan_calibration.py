@@ -19,21 +19,32 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import h5py
 import numpy as np
+from numpy.typing import NDArray
 
-from acquisition.storage import ScanFile, require_calibration_group
-from analysis.calibration import CalibrationError, FlagSummary, ScanCalibration, scan_calibration
+from acquisition.storage import ScanFile, StorageError, record_source, require_calibration_group
+from analysis.calibration import (
+    CalibrationError,
+    FlagSummary,
+    ScanCalibration,
+    dark_offsets_adu,
+    scan_calibration,
+)
+from analysis.flatfield import FlatField, flat_from_tiles, write_flat
 from analysis.results_format import ResultsFormatError, read_analysis, read_tile_flags
+from analysis.settings import AnalysisSettings, settings_of_scan
 
 __all__ = [
     "CalibrationReport",
     "calibration_report",
+    "scan_flat_fields",
+    "store_flat_fields",
     "write_calibration_record",
 ]
 
@@ -230,3 +241,76 @@ def write_calibration_record(f: h5py.File, report: CalibrationReport) -> None:
     """Write the analysis' file-level calibration record (``/calibration`` attribute ``applied_json``)."""
     group = require_calibration_group(f)
     group.attrs["applied_json"] = json.dumps(report.record(), sort_keys=True)
+
+
+# ------------------------------------------------------------ flat fields from a scan's tiles
+
+
+def scan_flat_fields(
+    path: str | Path,
+    *,
+    channels: Sequence[str] | None = None,
+    settings: AnalysisSettings | None = None,
+) -> dict[str, FlatField]:
+    """Flat fields estimated from a scan's own done tiles (:func:`analysis.flatfield.flat_from_tiles`).
+
+    Each channel's tiles (planes max-projected, as the analysis sees them)
+    are dark-corrected with the offset the analysis applies (the scan's dark
+    frames, or the plan's).
+
+    Parameters
+    ----------
+    path : path
+        A scan file (not being written).
+    channels : sequence of str, optional
+        Default: every channel of the scan.
+    settings : AnalysisSettings, optional
+        Default: the plan's stored in the file.
+
+    Raises
+    ------
+    FlatFieldError
+        If a channel's tiles do not cover the frame with tissue often enough.
+    StorageError
+        If the sections' channels or tile shapes differ, or a channel is unknown.
+    """
+    with ScanFile.open(path) as scan:
+        settings = settings or settings_of_scan(scan.plan_yaml, source=f"{Path(path).name}:/plan")
+        readers = [scan.section(sid) for sid in scan.section_ids]
+        names = readers[0].channel_names
+        if any(r.channel_names != names or r.tile_shape_px != readers[0].tile_shape_px for r in readers):
+            raise StorageError(f"{path}: its sections differ in channels or tile shape")
+        wanted = list(channels or names)
+        unknown = [c for c in wanted if c not in names]
+        if unknown:
+            raise StorageError(f"{path}: no channel {', '.join(unknown)} (channels: {', '.join(names)})")
+        offsets = dict(zip(names, dark_offsets_adu(settings, scan_calibration(scan), names), strict=True))
+
+        def tiles(c: int) -> Iterator[NDArray[np.uint16]]:
+            for r in readers:
+                for t in r.done_indices():
+                    yield r.read_tile(int(t))[c].max(axis=0)
+
+        return {
+            ch: flat_from_tiles(tiles(names.index(ch)), dark_offset_adu=offsets[ch], channel=ch)
+            for ch in wanted
+        }
+
+
+def store_flat_fields(path: str | Path, flats: Mapping[str, FlatField]) -> None:
+    """Store flat fields in a scan file's ``/calibration/flat/<channel>`` (replacing earlier ones).
+
+    Their origin is recorded (``sources_json``); ``cordscope analyze`` then applies them.
+    """
+    with h5py.File(path, "r+") as f:
+        group = require_calibration_group(f)
+        for channel, flat in flats.items():
+            parent = group.require_group("flat")
+            if channel in parent:
+                del parent[channel]
+            write_flat(parent.create_group(channel), flat)
+            record_source(
+                group,
+                f"flat/{channel}",
+                {"kind": flat.method, "n_images": flat.n_images, "created": flat.created},
+            )

@@ -76,6 +76,7 @@ from .calibration import (
     copy_calibration_parts,
     read_dark_frames,
     read_sources,
+    record_source,
     require_calibration_group,
     write_dark_frames,
 )
@@ -119,6 +120,7 @@ __all__ = [
     "parse_tile_name",
     "read_dark_frames",
     "read_sources",
+    "record_source",
     "require_calibration_group",
     "tile_name",
     "write_dark_frames",

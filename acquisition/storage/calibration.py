@@ -47,6 +47,7 @@ __all__ = [
     "dark_frame_channels",
     "read_dark_frames",
     "read_sources",
+    "record_source",
     "require_calibration_group",
     "write_dark_frames",
 ]
@@ -114,6 +115,14 @@ def _update_sources(group: h5py.Group, entries: Mapping[str, Mapping[str, Any]])
     sources = read_sources(group)
     sources.update({k: dict(v) for k, v in entries.items()})
     group.attrs["sources_json"] = _to_json(sources)
+
+
+def record_source(group: h5py.Group, part: str, entry: Mapping[str, Any]) -> None:
+    """Say where a part of a calibration group came from (``sources_json``).
+
+    E.g. a flat field estimated from the scan's own tiles: ``{"kind": "scan_tiles", ...}``.
+    """
+    _update_sources(group, {part: {**entry, "recorded": _now_iso()}})
 
 
 def read_sources(group: h5py.Group) -> dict[str, dict[str, Any]]:
