@@ -60,7 +60,7 @@ import logging
 import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import h5py
 import numpy as np
@@ -474,6 +474,7 @@ class SectionAnalysis:
         )
         self.lattice = self.mosaic.lattice(self.tile_shape_px)
         self.tiles_added: list[int] = []
+        self._warned_no_side = False
         self._added: set[int] = set()
         self._lock = threading.Lock()
         # registration: planned edge neighbours, measured pairs, raw anatomy strips awaiting a
@@ -774,6 +775,20 @@ class SectionAnalysis:
 
     # --------------------------------------------------------------- results
 
+    def _injection_side(self) -> Literal["left", "right"] | None:
+        """The section's injection side; None (said once) when the plan does not know it."""
+        value = self.attrs.get("injection_side")
+        if value in ("left", "right"):
+            return value  # type: ignore[no-any-return]
+        if not self._warned_no_side:
+            self._warned_no_side = True
+            logger.warning(
+                "section %s: injection side not given: no rubrospinal territory (the tract's side is "
+                "unknown); set injection_side in the plan, or draw the territory",
+                self.section_id,
+            )
+        return None
+
     def regions(self) -> SectionRegions:
         """Region masks from the anatomy mosaic of the tiles added so far (≈ 0.3 s for a Th7 section).
 
@@ -791,7 +806,7 @@ class SectionAnalysis:
             origin_um=self.mosaic.origin_um,
             pixel_size_um=self.mosaic.pixel_size_um,
             orientation=a.get("orientation") or "coronal",
-            injection_side=a.get("injection_side") or "left",
+            injection_side=self._injection_side(),
             rostral_direction_deg=float(a.get("rostral_direction_deg") or 180.0),
             epicenter_um=None if epicenter is None else (float(epicenter[0]), float(epicenter[1])),
             bin_length_um=self.settings.rc_bin_um,
