@@ -3,16 +3,17 @@
 Tiling
 ------
 ``tiling: minimal`` (the default) covers each section's polygon with the
-fewest tiles this module finds at the plan's overlap: rows of tiles whose
-pitch is the tile height × (1 − overlap); each row covers the polygon's part
-within its *pitch band* (the tiles reach half an overlap beyond it, so
-neighbouring rows overlap by the plan's overlap), with runs of tiles at a
-pitch of the tile width × (1 − overlap) over each stretch of that band's
-polygon, centred on it. The rows' phase and whether rows run along x or
-along y are chosen to minimise the count (:func:`minimal_cover`); the count
-of that search is what :func:`minimum_tile_count` reports and ``cordscope
-validate`` compares a plan's tiles with. ``tiling: grid`` keeps useq's
-polygon grid (a grid anchored at the polygon's bounding box).
+fewest tiles this module finds at the plan's overlap: the fewest rows of
+tiles at a pitch of the tile height × (1 − overlap) that span the polygon;
+each row covers the polygon's part within its band (from the middle of its
+overlap with one neighbouring row to the middle of the other), with runs of
+tiles at a pitch of the tile width × (1 − overlap) over each stretch of that
+band's polygon, centred on it. Where the rows sit within their slack, and
+whether rows run along x or along y, are chosen to minimise the count
+(:func:`minimal_cover`); the count of that search is what
+:func:`minimum_tile_count` reports and ``cordscope validate`` compares a
+plan's tiles with. ``tiling: grid`` keeps useq's polygon grid (a grid
+anchored at the polygon's bounding box).
 
 Channel order
 -------------
@@ -44,8 +45,8 @@ from .model import (
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
-#: Row phases tried per orientation by :func:`minimal_cover`.
-N_PHASES = 24
+#: Row placements tried per orientation by :func:`minimal_cover`.
+N_PHASES = 25
 
 # ================================================================== tiling
 
@@ -112,18 +113,29 @@ def cover_intervals(
 def _rows(
     geom: BaseGeometry, *, tile: tuple[float, float], overlap: float, phase: float
 ) -> list[tuple[float, list[float]]]:
-    """Rows (centre y, tile centre xs) covering ``geom``; bands start ``phase`` × pitch below its bottom."""
+    """Rows (centre y, tile centre xs) covering ``geom`` with the fewest rows.
+
+    ``n`` rows of tiles of height ``h`` at pitch ``p`` span ``h + (n − 1)·p``,
+    which leaves a slack over the polygon's height; ``phase`` (0..1) places the
+    rows within it. Each row covers the polygon's part in its band of
+    responsibility (from the middle of its overlap with the row below to the
+    middle of its overlap with the row above; the outer rows to their tiles'
+    outer edges), which its tiles contain.
+    """
     w, h = tile
     pitch_x, pitch_y = w * (1.0 - overlap), h * (1.0 - overlap)
     _, y0, _, y1 = geom.bounds
-    start = y0 - phase * pitch_y
-    n_rows = max(1, math.ceil((y1 - start) / pitch_y - 1e-9))
+    n_rows = max(1, math.ceil((y1 - y0 - h) / pitch_y - 1e-9) + 1)
+    slack = h + (n_rows - 1) * pitch_y - (y1 - y0)
+    first = y0 - phase * slack + h / 2  # centre of the first row
     rows: list[tuple[float, list[float]]] = []
     for k in range(n_rows):
-        lo, hi = start + k * pitch_y, start + (k + 1) * pitch_y
+        centre = first + k * pitch_y
+        lo = centre - (h / 2 if k == 0 else pitch_y / 2)
+        hi = centre + (h / 2 if k == n_rows - 1 else pitch_y / 2)
         xs = cover_intervals(_band_intervals(geom, lo, hi), tile_um=w, pitch_um=pitch_x)
         if xs:
-            rows.append(((lo + hi) / 2, xs))
+            rows.append((centre, xs))
     return rows
 
 
@@ -140,12 +152,13 @@ def minimal_cover(
 ) -> NDArray[np.float64]:
     """Tile centres covering a polygon with the fewest tiles at an overlap, in serpentine order.
 
-    Rows (or columns, whichever takes fewer tiles; rows on a tie) at a pitch
-    of the tile size × (1 − overlap); each covers the polygon's part in its
-    pitch band (see the module docstring). ``n_phases`` phases of the rows
-    are tried; the first with the fewest tiles wins. Rows are visited from
-    the largest y down, the first row towards +x, then back (columns: from
-    the smallest x, the first towards −y).
+    The fewest rows (or columns, whichever takes fewer tiles; rows on a tie)
+    of tiles at a pitch of the tile size × (1 − overlap); each covers the
+    polygon's part in its band (see the module docstring). ``n_phases``
+    placements of the rows within their slack over the polygon are tried;
+    the fewest tiles win, then the most centred. Rows are visited from the
+    largest y down, the first row towards +x, then back (columns: from the
+    smallest x, the first towards −y).
 
     Parameters
     ----------
@@ -156,7 +169,7 @@ def minimal_cover(
     overlap_pct : float
         Overlap of neighbouring tiles, % of the tile size (0–50).
     n_phases : int
-        Row phases tried.
+        Row placements tried.
 
     Returns
     -------
@@ -168,19 +181,15 @@ def minimal_cover(
         raise ValueError("minimal_cover needs a polygon with an area")
     w, h = (float(v) for v in tile_size_um)
     overlap = float(overlap_pct) / 100.0
+    n = max(2, n_phases)
     best: tuple[int, float, int, list[tuple[float, list[float]]]] | None = None
     for along_y, g, tile in ((0, geom, (w, h)), (1, _swap(geom), (h, w))):
-        _, y0, _, y1 = g.bounds
-        pitch = tile[1] * (1.0 - overlap)
-        for i in range(max(1, n_phases)):
-            rows = _rows(g, tile=tile, overlap=overlap, phase=i / max(1, n_phases))
-            n = sum(len(xs) for _, xs in rows)
-            # among the fewest tiles, the rows most evenly overhanging the polygon's ends
-            below = y0 - (min(r[0] for r in rows) - pitch / 2)
-            above = max(r[0] for r in rows) + pitch / 2 - y1
-            key = (n, abs(above - below))
+        for i in range(n):
+            phase = i / (n - 1)
+            rows = _rows(g, tile=tile, overlap=overlap, phase=phase)
+            key = (sum(len(xs) for _, xs in rows), abs(phase - 0.5))
             if best is None or key < best[:2]:
-                best = (n, abs(above - below), along_y, rows)
+                best = (*key, along_y, rows)
     assert best is not None
     _, _, along_y, rows = best
     centres: list[tuple[float, float]] = []
