@@ -289,6 +289,13 @@ class RetakeSettings(_PlanModel):
         description="A tile estimated below this (or with no neighbour to compare with) is first "
         "probed above and below its focus.",
     )
+    min_texture_ratio: float = Field(
+        default=0.95,
+        gt=0,
+        le=1,
+        description="A tile whose middle has less fine detail (sharpness over that after a slight "
+        "blur) than this fraction of the tiles found in focus so far is probed.",
+    )
     refocus_range_um: float = Field(
         default=12.0, gt=0, description="Full range of the local focus search before a retake (µm)."
     )
