@@ -21,7 +21,7 @@ thread, before the tile is handed to the writer:
    overlaps with tissue on both sides, of ratio × the neighbour's quality.
 2. **Probe where unsure.** A tile with no neighbour to compare with (the
    first of a section, or one whose overlaps are glass), estimated below
-   ``probe_below_ratio``, or whose middle (which no overlap sees: a bump
+   ``probe_below_ratio`` (``min_sharpness_ratio`` or not), or whose middle (which no overlap sees: a bump
    under the middle of a tile leaves its edges sharp) has less fine detail
    than ``min_texture_ratio`` of the tiles found in focus so far
    (:func:`interior_texture`), is imaged ``probe_step_um`` above and below its
@@ -29,11 +29,14 @@ thread, before the tile is handed to the writer:
    means it is out of focus; otherwise it is confirmed (quality 1). The
    probe needs no neighbour and does not depend on the tissue, so a noisy
    estimate alone never causes a retake.
-3. **Refocus and retake.** A tile estimated below ``min_sharpness_ratio``,
-   or out of focus by the probe, is refocused locally (a sweep of
-   ``refocus_range_um`` in steps of ``refocus_step_um`` around its focus,
-   the peak refined by a parabola) and every channel is imaged again there,
-   at most ``max_retakes`` times; the sharpest take is kept.
+3. **Refocus and retake.** A tile out of focus by the probe is refocused
+   locally (a sweep of ``refocus_range_um`` in steps of ``refocus_step_um``
+   around its focus, the peak refined by a parabola) and every channel is
+   imaged again there; while its estimate stays below
+   ``min_sharpness_ratio`` this repeats, at most ``max_retakes`` times, and
+   the sharpest take is kept. A tile estimated below ``min_sharpness_ratio``
+   that the probe finds in focus (a bubble: no focus helps) is kept and
+   flagged ``still_blurred``.
 
 The decision, the scores and the time it took are returned as a
 :class:`RetakeRecord`, which the engine puts into the tile's metadata (the
@@ -350,7 +353,8 @@ class RetakeRecord:
     planned_z_um, final_z_um : float
         Focus of the first take and of the take kept (µm).
     still_blurred : bool
-        Retaken ``max_retakes`` times and still below the threshold (kept the sharpest).
+        Below ``min_sharpness_ratio`` in the end: in focus by the probe yet blurred (a
+        bubble: no focus helps), or retaken ``max_retakes`` times (the sharpest kept).
     time_s : float
         Time spent on the probe, refocus and retakes (s).
     """
@@ -447,18 +451,19 @@ class RetakeRunner:
                 self.neighbours.accept(key, anatomy, quality=estimate)
                 return frames, RetakeRecord("accepted", estimate, estimate, None, 0, z0, z0, False, 0.0)
             # sharp where it overlaps its neighbours, blurred in its middle: the probe decides
-        probe_gain: float | None = None
-        if estimate is None or estimate >= s.min_sharpness_ratio:
-            # unsure (no neighbour, or a little low): the probe decides, whatever the tissue
-            steps = (-s.probe_step_um, s.probe_step_um)
-            probe_gain = _probe_gain(anatomy, [camera.snap_at(anatomy_event, z0 + d) for d in steps])
-            if probe_gain <= s.min_probe_gain:
+        # unsure (no neighbour, low, or blurred in its middle): the probe decides whether focus is
+        # the cause, whatever the tissue; blur that no focus fixes (a bubble) is kept, flagged
+        steps = (-s.probe_step_um, s.probe_step_um)
+        probe_gain = _probe_gain(anatomy, [camera.snap_at(anatomy_event, z0 + d) for d in steps])
+        if probe_gain <= s.min_probe_gain:
+            blurred = estimate is not None and estimate < s.min_sharpness_ratio
+            if not blurred:
                 self._in_focus(texture)
-                self.neighbours.accept(key, anatomy, quality=1.0)
-                decision: Decision = "no_reference" if estimate is None else "probed"
-                elapsed = time.perf_counter() - t0
-                record = RetakeRecord(decision, estimate, estimate, probe_gain, 0, z0, z0, False, elapsed)
-                return frames, record
+            self.neighbours.accept(key, anatomy, quality=1.0)
+            decision: Decision = "no_reference" if estimate is None else "probed"
+            elapsed = time.perf_counter() - t0
+            record = RetakeRecord(decision, estimate, estimate, probe_gain, 0, z0, z0, blurred, elapsed)
+            return frames, record
 
         # refocus and retake; takes of the same tile compare by their whole anatomy image
         best_frames, best_z, best_sharpness = frames, z0, sharpness(anatomy)

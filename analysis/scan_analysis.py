@@ -209,11 +209,14 @@ class ScanAnalysis:
         if key in self.analysis_counts:
             return False
         try:
+            is_pass = split_pass_key(section_id)[1] is not None
+            if is_pass:
+                self._see_pass(section_id)
             if images is None:
                 images = _done_tile_reader(self._open_scan(), section_id)(key[1])
                 if images is None:
                     return False  # not done: nothing to analyse
-            if split_pass_key(section_id)[1] is not None:
+            if is_pass:
                 self._pass(section_id).add_tile(images, tile_index=key[1])
             else:
                 self._section(section_id).add_tile(images, tile_index=key[1])
@@ -293,6 +296,12 @@ class ScanAnalysis:
             origin = (float(mosaic.origin_um[0]), float(mosaic.origin_um[1]))
             self._grids[section_id] = (origin, float(mosaic.pixel_size_um), tuple(mosaic.shape))  # type: ignore[assignment]
         return self._grids[section_id]
+
+    def _see_pass(self, key: str) -> None:
+        """Reopen a file read beside its writer when a pass was added after it was opened."""
+        scan = self._open_scan()
+        if scan.live and key not in scan.pass_keys():
+            scan.refresh(beside_writer=self.beside_writer)
 
     def _pass(self, key: str) -> adaptive.HiresSection:
         """The running analysis of a section's further pass (its tiles on the section's grid)."""

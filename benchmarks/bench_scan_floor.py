@@ -23,8 +23,9 @@ For each run:
   analysis had analysed when the last tile was stored.
 
 ``switches_saved_per_tile`` and ``time_saved_s`` compare the two runs'
-floors and measured scan times. Logs go to stderr; stdout carries one JSON
-line.
+floors and measured scan times. A third run (alternate, sharpness checks
+off) gives ``ratio_without_sharpness_checks``: what the checks' probes cost.
+Logs go to stderr; stdout carries one JSON line.
 
 Run: ``.venv/bin/python benchmarks/bench_scan_floor.py``
 """
@@ -74,14 +75,16 @@ def _stdout_to_stderr() -> Iterator[None]:
         os.close(saved)
 
 
-def _one_run(core: Any, path: Path, channel_order: str) -> dict[str, Any]:
+def _one_run(core: Any, path: Path, channel_order: str, *, checks: bool = True) -> dict[str, Any]:
     from acquisition.demo.plans import demo_plan
     from acquisition.scan_floor import HardwareTiming, scan_floor
     from acquisition.session import ScanSession
     from analysis.live import AnalysisProcess
 
     plan = demo_plan(output=path, section_ids=list(SECTION_IDS), focus={"strategy": "focus_map"})
-    plan = plan.model_copy(update={"channel_order": channel_order})
+    plan = plan.model_copy(
+        update={"channel_order": channel_order, "retake": plan.retake.model_copy(update={"enabled": checks})}
+    )
     session = ScanSession(core, plan, analysis=AnalysisProcess, overwrite=True)
     marks: dict[str, Any] = {}
     lock = threading.Lock()
@@ -150,6 +153,7 @@ def main() -> dict[str, Any]:
             runs = {
                 order: _one_run(core, Path(tmp) / f"{order}.h5", order) for order in ("alternate", "fixed")
             }
+            runs["no_checks"] = _one_run(core, Path(tmp) / "no-checks.h5", "alternate", checks=False)
     finally:
         core.close()
     alt, fixed = runs["alternate"], runs["fixed"]
@@ -160,6 +164,7 @@ def main() -> dict[str, Any]:
         "timings": {f"{d}.{p}": v for (d, p), v in TIMINGS.items()},
         "ratio": alt["ratio"],
         "target_ratio": TARGET_RATIO,
+        "ratio_without_sharpness_checks": runs["no_checks"]["ratio"],
         "lag_s": alt["lag_s"],
         "target_lag_s": TARGET_LAG_S,
         "switches_saved_per_tile": round(
@@ -169,6 +174,7 @@ def main() -> dict[str, Any]:
         "measured_time_saved_s": round(fixed["scan_s"] - alt["scan_s"], 3),
         "alternate": alt,
         "fixed": fixed,
+        "no_checks": runs["no_checks"],
     }
 
 

@@ -265,9 +265,9 @@ class RetakeSettings(_PlanModel):
     Each tile's anatomy image is scored (:func:`acquisition.focus.sharpness`)
     where it overlaps tiles already acquired: the same piece of tissue, so a
     lower score means blur, not other content (see :mod:`acquisition.retake`).
-    A tile estimated below ``min_sharpness_ratio`` of its best focus, or found
-    sharper ``probe_step_um`` above or below its focus by a probe (tiles with
-    no neighbour to compare with, or estimated below ``probe_below_ratio``),
+    A tile with no neighbour to compare with, estimated below
+    ``probe_below_ratio`` of its best focus, or blurred in its middle, is
+    probed ``probe_step_um`` above and below its focus; if either is sharper it
     is refocused locally and retaken, at most ``max_retakes`` times. Applies
     to plans with a focus map and one plane per tile (a fixed plane is imaged
     as asked; a z-stack samples focus already).
@@ -279,8 +279,8 @@ class RetakeSettings(_PlanModel):
         default=0.9,
         gt=0,
         lt=1,
-        description="A tile is refocused and retaken when its sharpness estimate (from its overlaps "
-        "with acquired neighbours, as a fraction of best focus) is below this.",
+        description="A tile whose sharpness estimate (from its overlaps with acquired neighbours, as "
+        "a fraction of best focus) stays below this is blurred: retaken again, or flagged.",
     )
     probe_below_ratio: float = Field(
         default=0.95,

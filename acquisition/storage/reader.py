@@ -260,10 +260,13 @@ class ScanFile:
             raise
         return cls(f, path, version, live=live)
 
-    def refresh(self) -> None:
-        """Reopen the file to see what a running scan wrote since (metadata and events included)."""
+    def refresh(self, *, beside_writer: bool = False) -> None:
+        """Reopen the file to see what a running scan wrote since (metadata, events and passes included).
+
+        ``beside_writer``: reopen it as :meth:`open` does with it (never taking a lock).
+        """
         self.close()  # first: HDF5 would hand back the same open file, with its cached metadata
-        reopened = ScanFile.open(self.path)
+        reopened = ScanFile.open(self.path, beside_writer=beside_writer)
         self._file, self.format_version, self.live = reopened._file, reopened.format_version, reopened.live
 
     @property

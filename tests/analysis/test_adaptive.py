@@ -14,7 +14,7 @@ from acquisition.demo.plans import demo_plan
 from acquisition.session import ScanSession
 from acquisition.storage import EventKind, ScanFile, TileStatus
 from analysis.adaptive import HiresSection, fold_hires, hires_fractions, target_mask, target_polygons
-from analysis.live import AnalysisThread
+from analysis.live import AnalysisProcess
 from analysis.maps import SectionAccumulator, region_table
 from analysis.results import load_scan_results
 from analysis.results_format import region_csv_path
@@ -127,12 +127,14 @@ def _adaptive_scan(path: Path, *, min_pct: float) -> tuple[object, object]:
         plan = demo_plan(output=path, section_ids=[SECTION], focus={"strategy": "focus_map"})
         adaptive = {"objective": "20x", "min_pct_axonal_area": min_pct, "edge_fraction": 0.55}
         plan = plan.model_validate({**plan.model_dump(mode="json"), "adaptive": adaptive})
-        session = ScanSession(core, plan, analysis=AnalysisThread, overwrite=True)
+        # the process users run: it reads each tile from the file, the pass's too (added mid-scan)
+        session = ScanSession(core, plan, analysis=AnalysisProcess, overwrite=True)
         progress = []
         session.events.progress.connect(progress.append)
         result = session.run()
     finally:
         core.close()
+    assert session.analysis is not None and session.analysis.faults == []
     return result, progress
 
 
