@@ -68,6 +68,8 @@ __all__ = [
     "SnapshotReply",
     "SnapshotRequest",
     "Stop",
+    "TargetsReply",
+    "TargetsRequest",
     "TileAnalysed",
     "run_analysis_loop",
 ]
@@ -108,6 +110,16 @@ class SnapshotRequest:
 
 
 @dataclasses.dataclass(frozen=True)
+class TargetsRequest:
+    """Send a :class:`TargetsReply`: what an adaptive pass should image in a section."""
+
+    request_id: int
+    section_id: str
+    region: str
+    min_pct_axonal_area: float
+
+
+@dataclasses.dataclass(frozen=True)
 class Finalize:
     """Analyse what is left, write the results, answer :class:`Finished` and end."""
 
@@ -144,6 +156,15 @@ class SnapshotReply:
 
 
 @dataclasses.dataclass(frozen=True)
+class TargetsReply:
+    """The answer to a :class:`TargetsRequest`: polygons in stage µm (or why there are none)."""
+
+    request_id: int
+    polygons: list[list[tuple[float, float]]]
+    error: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class Finished:
     """The loop ended: the final tables, or why there are none."""
 
@@ -151,8 +172,8 @@ class Finished:
     error: str | None = None
 
 
-Request = SnapshotRequest | Finalize | Stop
-Reply = TileAnalysed | MapsUpdated | SnapshotReply | Finished
+Request = SnapshotRequest | TargetsRequest | Finalize | Stop
+Reply = TileAnalysed | MapsUpdated | SnapshotReply | TargetsReply | Finished
 
 
 class _Inbox(Protocol):
@@ -201,7 +222,20 @@ def run_analysis_loop(
                 analysis.close()
                 return  # the scan's process is gone: its file is resumed by a new scan
             request = pending_request()
-            while isinstance(request, SnapshotRequest):
+            while isinstance(request, SnapshotRequest | TargetsRequest):
+                if isinstance(request, TargetsRequest):
+                    try:
+                        polygons = analysis.adaptive_targets(
+                            request.section_id,
+                            region=request.region,
+                            min_pct_axonal_area=request.min_pct_axonal_area,
+                        )
+                        send(TargetsReply(request.request_id, polygons))
+                    except Exception as e:  # reported to the caller, the analysis goes on
+                        logger.exception("adaptive targets of section %s failed", request.section_id)
+                        send(TargetsReply(request.request_id, [], f"{type(e).__name__}: {e}"))
+                    request = pending_request()
+                    continue
                 try:
                     send(SnapshotReply(request.request_id, analysis.snapshot(request.section_id)))
                 except Exception as e:  # reported to the caller, the analysis goes on
@@ -306,6 +340,8 @@ class LiveAnalysisDriver(abc.ABC):
         self._finished = threading.Event()
         self._finalizing = False
         self._started = False
+        self._req_ids = itertools.count()
+        self._replies_due: dict[int, tuple[threading.Event, list[TargetsReply]]] = {}
 
     # ------------------------------------------------------------- feeding
 
@@ -338,6 +374,12 @@ class LiveAnalysisDriver(abc.ABC):
             self.events.maps_updated.emit(reply.section_id, reply.rows)
         elif isinstance(reply, SnapshotReply):
             self._snapshot_arrived(reply)
+        elif isinstance(reply, TargetsReply):
+            with self._lock:
+                due = self._replies_due.pop(reply.request_id, None)
+            if due is not None:
+                due[1].append(reply)
+                due[0].set()
         elif isinstance(reply, Finished):
             self._final = reply
             self._finished.set()
@@ -423,6 +465,34 @@ class LiveAnalysisDriver(abc.ABC):
     @abc.abstractmethod
     def snapshot(self, section_id: str) -> LiveSnapshot | None:
         """A copy of one section's live (or final) state; may block: call it off the GUI thread."""
+
+    def adaptive_targets(
+        self, section_id: str, *, region: str, min_pct_axonal_area: float, timeout_s: float = 120.0
+    ) -> list[list[tuple[float, float]]]:
+        """What an adaptive pass should image in a section (:meth:`ScanAnalysis.adaptive_targets`).
+
+        Asked between two tiles; the analysis first catches up with the
+        section's done tiles. Blocks until it answers.
+
+        Raises
+        ------
+        AnalysisProcessError
+            If the analysis does not answer within ``timeout_s`` or failed to compute them.
+        """
+        self.start()
+        req_id = next(self._req_ids)
+        done = threading.Event()
+        box: list[TargetsReply] = []
+        with self._lock:
+            self._replies_due[req_id] = (done, box)
+        self._request(TargetsRequest(req_id, section_id, region, float(min_pct_axonal_area)))
+        if not done.wait(timeout_s):
+            with self._lock:
+                self._replies_due.pop(req_id, None)
+            raise AnalysisProcessError(f"no adaptive targets for section {section_id} within {timeout_s:g} s")
+        if box[0].error is not None:
+            raise AnalysisProcessError(f"adaptive targets of section {section_id} failed: {box[0].error}")
+        return box[0].polygons
 
 
 class AnalysisThread(LiveAnalysisDriver):
@@ -532,7 +602,6 @@ class AnalysisProcess(LiveAnalysisDriver):
         self._replies: Any = self._ctx.Queue()
         self._process: Any = None
         self._listener: threading.Thread | None = None
-        self._req_ids = itertools.count()
         self._pending: dict[int, tuple[threading.Event, list[SnapshotReply]]] = {}
 
     def _send_tile(self, stored: TileStored) -> None:

@@ -289,9 +289,11 @@ def _with_groups(the_plan: Any, channel_group: str | None, objective_group: str 
 
 
 def _print_plan_summary(summary: Any) -> None:
-    table = Table("section", "tiles", title="Plan")
+    table = Table("section", "tiles", "minimum", "tiles ÷ minimum", title="Plan")
+    minimum = getattr(summary, "min_tiles_per_section", {}) or {}
     for sid, n in summary.tiles_per_section.items():
-        table.add_row(sid, str(n))
+        least = minimum.get(sid)
+        table.add_row(sid, str(n), str(least or ""), f"{n / least:.2f}" if least else "")
     console.print(table)
     w, h = summary.tile_size_um
     console.print(

@@ -234,5 +234,11 @@ def _print_summary(console: Console, result: ScanResult) -> None:
         f"{result.path}: {result.tiles_done}/{result.tiles_total} tiles done, {result.tiles_failed} failed, "
         f"{result.file_size_bytes / 1e6:.1f} MB, {result.elapsed_s:.1f} s"
     )
+    retaken, retake_s = result.tiles_retaken, result.retake_time_s
+    if retaken or retake_s:  # the sharpness checks ran (focus-map plans)
+        console.print(
+            f"sharpness checks: {retaken} tile{'s' if retaken != 1 else ''} refocused and retaken, "
+            f"{retake_s:.1f} s on probes and retakes"
+        )
     if result.message:
         console.print(f"[yellow]{result.message}")

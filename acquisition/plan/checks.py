@@ -6,7 +6,7 @@ import math
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,7 +15,7 @@ import numpy as np
 from ..pixel_geometry import covered_extent_um
 from ..rig_profile import rig_profile_for
 from ..roles import RoleError, camera_binning, decide_roles, pixel_affine_for_config_um
-from .compile import section_tiles
+from .compile import minimum_tile_count, section_tiles
 from .model import (
     _STORED_BYTES_PER_PIXEL,
     DISK_MARGIN,
@@ -218,6 +218,10 @@ class PlanSummary:
         Camera ROI (width, height), pixels.
     estimated_bytes : int
         Size of the tile data in the scan file (uint16).
+    min_tiles_per_section : dict of str to int
+        The fewest tiles covering each section's polygon at the plan's overlap
+        (:func:`acquisition.plan.compile.minimum_tile_count`), to compare with
+        ``tiles_per_section``.
     """
 
     tiles_per_section: dict[str, int]
@@ -227,6 +231,7 @@ class PlanSummary:
     pixel_size_um: float
     image_size_px: tuple[int, int]
     estimated_bytes: int
+    min_tiles_per_section: dict[str, int] = field(default_factory=dict)
 
 
 def _format_bytes(n: float) -> str:
@@ -399,6 +404,13 @@ def validate_plan(
             affine = pixel_affine_for_objective(core, plan.objective_group, plan.objective)
         except PlanError as e:
             problems.extend(e.problems)
+    if plan.adaptive is not None and plan.objective_group is not None:
+        try:
+            pixel_affine_for_objective(core, plan.objective_group, plan.adaptive.objective)
+        except PlanError as e:
+            problems.extend(
+                replace(p, field="adaptive.objective") for p in e.problems if p.field == "objective"
+            )
 
     if stage_limits_um is not None:
         limits, source = stage_limits_um, "stage travel (given)"
@@ -443,6 +455,12 @@ def validate_plan(
                     )
                 )
         per_section = {sid: len(c) for sid, c in tiles.items()}
+        minimum = {
+            s.id: per_section[s.id]
+            if plan.tiling == "minimal"  # the tiles are the minimal cover already
+            else minimum_tile_count(s.polygon_um, tile_size_um=tile, overlap_pct=plan.overlap_pct)
+            for s in plan.sections
+        }
         total = sum(per_section.values())
         n_images = total * len(plan.channels) * plan.n_z_slices
         bytes_per_pixel = max(_STORED_BYTES_PER_PIXEL, int(core.getBytesPerPixel()))
@@ -454,6 +472,7 @@ def validate_plan(
             pixel_size_um=pixel_size,
             image_size_px=(width_px, height_px),
             estimated_bytes=n_images * width_px * height_px * bytes_per_pixel,
+            min_tiles_per_section=minimum,
         )
 
     problems.extend(

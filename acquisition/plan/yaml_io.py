@@ -14,12 +14,14 @@ from pydantic import BaseModel, ValidationError
 from .analysis_settings import AnalysisSettings
 from .model import (
     _SECTION_ID_PATTERN,
+    AdaptiveSettings,
     ChannelSetting,
     FocusSettings,
     Loc,
     PlanError,
     PlanProblem,
     ReliabilitySettings,
+    RetakeSettings,
     ScanPlan,
     SectionPlan,
     ZStack,
@@ -38,6 +40,8 @@ _MODEL_AT: dict[tuple[str, ...], type[BaseModel]] = {
     ("focus",): FocusSettings,
     ("z_stack",): ZStack,
     ("reliability",): ReliabilitySettings,
+    ("retake",): RetakeSettings,
+    ("adaptive",): AdaptiveSettings,
     ("sections",): SectionPlan,
     ("analysis",): AnalysisSettings,
 }

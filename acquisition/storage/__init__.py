@@ -17,7 +17,16 @@ metadata, plus a log of events (start, pause, retry, fault, finish)::
         tile_status     uint8 (n_tiles,), 0 pending, 1 done, 2 failed
         tile_meta       UTF-8 strings (n_tiles,), per-tile JSON; "" until written
         analysis/       reserved for the analysis
+        passes/<name>/  optional further passes over the section (e.g. ``20x``, an adaptive
+                        pass at another objective): the datasets above but ``analysis``,
+                        attrs section_id, pass_name, objective, kind, pass_complete
     /events             resizable UTF-8 strings, one JSON object per event
+
+A pass is added during the scan (:meth:`ScanWriter.add_pass`), once it is
+known which tiles it takes; it is addressed everywhere by the key
+``<section>@<pass>`` (``@`` cannot occur in a section id), e.g. tile names
+``rat01-C5@20x/0003``. Readers that know no passes (format 1 as first
+written) read the sections as before and never see the passes.
 
 Everything is plain datasets and JSON / YAML text, so a reader needs nothing
 but h5py. The file uses HDF5's default (oldest compatible) format, not SWMR:
@@ -69,11 +78,14 @@ from .format import (
     FORMAT_NAME,
     FORMAT_VERSION,
     FREE_SPACE_RESERVE_BYTES,
+    PASSES_GROUP,
     STANDARD_SECTION_ATTRS,
     EventKind,
     StorageError,
     TileStatus,
     parse_tile_name,
+    pass_key,
+    split_pass_key,
     tile_name,
 )
 from .mda_output import MDAWriterOutput, TileStored, WriterEvents
@@ -84,6 +96,7 @@ __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "FREE_SPACE_RESERVE_BYTES",
+    "PASSES_GROUP",
     "STANDARD_SECTION_ATTRS",
     "EventKind",
     "MDAWriterOutput",
@@ -98,5 +111,7 @@ __all__ = [
     "TileStored",
     "WriterEvents",
     "parse_tile_name",
+    "pass_key",
+    "split_pass_key",
     "tile_name",
 ]

@@ -51,6 +51,38 @@ _SECTION_DATASETS = ("tiles", "tile_xy_um", "tile_z_um", "tile_status", "tile_me
 _STR = h5py.string_dtype("utf-8")
 
 
+#: Sub-group of a section holding its further passes (e.g. ``passes/20x``, an adaptive pass).
+PASSES_GROUP = "passes"
+#: Attribute set last when a pass is created: a pass without it was interrupted while being made.
+_PASS_COMPLETE_ATTR = "pass_complete"
+#: Separator of a pass key: ``<section id>@<pass name>`` (``@`` is not allowed in section ids).
+PASS_SEPARATOR = "@"
+
+
+def pass_key(section_id: str, pass_name: str) -> str:
+    """The key of a section's pass, as a writer, reader, tile name and ``TileStored`` use it: ``S01@20x``."""
+    return f"{section_id}{PASS_SEPARATOR}{pass_name}"
+
+
+def split_pass_key(key: str) -> tuple[str, str | None]:
+    """``(section_id, pass name or None)`` of a key (a section id, or a :func:`pass_key`)."""
+    section_id, sep, name = key.partition(PASS_SEPARATOR)
+    return (section_id, name) if sep else (key, None)
+
+
+def _tile_groups(f: h5py.File, *, incomplete: bool = False) -> list[tuple[str, h5py.Group]]:
+    """Every group holding tiles: each section, then its complete passes, as ``(key, group)``."""
+    out: list[tuple[str, h5py.Group]] = []
+    for sid, g in f["sections"].items():
+        out.append((sid, g))
+        passes = g.get(PASSES_GROUP)
+        if isinstance(passes, h5py.Group):
+            for name, pg in passes.items():
+                if incomplete or pg.attrs.get(_PASS_COMPLETE_ATTR, 0):
+                    out.append((pass_key(sid, name), pg))
+    return out
+
+
 class StorageError(CordScopeError):
     """A scan file cannot be created, opened, read or written; the message says which and why."""
 
@@ -99,6 +131,10 @@ class EventKind(StrEnum):
     """A tile was marked failed after its retries."""
     TILE_RETRIED = "tile_retried"
     """A device call of a tile failed and was retried, and the tile was then stored."""
+    TILE_RETAKEN = "tile_retaken"
+    """A tile was blurred, refocused and imaged again (``retake``: decision, scores, focus, time)."""
+    ADAPTIVE_PASS = "adaptive_pass"
+    """A second pass at another objective was added (``objective``, tiles per section)."""
     FINISHED = "finished"
     """The scan ended with its run complete (some tiles may have failed)."""
     STOPPED = "stopped"
@@ -259,7 +295,7 @@ def _open_h5(path: Path, mode: str) -> h5py.File:
 
 def _check_live_readable(f: h5py.File, path: Path) -> None:
     """Refuse live reading of compressed tiles: their chunks are allocated as written."""
-    for sid, g in f["sections"].items():
+    for sid, g in _tile_groups(f):
         if g["tiles"].compression is not None:
             raise StorageError(
                 f"cannot read {path} while it is being written: its tiles are compressed "

@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 
 from .format import (
+    PASSES_GROUP,
     STANDARD_SECTION_ATTRS,
     StorageError,
     TileStatus,
@@ -25,6 +26,8 @@ from .format import (
     _open_h5,
     _open_live,
     _planned_z,
+    _tile_groups,
+    split_pass_key,
 )
 from .repair import _read_strings
 
@@ -86,10 +89,11 @@ def _decode_attr(value: Any) -> Any:
 class SectionReader:
     """Read access to one section of a scan file."""
 
-    def __init__(self, group: h5py.Group, *, live: bool = False) -> None:
+    def __init__(self, group: h5py.Group, *, live: bool = False, key: str | None = None) -> None:
         self._group = group
         self._live = live
-        self.section_id: str = group.name.rsplit("/", 1)[-1]
+        self.section_id: str = key or group.name.rsplit("/", 1)[-1]
+        """The section's id, or for a pass its key ``<section>@<pass>``."""
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -268,10 +272,13 @@ class ScanFile:
             raise
         return cls(f, path, version, live=live)
 
-    def refresh(self) -> None:
-        """Reopen the file to see what a running scan wrote since (metadata and events included)."""
+    def refresh(self, *, beside_writer: bool = False) -> None:
+        """Reopen the file to see what a running scan wrote since (metadata, events and passes included).
+
+        ``beside_writer``: reopen it as :meth:`open` does with it (never taking a lock).
+        """
         self.close()  # first: HDF5 would hand back the same open file, with its cached metadata
-        reopened = ScanFile.open(self.path)
+        reopened = ScanFile.open(self.path, beside_writer=beside_writer)
         self._file, self.format_version, self.live = reopened._file, reopened.format_version, reopened.live
 
     @property
@@ -309,10 +316,23 @@ class ScanFile:
         """Section ids in file order."""
         return tuple(self._file["sections"].keys())
 
+    def pass_keys(self, section_id: str | None = None) -> tuple[str, ...]:
+        """Keys ``<section>@<pass>`` of the further passes (all, or one section's), in file order.
+
+        A pass (e.g. an adaptive pass at 20x, ``/sections/<id>/passes/20x``)
+        has the datasets of a section; :meth:`section` opens it by its key.
+        """
+        keys = [k for k, _ in _tile_groups(self._file) if split_pass_key(k)[1] is not None]
+        return tuple(k for k in keys if section_id is None or split_pass_key(k)[0] == section_id)
+
     def section(self, section_id: str) -> SectionReader:
-        """One section."""
+        """One section, or one pass by its key ``<section>@<pass>``."""
+        sid, name = split_pass_key(section_id)
         try:
-            return SectionReader(self._file["sections"][section_id], live=self.live)
+            group = self._file["sections"][sid]
+            if name is not None:
+                group = group[PASSES_GROUP][name]
+            return SectionReader(group, live=self.live, key=section_id)
         except KeyError:
             raise StorageError(
                 f"{self.path} has no section {section_id!r} (sections: {', '.join(self.section_ids)})"

@@ -13,12 +13,16 @@ import numpy as np
 
 from .format import (
     _HDF5_SIGNATURE,
+    _PASS_COMPLETE_ATTR,
     _STR,
+    PASSES_GROUP,
     StorageError,
     TileStatus,
     _check_format,
     _open_h5,
     _superblock_eof,
+    _tile_groups,
+    split_pass_key,
 )
 
 logger = logging.getLogger(__name__)
@@ -176,7 +180,7 @@ def _repair_file_ends(path: Path) -> dict[str, int]:
         with _open_h5(path, "r") as f:
             _check_format(f, path)
             highest_chunk_end = max(
-                [0, *(end for g in f["sections"].values() for end in _chunk_ends(g["tiles"]).values())]
+                [0, *(end for _, g in _tile_groups(f) for end in _chunk_ends(g["tiles"]).values())]
             )
     except BaseException:
         if padded:  # not ours to repair: leave it as it was
@@ -191,6 +195,10 @@ def _repair_file_ends(path: Path) -> dict[str, int]:
     return repairs
 
 
+def _complete_pass(key: str, g: h5py.Group) -> bool:
+    return split_pass_key(key)[1] is None or bool(g.attrs.get(_PASS_COMPLETE_ATTR, 0))
+
+
 def _recover(f: h5py.File) -> dict[str, Any]:
     """Rebuild what a crash or failed write left unreadable, so the scan can resume.
 
@@ -202,7 +210,8 @@ def _recover(f: h5py.File) -> dict[str, Any]:
       see :func:`_rebuild_strings`); such a tile that was done (not
       expected) is made pending again, as is a done tile with a missing
       image chunk;
-    - unreadable ``/events`` entries are dropped.
+    - unreadable ``/events`` entries are dropped;
+    - a pass whose creation was interrupted is removed (it is made again).
 
     Returns
     -------
@@ -212,7 +221,13 @@ def _recover(f: h5py.File) -> dict[str, Any]:
     repairs: dict[str, Any] = {}
     demoted: list[str] = []
     cleared: list[str] = []
-    for sid, g in f["sections"].items():
+    dropped = [key for key, g in _tile_groups(f, incomplete=True) if not _complete_pass(key, g)]
+    for key in dropped:  # interrupted while being made: made again when the scan resumes
+        sid, name = split_pass_key(key)
+        del f["sections"][sid][PASSES_GROUP][str(name)]
+    if dropped:
+        repairs["passes_dropped"] = dropped
+    for sid, g in _tile_groups(f):
         _finish_rebuild(g, "tile_meta")
         status = g["tile_status"]
         metas, readable = _read_strings(g["tile_meta"])

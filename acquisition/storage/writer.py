@@ -19,12 +19,14 @@ import numpy as np
 
 from .format import (
     _LAYOUT_ATTRS,
+    _PASS_COMPLETE_ATTR,
     _SECTION_DATASETS,
     _STR,
     _WRITER_CACHE,
     FORMAT_NAME,
     FORMAT_VERSION,
     FREE_SPACE_RESERVE_BYTES,
+    PASSES_GROUP,
     EventKind,
     StorageError,
     TileStatus,
@@ -35,7 +37,10 @@ from .format import (
     _open_h5,
     _planned_z,
     _software_versions,
+    _tile_groups,
     _to_json,
+    pass_key,
+    split_pass_key,
 )
 from .repair import _recover, _repair_file_ends
 
@@ -161,10 +166,12 @@ class SectionLayout:
         return int(self.tile_xy_um.shape[0])
 
 
-def _write_section(sections: h5py.Group, layout: SectionLayout, compression: str | None) -> None:
+def _write_section(
+    sections: h5py.Group, layout: SectionLayout, compression: str | None, *, name: str | None = None
+) -> h5py.Group:
     n, c, z = layout.n_tiles, len(layout.channel_names), layout.n_z
     h, w = layout.tile_shape_px
-    g = sections.create_group(layout.section_id)
+    g = sections.create_group(name or layout.section_id)
     json_attrs: list[str] = []
     for key, value in layout.attrs.items():
         if value is None:
@@ -202,7 +209,9 @@ def _write_section(sections: h5py.Group, layout: SectionLayout, compression: str
     g.create_dataset("tile_z_um", data=np.full(n, np.nan))
     g.create_dataset("tile_status", data=np.zeros(n, dtype=np.uint8))
     g.create_dataset("tile_meta", data=[""] * n, dtype=_STR)
-    g.create_group("analysis")
+    if name is None:  # a pass's results are part of its section's analysis
+        g.create_group("analysis")
+    return g
 
 
 # ------------------------------------------------------------------------ writer
@@ -254,19 +263,22 @@ class ScanWriter:
         self._sections: dict[str, _OpenSection] = {}
         # (section, tile) -> {(channel, z)} images written by this writer
         self._written: dict[tuple[str, int], set[tuple[int, int]]] = {}
-        for sid, g in file["sections"].items():
-            ds = {name: g[name] for name in _SECTION_DATASETS}
-            self._sections[sid] = _OpenSection(
-                group=g,
-                tiles=ds["tiles"],
-                tile_z_um=ds["tile_z_um"],
-                tile_status=ds["tile_status"],
-                tile_meta=ds["tile_meta"],
-                status=np.asarray(ds["tile_status"][()], dtype=np.uint8),
-                channel_names=tuple(json.loads(g.attrs["channel_names"])),
-                tile_xy_um=np.asarray(ds["tile_xy_um"][()], dtype=np.float64),
-                planned_tile_z_um=_planned_z(g),
-            )
+        for sid, g in _tile_groups(file):
+            self._open_group(sid, g)
+
+    def _open_group(self, sid: str, g: h5py.Group) -> None:
+        ds = {name: g[name] for name in _SECTION_DATASETS}
+        self._sections[sid] = _OpenSection(
+            group=g,
+            tiles=ds["tiles"],
+            tile_z_um=ds["tile_z_um"],
+            tile_status=ds["tile_status"],
+            tile_meta=ds["tile_meta"],
+            status=np.asarray(ds["tile_status"][()], dtype=np.uint8),
+            channel_names=tuple(json.loads(g.attrs["channel_names"])),
+            tile_xy_um=np.asarray(ds["tile_xy_um"][()], dtype=np.float64),
+            planned_tile_z_um=_planned_z(g),
+        )
 
     # ------------------------------------------------------------ construction
 
@@ -424,8 +436,75 @@ class ScanWriter:
 
     @property
     def section_ids(self) -> tuple[str, ...]:
-        """Section ids in file order."""
-        return tuple(self._sections)
+        """Section ids in file order (their passes not included, see :attr:`pass_keys`)."""
+        return tuple(k for k in self._sections if split_pass_key(k)[1] is None)
+
+    @property
+    def pass_keys(self) -> tuple[str, ...]:
+        """Keys ``<section>@<pass>`` of the sections' further passes (:meth:`add_pass`), in file order.
+
+        Every method taking a ``section_id`` takes a pass key too.
+        """
+        return tuple(k for k in self._sections if split_pass_key(k)[1] is not None)
+
+    def add_pass(self, layout: SectionLayout, *, section_id: str, name: str, attrs: Mapping[str, Any]) -> str:
+        """Add a further pass over a section (e.g. at another objective), all its tiles pending.
+
+        The pass is a group ``/sections/<id>/passes/<name>`` with the datasets
+        of a section (``layout.section_id`` is ignored); readers of format 1
+        that know no passes read the file as before. ``pass_complete`` is set
+        last: a pass interrupted while being made is removed on resume.
+
+        Parameters
+        ----------
+        layout : SectionLayout
+            The pass's tiles, channels and pixel size.
+        section_id : str
+            The section it belongs to.
+        name : str
+            The pass's name (e.g. the objective, ``"20x"``): letters, digits, ``_``, ``.``, ``-``.
+        attrs : Mapping
+            Extra attributes (e.g. ``objective``, ``kind``), as a section's.
+
+        Returns
+        -------
+        str
+            The pass's key ``<section>@<name>`` (:func:`pass_key`).
+
+        Raises
+        ------
+        StorageError
+            If the section is unknown, the pass exists, or on a disk error.
+        """
+        key = pass_key(section_id, name)
+        if not name or not all(ch.isalnum() or ch in "_.-" for ch in name):
+            raise StorageError(f"pass name {name!r} may contain only letters, digits, '_', '.' and '-'")
+        with self._owned():
+            section = self._section(section_id)
+            if key in self._sections:
+                raise StorageError(f"{self._path}: section {section_id} already has a pass {name!r}")
+            described = SectionLayout(
+                section_id=name,
+                tile_xy_um=layout.tile_xy_um,
+                channel_names=layout.channel_names,
+                n_z=layout.n_z,
+                tile_shape_px=layout.tile_shape_px,
+                pixel_size_um=layout.pixel_size_um,
+                tile_size_um=layout.tile_size_um,
+                planned_tile_z_um=layout.planned_tile_z_um,
+                attrs={**attrs, "section_id": section_id, "pass_name": name},
+            )
+            nbytes = 2 * described.n_tiles * len(described.channel_names) * described.n_z
+            nbytes *= described.tile_shape_px[0] * described.tile_shape_px[1]
+            with self._writing(f"pass {key}", nbytes=nbytes):
+                passes = section.group.require_group(PASSES_GROUP)
+                compression = section.tiles.compression
+                g = _write_section(passes, described, compression, name=name)
+                self._file.flush()
+                g.attrs[_PASS_COMPLETE_ATTR] = 1
+                self._file.flush()
+            self._open_group(key, g)
+        return key
 
     def section_shape(self, section_id: str) -> tuple[int, int, int, int, int]:
         """``(n_tiles, n_channels, n_z, H, W)`` of a section's tiles."""
@@ -443,6 +522,11 @@ class ScanWriter:
         """Planned focus of a section's tiles, ``(n_tiles,)`` µm, NaN where none (a copy)."""
         return self._section(section_id).planned_tile_z_um.copy()
 
+    def tile_z_um(self, section_id: str) -> np.ndarray:
+        """Focus used per tile, ``(n_tiles,)`` µm, NaN where not done (read from the file)."""
+        with self._owned():
+            return np.asarray(self._section(section_id).tile_z_um[()], dtype=np.float64)
+
     def tile_status_array(self, section_id: str) -> np.ndarray:
         """Status of every tile of a section, ``(n_tiles,)`` uint8 (a copy; see :class:`TileStatus`)."""
         return self._section(section_id).status.copy()
@@ -454,7 +538,7 @@ class ScanWriter:
         return TileStatus(int(sec.status[tile_index]))
 
     def pending_tiles(self) -> dict[str, np.ndarray]:
-        """Return the indices of the tiles not done (pending or failed) per section, for resume."""
+        """Return the indices of the tiles not done (pending or failed) per section and pass, for resume."""
         return {
             sid: np.flatnonzero(sec.status != TileStatus.DONE).astype(np.int64)
             for sid, sec in self._sections.items()

@@ -595,7 +595,7 @@ def test_csv_has_the_numbers_labels_and_kinds_rounded(scan_path: Path, tmp_path:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == [
         "section_id", "animal", "group", "level", "region", "region_kind", "area_um2", "axon_area_um2",
-        "pct_axonal_area", "mean_tracer_intensity_adu", "imaged_pct",
+        "pct_axonal_area", "mean_tracer_intensity_adu", "imaged_pct", "imaged_at_hires_pct",
     ]  # fmt: skip
     assert rows[0] == {
         "section_id": "S1",
@@ -609,6 +609,7 @@ def test_csv_has_the_numbers_labels_and_kinds_rounded(scan_path: Path, tmp_path:
         "pct_axonal_area": "5.1235",  # 4 decimals
         "mean_tracer_intensity_adu": "321.51",  # 2 decimals, rounded
         "imaged_pct": "100.00",
+        "imaged_at_hires_pct": "0.00",
     }
     assert rows[1]["mean_tracer_intensity_adu"] == "" and rows[1]["imaged_pct"] == "75.12"
     # the same text as the CSV written from the results the file holds
