@@ -300,3 +300,26 @@ def test_the_state_line_says_how_far_the_analysis_is_behind(progress, state, tex
 
     given = None if progress is None else AnalysisProgress(*progress)
     assert describe_analysis_progress(given, state) == text
+
+
+def test_the_second_pass_checkbox_puts_an_adaptive_pass_in_the_plan(qtbot, clean_core, tmp_path):
+    panel = make_panel(qtbot, clean_core, tmp_path)
+    form = panel.form
+    qtbot.waitUntil(panel.is_ready, timeout=10_000)
+    assert form.plan().adaptive is None and not form.adaptive_objective_combo.isEnabled()
+    form.adaptive_check.setChecked(True)
+    assert form.adaptive_objective_combo.isEnabled() and form.adaptive_objective_combo.currentText() == "20x"
+    qtbot.waitUntil(panel.is_ready, timeout=10_000)
+    plan = form.plan()
+    assert plan.adaptive is not None and plan.adaptive.objective == "20x"
+    assert plan.adaptive.region == "rubrospinal_territory"
+    # a plan read back (e.g. to resume) fills the checkbox and keeps its other pass settings
+    custom = plan.model_copy(
+        update={"adaptive": plan.adaptive.model_copy(update={"objective": "4x", "min_pct_axonal_area": 2.0})}
+    )
+    form.adaptive_check.setChecked(False)
+    form.set_plan(custom)
+    assert form.adaptive_check.isChecked() and form.adaptive_objective_combo.currentText() == "4x"
+    qtbot.waitUntil(panel.is_ready, timeout=10_000)
+    again = form.plan()
+    assert again.adaptive is not None and again.adaptive.min_pct_axonal_area == 2.0
