@@ -38,7 +38,7 @@ from psygnal import Signal, SignalGroup
 from pymmcore_plus import CMMCorePlus
 from pymmcore_plus.metadata import summary_metadata
 
-from .engine import DeviceTimeoutError, ScanEngine, TileRef, _one_line
+from .engine import AbortRequested, DeviceCalls, DeviceTimeoutError, ScanEngine, TileRef, _one_line
 from .errors import CordScopeError
 from .hardware import objective_group
 from .plan import (
@@ -62,6 +62,7 @@ from .storage import (
     parse_tile_name,
     tile_name,
 )
+from .storage.repair import describe_repairs
 
 __all__ = [
     "DeviceTimeoutError",
@@ -144,6 +145,8 @@ class ScanResult:
     elapsed_s: float
     file_size_bytes: int
     message: str = ""
+    retried_calls: int = 0
+    """Device calls of this run that failed and were retried (focus map included)."""
 
     @property
     def complete(self) -> bool:
@@ -285,6 +288,8 @@ class ScanController:
         self._state: ScanState = "idle"
         self._abort_requested = False
         self._abort_reason = ""
+        self._failure: str | None = None  # why the scan stopped on its own (dead device, disk)
+        self._n_retried_calls = 0
         self._thread: threading.Thread | None = None
         self._result: ScanResult | None = None
         self._counters = _Counters()
@@ -367,12 +372,29 @@ class ScanController:
             self._set_state("scanning")
 
     def abort(self, reason: str = "aborted by the user") -> None:
-        """Stop after the current event; the file stays resumable."""
+        """Stop after the current event (also during the focus map); the file stays resumable."""
         with self._lock:
-            self._abort_requested = True
-            self._abort_reason = reason
+            if not self._abort_requested:
+                self._abort_requested = True
+                self._abort_reason = reason
         if self.core.mda.is_running():
             self.core.mda.cancel()
+
+    def _stop_on_fault(self, reason: str) -> None:
+        """Stop the scan because it cannot go on (a dead device, a disk error): it ends *failed*."""
+        with self._lock:
+            if self._failure is None:
+                self._failure = reason
+        self.abort(reason)
+
+    def _stop_reason(self) -> str | None:
+        with self._lock:
+            return self._abort_reason if self._abort_requested else None
+
+    @property
+    def n_retried_calls(self) -> int:
+        """Device calls of this run that failed and were retried (focus map included)."""
+        return self._n_retried_calls
 
     # ---------------------------------------------------------------- run
 
@@ -388,19 +410,40 @@ class ScanController:
         self._t0 = time.perf_counter()
         try:
             writer, tiles = self._prepare()
+        except AbortRequested:
+            # stopped before a file existed (e.g. Ctrl-C during the focus map): nothing to resume
+            message = (
+                f"{self._abort_reason} during {self._state_words()}; nothing was acquired and "
+                f"{self.output_path.name} was not written"
+            )
+            self._set_state("aborted")
+            self._message("warning", message)
+            self._result = self._make_result("aborted", message=message)
+            self.events.finished.emit(self._result)
+            return self._result
         except Exception as e:
+            message = _one_line(e)
+            if isinstance(e, DeviceTimeoutError):
+                message = f"device not answering during {self._state_words()}: {message}"
             self._set_state("failed")
-            self._message("error", _one_line(e))
-            self._result = self._make_result("failed", message=_one_line(e))
+            self._message("error", message)
+            self._result = self._make_result("failed", message=message)
             self.events.finished.emit(self._result)
             raise
         try:
             self._scan(writer, tiles)
         finally:
-            writer.close()
-        assert self._result is not None
+            try:
+                writer.close()
+            except StorageError as e:  # the tiles done are safe; say so instead of a traceback
+                self._stop_on_fault(f"cannot close the scan file: {e}")
+        if self._result is None:  # the run ended before _scan could say how (it re-raised)
+            self._result = self._make_result("failed", message=self._failure or "the scan stopped")
         self.events.finished.emit(self._result)
         return self._result
+
+    def _state_words(self) -> str:
+        return {"focusing": "the focus map", "preparing": "preparation"}.get(self._state, self._state)
 
     def _prepare(self) -> tuple[ScanWriter, list[PlannedTile]]:
         self._set_state("preparing")
@@ -413,11 +456,15 @@ class ScanController:
             overwrite=self._overwrite,
             resume=resuming,
         )
+        if not resuming:
+            _make_output_folder(self.output_path)
         group = plan.objective_group or objective_group(core)
         core.setConfig(group, plan.objective)
         core.waitForConfig(group, plan.objective)
         if resuming:
             writer = ScanWriter.open_for_resume(self.output_path)
+            for repairs in writer.repairs_since_last_run():
+                self._message("warning", describe_repairs(self.output_path, repairs))
             self._check_resume_matches(writer)
         else:
             writer = self._create_file()
@@ -501,6 +548,12 @@ class ScanController:
 
         self._set_state("focusing")
         anatomy = plan.anatomy_channel
+        calls = DeviceCalls(
+            max_retries=plan.reliability.max_retries,
+            timeout_s=plan.reliability.tile_timeout_s,
+            should_stop=self._stop_reason,
+            on_retry=lambda what, attempt, e: self._retried(f"focus map: {what}", attempt, e),
+        )
         focus_map = build_focus_map(
             core,
             {s.id: np.asarray(s.polygon_um, dtype=np.float64) for s in plan.sections},
@@ -514,6 +567,7 @@ class ScanController:
             fine_step_um=plan.focus.fine_step_um,
             z_start_um=plan.focus.z_um,
             progress=lambda sid, i, n: self._message("info", f"focus map: section {sid}, point {i} of {n}"),
+            device_call=calls.call,
         )
         self._focus_points = {
             sid: np.asarray(pts, dtype=float).tolist() for sid, pts in focus_map.points_um.items()
@@ -573,6 +627,8 @@ class ScanController:
             max_retries=plan.reliability.max_retries,
             timeout_s=plan.reliability.tile_timeout_s,
             on_tile_failed=self._tile_failed,
+            on_retry=lambda tile, what, attempt, e: self._retried(f"tile {tile}: {what}", attempt, e),
+            should_stop=self._stop_reason,
         )
         previous_engine = core.mda.set_engine(self._engine)
         self._set_state("scanning")
@@ -586,20 +642,30 @@ class ScanController:
         finally:
             if previous_engine is not None:
                 core.mda.set_engine(previous_engine)
-        writer.flush()
+        try:
+            writer.flush()
+        except StorageError as e:  # the writer stopped on a disk error (already reported, or now)
+            self._stop_on_fault(str(e))
         self._count(writer)
+        state: ScanState
         if error is not None:
-            state: ScanState = "failed"
+            state = "failed"
             message = f"scan stopped by an error: {_one_line(error)}"
+        elif self._failure is not None:
+            state, message = "failed", self._failure
         elif self._abort_requested:
             state, message = "aborted", self._abort_reason
         else:
             state, message = "finished", ""
-        if state != "finished":
-            message += f"; {self.output_path} is resumable: cordscope scan --resume {self.output_path}"
-            writer.log_event(EventKind.STOPPED, state=state, reason=message)
-        else:
-            writer.log_event(EventKind.FINISHED)
+        try:
+            if state != "finished":
+                message = message.rstrip(". ")
+                message += f"; {self.output_path} is resumable: cordscope scan --resume {self.output_path}"
+                writer.log_event(EventKind.STOPPED, state=state, reason=message)
+            else:
+                writer.log_event(EventKind.FINISHED)
+        except StorageError as e:
+            logger.info("could not log the end of the scan: %s", e)  # the writer has stopped; tiles are safe
         self._result = self._make_result(state, message=message)
         self._set_state(state)
         if state != "finished":
@@ -649,11 +715,16 @@ class ScanController:
         )
         self._emit_progress()
         if dead_device:
-            self.abort(f"device not answering: {n_timeouts} tiles in a row timed out ({reason})")
+            self._stop_on_fault(f"device not answering: {n_timeouts} tiles in a row timed out ({reason})")
+
+    def _retried(self, what: str, attempt: int, error: BaseException) -> None:
+        with self._lock:
+            self._n_retried_calls += 1
+        retries = self.plan.reliability.max_retries
+        self._message("warning", f"{what} failed ({_one_line(error)}); retrying ({attempt} of {retries})")
 
     def _storage_error(self, error: StorageError) -> None:
-        self._message("error", str(error))
-        self.abort(f"cannot write the scan file: {error}")
+        self._stop_on_fault(str(error))
 
     # ------------------------------------------------------------- helpers
 
@@ -711,19 +782,35 @@ class ScanController:
             elapsed_s=p.elapsed_s,
             file_size_bytes=size,
             message=message,
+            retried_calls=self._n_retried_calls,
         )
+
+
+def _make_output_folder(path: Path) -> None:
+    """Create the scan file's folder (validation checked it can be), before anything moves."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StorageError(
+            f"cannot create the folder {path.parent} for {path.name}: {e.strerror or e}"
+        ) from None
 
 
 def read_stored_plan(path: str | os.PathLike[str]) -> ScanPlan:
     """The plan stored in a scan file, with ``output`` set to that file.
 
-    The file is first repaired as for resuming (what a crash or a full disk
-    left behind), so a file that needs repair can still be resumed.
+    A file that cannot be read as it is (what a crash or a full disk left
+    behind, a damaged status byte) is first repaired as for resuming, so it
+    can still be resumed.
     """
     file = Path(path)
-    ScanWriter.open_for_resume(file).close()
-    with ScanFile.open(file) as scan:
-        plan_text = scan.plan_yaml
+    try:
+        with ScanFile.open(file) as scan:  # read-only: an intact file is not touched here
+            plan_text = scan.plan_yaml
+    except StorageError:
+        ScanWriter.open_for_resume(file).close()  # repairs what it can, else says what is wrong
+        with ScanFile.open(file) as scan:
+            plan_text = scan.plan_yaml
     plan = plan_from_yaml(plan_text, source=f"{file.name}:/plan")
     return plan.model_copy(update={"output": file})
 

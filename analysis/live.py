@@ -227,7 +227,12 @@ def run_analysis_loop(
             publish()
         # tiles named but not analysed yet are picked up by finalize (it reads every done tile)
         analysed_before = set(analysis.analysis_counts)
-        tables = analysis.finalize(should_continue=keep_going)
+        try:
+            tables = analysis.finalize(should_continue=keep_going)
+        except InterruptedError:
+            if keep_going():
+                raise
+            return  # the scan's process is gone: nobody waits for the results; the file is resumable
         for late in analysis.faults[n_faults:]:
             send(TileAnalysed(late.section_id, late.tile_index, late.message))
         faulted = {(f.section_id, f.tile_index) for f in analysis.faults[n_faults:]}
@@ -485,14 +490,26 @@ class AnalysisThread(LiveAnalysisDriver):
 
 
 def _child_main(
-    scan_path: str, settings: AnalysisSettings | None, tiles: Any, requests: Any, replies: Any
+    scan_path: str,
+    settings: AnalysisSettings | None,
+    tiles: Any,
+    requests: Any,
+    replies: Any,
+    log_level: int | None = None,
 ) -> None:
     """Body of the analysis process: the loop, reading tiles beside the scan's writer."""
     try:
         os.nice(ANALYSIS_NICE)
     except OSError:
         logger.debug("analysis process keeps its priority")
+    if log_level is not None:
+        logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
     parent = mp.parent_process()
+    parent_gone = threading.Event()
+    if parent is not None:
+        threading.Thread(
+            target=_watch_parent, args=(parent, parent_gone), name="cordscope-parent-watch", daemon=True
+        ).start()
     # a reader beside the scan's writer: never holds a lock a resumed scan would meet
     analysis = ScanAnalysis(scan_path, settings=settings, beside_writer=True)
     run_analysis_loop(
@@ -500,8 +517,29 @@ def _child_main(
         tiles,
         requests,
         replies.put,
-        keep_going=lambda: parent is None or parent.is_alive(),
+        keep_going=lambda: not parent_gone.is_set(),
     )
+
+
+#: After the scan's process died, how long (s) the analysis process may take to stop between two
+#: tiles and close the scan file before it ends itself.
+PARENT_GONE_GRACE_S = 5.0
+
+
+def _watch_parent(parent: Any, gone: threading.Event) -> None:
+    """End this analysis process soon after the scan's process dies (it holds the scan file).
+
+    The loop sees ``gone`` between tiles (also during the final analysis)
+    and stops, closing the file; if it has not ended within
+    :data:`PARENT_GONE_GRACE_S` (a long step), the process ends itself, as a
+    kill would have ended it: the scan file stays resumable.
+    """
+    from multiprocessing.connection import wait
+
+    wait([parent.sentinel])
+    gone.set()
+    time.sleep(PARENT_GONE_GRACE_S)
+    os._exit(1)
 
 
 def _process_context() -> Any:
@@ -541,7 +579,14 @@ class AnalysisProcess(LiveAnalysisDriver):
     def _start(self) -> None:
         self._process = self._ctx.Process(
             target=_child_main,
-            args=(str(self.scan_path), self.settings, self._tiles, self._requests, self._replies),
+            args=(
+                str(self.scan_path),
+                self.settings,
+                self._tiles,
+                self._requests,
+                self._replies,
+                _handler_level(),
+            ),
             name="cordscope-analysis",
             daemon=True,
         )
@@ -623,6 +668,12 @@ class AnalysisProcess(LiveAnalysisDriver):
             self._handle(reply)
             if isinstance(reply, Finished):
                 return
+
+
+def _handler_level() -> int | None:
+    """The level of this process' root log handler (the command line's), for the analysis process."""
+    level = max((h.level for h in logging.getLogger().handlers), default=logging.NOTSET)
+    return level if level > logging.NOTSET else None
 
 
 def _lower_this_threads_priority() -> None:

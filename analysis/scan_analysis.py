@@ -97,6 +97,19 @@ def _done_tile_reader(scan: ScanFile, section_id: str) -> Callable[[int], np.nda
     return read
 
 
+def _stoppable(
+    read: Callable[[int], np.ndarray | None], should_continue: Callable[[], bool]
+) -> Callable[[int], np.ndarray | None]:
+    """``read``, asking ``should_continue`` before each tile (a rebuild reads every tile again)."""
+
+    def checked(tile_index: int) -> np.ndarray | None:
+        if not should_continue():
+            raise InterruptedError("the final analysis was stopped")
+        return read(tile_index)
+
+    return checked
+
+
 def _new_section(
     scan: ScanFile, section_id: str, settings: AnalysisSettings, *, plan_dir: Path
 ) -> SectionAnalysis:
@@ -301,8 +314,10 @@ class ScanAnalysis:
         Parameters
         ----------
         should_continue : callable
-            Asked between tiles; when it returns False the work stops with
-            :class:`InterruptedError` (e.g. the scan's process was killed).
+            Asked between tiles (also while a section is rebuilt at its
+            registered positions) and between sections; when it returns False
+            the work stops with :class:`InterruptedError` (e.g. the scan's
+            process was killed).
         """
         self._close_scan()
         tables: dict[str, list[RegionRow]] = {}
@@ -318,8 +333,10 @@ class ScanAnalysis:
                                 raise InterruptedError(f"final analysis of {self.scan_path.name} stopped")
                             self.add_tile(sid, int(t))
                         section = self._section(sid)
-                        section.read_tile = _done_tile_reader(scan, sid)
+                        section.read_tile = _stoppable(_done_tile_reader(scan, sid), should_continue)
                         results = _final_results(section)
+                        if not should_continue():
+                            raise InterruptedError(f"final analysis of {self.scan_path.name} stopped")
                         if results is not None:
                             section.write(f["sections"][sid].require_group("analysis"), results)
                             tables[sid] = results.table

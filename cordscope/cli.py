@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -16,11 +17,35 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape as rich_escape
 from rich.table import Column, Table
 
 from acquisition.errors import CordScopeError
+from cordscope.paths_cli import check_not_an_input, check_output_file, check_output_folder
 
-app = typer.Typer(
+
+class _Command(typer.Typer):
+    """The typer app; as a process it never waits on a device that stopped answering when it exits."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except SystemExit as e:
+            _leave(e)
+            raise
+
+
+def _leave(e: SystemExit) -> None:
+    """End the process at once when a device call or a scan is still running (a hung device)."""
+    from acquisition.engine import unanswered_device_calls
+    from cordscope.scanning import _exit_now, scans_running
+
+    if unanswered_device_calls() or scans_running():
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        _exit_now(code)
+
+
+app = _Command(
     name="cordscope",
     help="Microscope acquisition and live analysis for spinal cord tract tracing.",
     no_args_is_help=True,
@@ -45,24 +70,77 @@ TrustOpt = Annotated[
 
 
 def _user_errors(func: F) -> F:
-    """Turn CordScope's typed errors into one red line and exit code 2."""
+    """Turn errors into one red line: exit code 2 for what a user can act on, 3 for a bug.
+
+    CordScope's typed errors, bad values (``ValueError``, pydantic's in one
+    line) and failed file operations (``OSError``) are the user's to fix; any
+    other exception is a bug in CordScope, still shown in one line.
+    ``CORDSCOPE_DEBUG=1`` shows the traceback instead.
+    """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except (CordScopeError, FileNotFoundError, ValueError) as e:
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as e:
             if os.environ.get("CORDSCOPE_DEBUG") == "1":
                 raise
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+            text, code = _error_text(e)
+            err_console.print(f"[bold red]error:[/] {text}", highlight=False, soft_wrap=True, markup=True)
+            raise typer.Exit(code) from None
 
     return wrapper  # type: ignore[return-value]
 
 
+def _error_text(e: Exception) -> tuple[str, int]:
+    """The message of an error as the user sees it, and the exit code."""
+    from pydantic import ValidationError
+
+    from acquisition.plan import PlanError
+
+    if isinstance(e, PlanError):
+        return rich_escape(str(e)), 2  # one line per problem in the plan
+    if isinstance(e, ValidationError):
+        text = one_line_validation_error(e)
+    elif isinstance(e, (CordScopeError, ValueError)):
+        text = str(e)
+    elif isinstance(e, OSError):
+        where = f": {e.filename}" if e.filename else ""
+        text = f"{e.strerror or type(e).__name__}{where}"
+    else:
+        return (
+            rich_escape(
+                f"internal error (a bug in CordScope; CORDSCOPE_DEBUG=1 shows where): {type(e).__name__}: "
+                + " ".join(str(e).split())
+            ),
+            3,
+        )
+    return rich_escape(" ".join(text.split()) or type(e).__name__), 2
+
+
+def one_line_validation_error(e: Any, *, option_names: dict[str, str] | None = None) -> str:
+    """A pydantic ``ValidationError`` in one line: ``field: problem (got value)``, problems joined by ``;``.
+
+    ``option_names`` maps a field to the command-line option that set it
+    (``{"heatmap_bin_um": "--bin-um"}``), which is then named instead.
+    """
+    from acquisition.plan.yaml_io import _describe_error
+
+    parts = []
+    for err in e.errors():
+        field = ".".join(str(p) for p in err["loc"])
+        name = (option_names or {}).get(field, field)
+        parts.append(f"{name}: {_describe_error(err)}" if name else _describe_error(err))
+    return "; ".join(parts)
+
+
 @app.callback()
 def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")] = False) -> None:
-    level = logging.INFO if verbose else logging.WARNING
+    # Warnings a user should see reach the terminal as the command's own messages
+    # (retries, repairs, failed tiles); log lines below errors would repeat them.
+    level = logging.INFO if verbose else logging.ERROR
     # Importing pymmcore-plus sets the root logger to DEBUG; filter at our handler.
     handler = logging.StreamHandler()
     handler.setLevel(level)
@@ -71,6 +149,20 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log mor
     # pymmcore-plus logs every MDA start/cancel with the whole sequence; its
     # warnings repeat what CordScope reports in one line, so show only errors.
     logging.getLogger("pymmcore-plus").setLevel(logging.INFO if verbose else logging.ERROR)
+
+
+def _check_number(
+    option: str, value: float | None, *, gt: float | None = None, lt: float | None = None
+) -> None:
+    """Refuse a non-finite number (typer reads ``inf`` and ``nan``) or one out of range, naming the option."""
+    if value is None:
+        return
+    if not math.isfinite(value):
+        raise ValueError(f"{option} must be a finite number (got {value})")
+    if gt is not None and not value > gt:
+        raise ValueError(f"{option} must be > {gt:g} (got {value:g})")
+    if lt is not None and not value < lt:
+        raise ValueError(f"{option} must be < {lt:g} (got {value:g})")
 
 
 def _core(config: Path | None, trust_config: bool) -> Any:
@@ -139,6 +231,12 @@ def snap(
         raise ValueError("--demo uses the demo microscope; do not combine it with --config")
     if out.suffix.lower() not in (".tif", ".tiff", ".png"):
         raise ValueError(f"--out {out}: use a .tif or .png file name")
+    check_output_file(out, "--out", suffixes=(".tif", ".tiff", ".png"))
+    _check_number("--exposure-ms", exposure_ms, gt=0)
+    _check_number("--x-um", x_um)
+    _check_number("--y-um", y_um)
+    if (x_um is None) != (y_um is None):
+        raise ValueError("give both --x-um and --y-um, or neither")
     core = _core(config, trust_config)
     if objective:
         group = objective_group(core)
@@ -196,7 +294,9 @@ def plan(
 
     if not demo:
         raise ValueError("only --demo plans are written directly; use `cordscope overview` for a real slide")
+    check_output_file(out, "--out", suffixes=(".yaml", ".yml"))
     output = scan_file or out.with_suffix(".h5")
+    check_not_an_input(output, {"the plan file written": out})
     the_plan = demo_plan(output=output, objective=objective)
     save_plan(the_plan, out)
     n = len(the_plan.sections)
@@ -221,6 +321,16 @@ def overview(
 ) -> None:
     """Survey the slide at low magnification, find the sections, write a plan for them."""
     from cordscope.overview_plan import overview_to_plan
+
+    check_output_file(out, "--out", suffixes=(".yaml", ".yml"))
+    _check_number("--exposure-ms", exposure_ms, gt=0)
+    x0, y0, x1, y1 = region_um
+    for v in region_um:
+        _check_number("--region-um", v)
+    if not (x0 < x1 and y0 < y1):
+        raise ValueError(
+            f"--region-um x0 y0 x1 y1 needs x0 < x1 and y0 < y1 (got {x0:g} {y0:g} {x1:g} {y1:g})"
+        )
 
     the_plan, tif, found = overview_to_plan(
         console,
@@ -416,6 +526,8 @@ def regions(
     """Write a scan's regions (stage µm, with kind, who and when) to GeoJSON; edit, then analyze --regions."""
     from analysis.qupath import export_regions_geojson
 
+    check_not_an_input(export_path, {"the scan file": scan_file})
+    check_output_file(export_path, "--export", suffixes=(".geojson", ".json"))
     out = export_regions_geojson(scan_file, export_path)
     console.print(f"wrote {out}")
 
@@ -473,6 +585,10 @@ def analyze(
     overrides = {
         k: v for k, v in (("dark_offset_adu", dark_offset_adu), ("heatmap_bin_um", bin_um)) if v is not None
     }
+    if overrides:
+        _check_analysis_overrides(overrides)
+    if workers is not None and workers < 1:
+        raise ValueError(f"--workers must be at least 1 (got {workers})")
     if workers is None and scheduler is None:
         for path in scan_files:
             settings = None
@@ -509,6 +625,22 @@ def analyze(
         console.print(f"wrote the analysis into {path} and {region_csv_path(path)}")
 
 
+#: The plan's analysis settings that ``cordscope analyze`` options override.
+_ANALYZE_OPTIONS = {"dark_offset_adu": "--dark-offset-adu", "heatmap_bin_um": "--bin-um"}
+
+
+def _check_analysis_overrides(overrides: dict[str, float]) -> None:
+    """Refuse override values the plan's analysis settings would refuse, naming the option."""
+    from pydantic import ValidationError
+
+    from acquisition.plan import AnalysisSettings
+
+    try:
+        AnalysisSettings.model_validate(overrides)
+    except ValidationError as e:
+        raise ValueError(one_line_validation_error(e, option_names=_ANALYZE_OPTIONS)) from None
+
+
 @app.command()
 @_user_errors
 def study(
@@ -526,6 +658,10 @@ def study(
     """
     from cordscope.study_cli import print_study_summary, run_study
 
+    check_output_folder(out, "--out")
+    for path in scan_files:
+        check_not_an_input(out, {"a scan file of the study": path})
+    _check_number("--alpha", alpha, gt=0, lt=1)
     print_study_summary(console, run_study(scan_files, out, alpha=alpha))
 
 
@@ -555,6 +691,12 @@ def demo_cohort(
     (the slides' true numbers per animal, level and region).
     """
     from cordscope.cohort import scan_demo_cohort
+
+    check_output_folder(out, "--out")
+    if not 1 <= animals_per_group <= 50:
+        raise ValueError(f"--animals-per-group must be 1..50 (got {animals_per_group})")
+    if not 16 <= sensor_px <= 8192:
+        raise ValueError(f"--sensor-px must be 16..8192 (got {sensor_px})")
 
     def done(slide: Any, path: Path, tiles: int, seconds: float) -> None:
         console.print(f"{slide.animal} ({slide.group}): {tiles} tiles in {seconds:.1f} s → {path}")

@@ -9,6 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
+from ..storage.format import FREE_SPACE_RESERVE_BYTES, in_use, required_free_bytes
 from .compile import section_tiles
 from .model import (
     _STORED_BYTES_PER_PIXEL,
@@ -212,8 +215,17 @@ def _output_problems(
             )
         elif not os.access(out, os.W_OK):
             problems.append(PlanProblem("output", f"{shown} exists and is not writable"))
-        if resume:
-            existing_bytes = out.stat().st_size
+        elif in_use(out):
+            problems.append(
+                PlanProblem(
+                    "output",
+                    f"{shown} is in use (a running scan writes it, or a program has it open); "
+                    "wait for that scan to end or choose another file",
+                )
+            )
+        if resume:  # tiles already on disk (the file is sparse until they arrive)
+            blocks = getattr(out.stat(), "st_blocks", None)
+            existing_bytes = 512 * blocks if blocks is not None else out.stat().st_size
     folder = out.parent
     anchor = _nearest_existing(folder)
     if not anchor.is_dir():
@@ -240,7 +252,7 @@ def _output_problems(
             )
         return problems
     if estimated_bytes is not None:
-        needed = max(estimated_bytes * DISK_MARGIN - existing_bytes, 0.0)
+        needed = required_free_bytes(estimated_bytes - existing_bytes)
         try:
             free = int(disk_free_bytes(anchor))
         except OSError as e:
@@ -255,11 +267,111 @@ def _output_problems(
                     PlanProblem(
                         "output",
                         f"not enough free disk for {shown}: the scan needs about {_format_bytes(needed)} "
-                        f"(estimated {_format_bytes(estimated_bytes)} + {round((DISK_MARGIN - 1) * 100)} %), "
+                        f"(estimated {_format_bytes(estimated_bytes)} + {round((DISK_MARGIN - 1) * 100)} % "
+                        f"+ the writer's {_format_bytes(FREE_SPACE_RESERVE_BYTES)} reserve), "
                         f"{_format_bytes(free)} free at {_show(str(anchor))}",
                     )
                 )
     return problems
+
+
+#: Share of the machine's memory one section's live analysis may take (the scan, the
+#: system and other programs need the rest).
+ANALYSIS_MEMORY_FRACTION = 0.5
+#: Bytes per cell of a section's analysis grid (``analysis.mosaic_pixel_um``) per channel, and
+#: for the channel-independent grids, as held while the section is analysed (measured; see
+#: ``tests/reliability/test_plan_limits.py``).
+ANALYSIS_BYTES_PER_CELL_CHANNEL = 16
+ANALYSIS_BYTES_PER_CELL = 120
+#: Bytes per tile of the registration's position solve: a dense least-squares system of
+#: (pairs + tiles) × tiles float64 values with about two pairs per tile, and its work space.
+REGISTRATION_BYTES_PER_TILE_SQUARED = 48
+
+
+def section_analysis_bytes(plan: ScanPlan, tile_xy_um: np.ndarray, tile_size_um: tuple[float, float]) -> int:
+    """Memory (bytes) the live analysis needs for one section of ``plan`` with these tiles.
+
+    The section's grids at ``analysis.mosaic_pixel_um`` over the tiles' extent
+    (plus the registration margin), per channel and shared, and the
+    registration's position solve, which grows with the square of the tiles.
+    """
+    a = plan.analysis
+    xy = np.asarray(tile_xy_um, dtype=np.float64).reshape(-1, 2)
+    if xy.size == 0:
+        return 0
+    margin = a.max_registration_correction_um if a.register_tiles else 0.0
+    span = xy.max(axis=0) - xy.min(axis=0) + np.asarray(tile_size_um) + 2 * margin
+    cells = float(np.prod(np.ceil(span / a.mosaic_pixel_um)))
+    per_cell = ANALYSIS_BYTES_PER_CELL + ANALYSIS_BYTES_PER_CELL_CHANNEL * len(plan.channels)
+    n = xy.shape[0]
+    solve = REGISTRATION_BYTES_PER_TILE_SQUARED * n * n if a.register_tiles else 0
+    return int(cells * per_cell + solve)
+
+
+def _physical_memory_bytes() -> int | None:
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().total)
+    except (ImportError, OSError):
+        return None
+
+
+def _memory_problems(
+    plan: ScanPlan,
+    tiles: dict[str, np.ndarray],
+    tile_size_um: tuple[float, float],
+    memory_bytes: int | None,
+) -> list[PlanProblem]:
+    """A section whose live analysis would not fit in the machine's memory is refused up front."""
+    total = memory_bytes if memory_bytes is not None else _physical_memory_bytes()
+    if total is None:
+        return []
+    limit = total * ANALYSIS_MEMORY_FRACTION
+    problems = []
+    for i, section in enumerate(plan.sections):
+        xy = tiles.get(section.id)
+        if xy is None:
+            continue
+        needed = section_analysis_bytes(plan, xy, tile_size_um)
+        if needed > limit:
+            problems.append(
+                PlanProblem(
+                    f"sections[{i}]",
+                    f"section {section.id!r} has {len(xy):,} tiles; its live analysis would need about "
+                    f"{_format_bytes(needed)} of memory, more than {ANALYSIS_MEMORY_FRACTION:.0%} of this "
+                    f"machine's {_format_bytes(total)}: split it into smaller sections, or raise "
+                    "analysis.mosaic_pixel_um",
+                )
+            )
+    return problems
+
+
+def _focus_problems(plan: ScanPlan, core: CMMCorePlus) -> list[PlanProblem]:
+    """A focus position the plan fixes (``focus.z_um``) must lie in the focus drive's travel."""
+    z = plan.focus.z_um
+    if z is None:
+        return []
+    from acquisition.rig_profile import rig_profile_for
+
+    rig = rig_profile_for(core)
+    travel = rig.focus_travel
+    if travel is None:
+        return []
+    half_stack = (
+        plan.z_stack.range_um / 2 if plan.z_stack is not None and plan.focus.strategy == "fixed" else 0.0
+    )
+    lo, hi = z - half_stack, z + half_stack
+    if travel.z_min_um <= lo and hi <= travel.z_max_um:
+        return []
+    what = f"{z:g} µm" if not half_stack else f"{z:g} µm ± {half_stack:g} µm of z-stack"
+    return [
+        PlanProblem(
+            "focus.z_um",
+            f"{what} is outside the focus travel ({travel.z_min_um:g}..{travel.z_max_um:g} µm; "
+            f"{rig.focus_travel_source})",
+        )
+    ]
 
 
 def _disk_free(path: Path) -> int:
@@ -279,6 +391,7 @@ def validate_plan(
     overwrite: bool = False,
     resume: bool = False,
     disk_free_bytes: Callable[[Path], int] | None = None,
+    memory_bytes: int | None = None,
 ) -> PlanSummary:
     """Check a plan against the loaded hardware and the disk, before anything moves.
 
@@ -297,6 +410,9 @@ def validate_plan(
         Whether an existing output file may be replaced / continued.
     disk_free_bytes : callable, optional
         ``f(folder) -> free bytes``; default ``shutil.disk_usage(folder).free``.
+    memory_bytes : int, optional
+        Memory of the machine (bytes) a section's live analysis must fit in
+        (:data:`ANALYSIS_MEMORY_FRACTION` of it); default: the physical memory.
 
     Returns
     -------
@@ -309,8 +425,9 @@ def validate_plan(
         Listing every problem found: unknown channel group or preset, unknown
         objective or objective without pixel size, section polygons (or tile
         centres) outside the stage travel, output file that exists, output
-        folder not writable or not creatable, not enough free disk
-        (estimated size × 1.1).
+        folder not writable or not creatable, output file in use by a running
+        scan, not enough free disk (the writer's rule,
+        :func:`acquisition.storage.required_free_bytes`).
     """
     problems: list[PlanProblem] = []
     groups = list(core.getAvailableConfigGroups())
@@ -359,6 +476,7 @@ def validate_plan(
             )
 
     summary: PlanSummary | None = None
+    tiles: dict[str, np.ndarray] | None = None
     if pixel_size is not None:
         _, _, width_px, height_px = (int(v) for v in core.getROI())
         tile = (width_px * pixel_size, height_px * pixel_size)
@@ -393,6 +511,9 @@ def validate_plan(
             estimated_bytes=n_images * width_px * height_px * bytes_per_pixel,
         )
 
+    problems.extend(_focus_problems(plan, core))
+    if summary is not None and tiles is not None:
+        problems.extend(_memory_problems(plan, tiles, summary.tile_size_um, memory_bytes))
     problems.extend(
         _output_problems(
             plan.output,

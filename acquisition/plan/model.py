@@ -19,6 +19,7 @@ from shapely import Polygon
 from shapely.validation import explain_validity
 
 from ..errors import CordScopeError
+from ..storage.format import HDF5_OVERHEAD
 from .analysis_settings import AnalysisSettings
 
 PLAN_FORMAT: Final = "cordscope-plan"
@@ -26,8 +27,9 @@ PLAN_VERSION: Final = 1
 DEFAULT_HARDWARE_CONFIG = Path("hardware_configs/demo.cfg")
 
 #: Free disk needed, as a multiple of the estimated file size (HDF5 overhead,
-#: analysis results written next to the tiles).
-DISK_MARGIN = 1.1
+#: analysis results written next to the tiles), plus the writer's reserve:
+#: :func:`acquisition.storage.required_free_bytes`.
+DISK_MARGIN = HDF5_OVERHEAD
 #: Tiles are stored as uint16 (see DESIGN.md, HDF5 scan file).
 _STORED_BYTES_PER_PIXEL = 2
 

@@ -73,8 +73,11 @@ from .format import (
     EventKind,
     StorageError,
     TileStatus,
+    in_use,
     parse_tile_name,
+    required_free_bytes,
     tile_name,
+    touches_file,
 )
 from .mda_output import MDAWriterOutput, TileStored, WriterEvents
 from .reader import ScanFile, ScanSummary, SectionReader, SectionSummary
@@ -97,6 +100,9 @@ __all__ = [
     "TileStatus",
     "TileStored",
     "WriterEvents",
+    "in_use",
     "parse_tile_name",
+    "required_free_bytes",
     "tile_name",
+    "touches_file",
 ]

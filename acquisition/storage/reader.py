@@ -20,6 +20,7 @@ from .format import (
     TileStatus,
     _check_format,
     _check_live_readable,
+    _check_structure,
     _FileLocked,
     _first_line,
     _open_h5,
@@ -165,7 +166,8 @@ class SectionReader:
             if self._group["tile_status"][tile_index] == TileStatus.DONE:
                 raise StorageError(
                     f"{self._group.file.filename}: metadata of done tile {self.section_id}/{tile_index} "
-                    f"is unreadable ({_first_line(e)}); ScanWriter.open_for_resume repairs the file"
+                    f"is unreadable ({_first_line(e)}); resuming the scan repairs the file: "
+                    f"cordscope scan --resume {self._group.file.filename}"
                 ) from e
             return {}
         return json.loads(text) if text else {}
@@ -249,6 +251,7 @@ class ScanFile:
                 f, live = _open_live(path), True
         try:
             version = _check_format(f, path)
+            _check_structure(f, path)
             if live:
                 _check_live_readable(f, path)
         except BaseException:

@@ -29,6 +29,7 @@ from .format import (
     StorageError,
     TileStatus,
     _check_format,
+    _check_structure,
     _first_line,
     _free_bytes,
     _now_iso,
@@ -36,8 +37,10 @@ from .format import (
     _planned_z,
     _software_versions,
     _to_json,
+    exclusive_lock,
+    in_use,
 )
-from .repair import _recover, _repair_file_ends
+from .repair import _read_strings, _recover, _repair_file_ends, describe_repairs
 
 logger = logging.getLogger(__name__)
 
@@ -235,6 +238,8 @@ class ScanWriter:
         self._guard_owner: str | None = None
         self._stopped: str | None = None  # why the writer stopped after a write error
         self._sections: dict[str, _OpenSection] = {}
+        self.repairs: dict[str, Any] = {}
+        """What :meth:`open_for_resume` repaired (see :func:`.repair.describe_repairs`)."""
         # (section, tile) -> {(channel, z)} images written by this writer
         self._written: dict[tuple[str, int], set[tuple[int, int]]] = {}
         for sid, g in file["sections"].items():
@@ -301,8 +306,13 @@ class ScanWriter:
             raise StorageError(f"cannot create {path}: duplicate section ids {dupes}")
         if path.exists() and not overwrite:
             raise StorageError(
-                f"scan file {path} already exists; resume it (ScanWriter.open_for_resume) "
-                "or pass overwrite=True to replace it and lose its tiles"
+                f"scan file {path} already exists; resume it (cordscope scan --resume) "
+                "or overwrite it (--overwrite) and lose its tiles"
+            )
+        if path.exists() and in_use(path):
+            raise StorageError(
+                f"cannot overwrite {path}: it is in use (a running scan writes it, or a program has it "
+                "open); wait for that scan to end or write to another file"
             )
         # Built under a temporary name and moved into place once complete, so a
         # crash while creating leaves no half-made scan file at `path`.
@@ -338,13 +348,22 @@ class ScanWriter:
         f.close()
         try:
             if overwrite:
-                os.replace(tmp, path)
+                # the old file stays locked while it is replaced: a scan cannot start on it meanwhile
+                with exclusive_lock(path) as free:
+                    if not free:
+                        raise StorageError(
+                            f"cannot overwrite {path}: it is in use (a running scan writes it)"
+                        )
+                    os.replace(tmp, path)
             else:
                 os.link(tmp, path)  # refuses to replace a file that appeared meanwhile
                 tmp.unlink()
         except OSError as e:
             tmp.unlink(missing_ok=True)
             raise StorageError(f"cannot create scan file {path}: {e}") from e
+        except StorageError:
+            tmp.unlink(missing_ok=True)
+            raise
         return cls(_open_h5(path, "r+"), path)
 
     @classmethod
@@ -364,18 +383,20 @@ class ScanWriter:
             version, cannot be opened for writing, or cannot be repaired.
         """
         path = Path(path)
-        repairs = _repair_file_ends(path)
+        repairs: dict[str, Any] = dict(_repair_file_ends(path))
         f = _open_h5(path, "r+")
         try:
             _check_format(f, path)
-            repairs.update(_recover(f))
+            _check_structure(f, path, statuses=False)
+            repairs.update(_recover(f, lost_from_byte=repairs.get("lost_from_byte")))
             writer = cls(f, path)
         except BaseException:
             f.close()
             raise
         if repairs:
-            logger.warning("%s: repaired what an interrupted write left behind: %s", path, repairs)
+            logger.warning("%s", describe_repairs(path, repairs))
             writer.log_event(EventKind.REPAIR, **repairs)
+        writer.repairs = repairs
         return writer
 
     # -------------------------------------------------------------- ownership
@@ -622,6 +643,26 @@ class ScanWriter:
             self._append_event(
                 EventKind.TILE_FAILED, {"section": section_id, "tile": int(tile_index), "reason": reason}
             )
+
+    def repairs_since_last_run(self) -> list[dict[str, Any]]:
+        """What the ``repair`` events logged since the last run started or was prepared say was repaired.
+
+        A resume may repair a file more than once before it runs (reading
+        its plan, then opening it to write); this gathers them for the user.
+        """
+        with self._owned():
+            texts, _ = _read_strings(self._file["events"])
+        repairs: list[dict[str, Any]] = []
+        for text in texts:
+            if not text:
+                continue
+            event = json.loads(text)
+            kind = event.get("kind")
+            if kind in (EventKind.NEW_SCAN, EventKind.RESUME_SCAN, EventKind.START):
+                repairs.clear()
+            elif kind == EventKind.REPAIR:
+                repairs.append({k: v for k, v in event.items() if k not in ("time", "kind")})
+        return repairs
 
     def log_event(self, kind: EventKind, **fields: Any) -> None:
         """Append ``{"time": iso, "kind": kind, **fields}`` to ``/events`` and flush."""
