@@ -468,6 +468,7 @@ class ScanController:
             self._check_resume_matches(writer)
         else:
             writer = self._create_file()
+        writer.fsync_per_tile = plan.reliability.fsync == "per_tile"
         try:
             tiles = self._pending_tiles(writer)
             self._count(writer)

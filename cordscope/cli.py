@@ -436,14 +436,26 @@ def scan(
 
 @app.command()
 @_user_errors
-def info(scan_file: Annotated[Path, typer.Argument(help="Scan file (.h5).")]) -> None:
+def info(
+    scan_file: Annotated[Path, typer.Argument(help="Scan file (.h5).")],
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify",
+            help="Read every done tile and check it against its stored checksum; exit 1 if one is damaged.",
+        ),
+    ] = False,
+) -> None:
     """Summarise a scan file: sections, tiles done/failed/pending, size, duration."""
-    from acquisition.storage import ScanFile
+    from acquisition.storage import ScanFile, TileCheck
 
+    checks: dict[str, TileCheck] = {}
     with ScanFile.open(scan_file) as scan_data:
         summary = scan_data.summary()
         attrs = {sid: scan_data.section(sid).attrs for sid in scan_data.section_ids}
         being_written = scan_data.live
+        if verify:
+            checks = {sid: scan_data.section(sid).check_done_tiles() for sid in scan_data.section_ids}
     console.print(f"[bold]{summary.path}[/]  format v{summary.format_version}, created {summary.created}")
     width = max((len(sid) for sid in summary.sections), default=7)
     table = Table("animal", "group", "level", "orientation", "done", "failed", "pending", "tiles")
@@ -472,6 +484,28 @@ def info(scan_file: Annotated[Path, typer.Argument(help="Scan file (.h5).")]) ->
     console.print(
         f"{summary.done}/{summary.n_tiles} tiles, {summary.file_size_bytes / 1e6:.1f} MB, {duration}; {state}"
     )
+    if verify:
+        _print_verification(scan_file, checks)
+
+
+def _print_verification(scan_file: Path, checks: dict[str, Any]) -> None:
+    """The outcome of ``info --verify``; exit code 1 when a done tile is damaged."""
+    from acquisition.storage import tile_name
+
+    verified = sum(c.verified for c in checks.values())
+    unverified = sum(c.unverified for c in checks.values())
+    damaged = [tile_name(sid, t) for sid, c in checks.items() for t in c.damaged]
+    note = f"; {unverified} done tiles have no checksum (written before checksums)" if unverified else ""
+    if not damaged:
+        console.print(f"verified: {verified} done tiles match their checksums{note}")
+        return
+    shown = ", ".join(damaged[:5]) + (f" and {len(damaged) - 5} more" if len(damaged) > 5 else "")
+    console.print(
+        f"[red]damaged: {len(damaged)} done tiles no longer match their checksums ({shown})[/]; "
+        f"{verified} verified{note}. Resuming acquires them again: cordscope scan --resume {scan_file}",
+        highlight=False,
+    )
+    raise typer.Exit(1)
 
 
 @app.command()

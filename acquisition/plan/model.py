@@ -244,7 +244,14 @@ class ReliabilitySettings(_PlanModel):
         default=2, ge=0, le=10, description="Retries of a failed tile before it is marked failed."
     )
     tile_timeout_s: float = Field(
-        default=30.0, gt=0, description="Time allowed for one tile (move, focus, all images) (s)."
+        default=30.0, gt=0, le=3600, description="Time allowed for one device call (move, focus, snap) (s)."
+    )
+    fsync: Literal["off", "per_tile"] = Field(
+        default="off",
+        description="'per_tile': make every tile durable on the disk before and after its status "
+        "(os.fsync), so a power cut never leaves a tile marked done without its pixels; slower "
+        "(see benchmarks/bench_scan_throughput.py). 'off': the operating system writes when it likes; "
+        "a killed scan is still safe.",
     )
 
 

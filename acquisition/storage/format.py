@@ -14,7 +14,9 @@ import os
 import platform
 import shutil
 import time
-from collections.abc import Iterator, Mapping
+import zlib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import IntEnum, StrEnum
 from pathlib import Path
@@ -54,6 +56,17 @@ STANDARD_SECTION_ATTRS: tuple[str, ...] = (
 # Section attributes that the writer sets itself from the layout.
 _LAYOUT_ATTRS = frozenset({"channel_names", "pixel_size_um", "tile_size_um", "json_attrs"})
 _SECTION_DATASETS = ("tiles", "tile_xy_um", "tile_z_um", "tile_status", "tile_meta")
+#: Per image CRC-32 of its pixels (little-endian uint16 bytes); -1: none (pending, or written
+#: before checksums existed). Optional: files without it read as unverified.
+TILE_CRC_DATASET = "tile_crc32"
+NO_CRC = -1
+
+
+def image_crc32(image: np.ndarray) -> int:
+    """CRC-32 (zlib) of an image's pixels as the scan file stores them: C-ordered little-endian uint16."""
+    return zlib.crc32(np.ascontiguousarray(image, dtype="<u2").data) & 0xFFFFFFFF
+
+
 _STR = h5py.string_dtype("utf-8")
 
 
@@ -322,6 +335,8 @@ def _check_structure(f: h5py.File, path: Path, *, statuses: bool = True) -> None
         expected = {"tile_xy_um": (n, 2), "tile_z_um": (n,), "tile_status": (n,), "tile_meta": (n,)}
         if "planned_tile_z_um" in g:
             expected["planned_tile_z_um"] = (n,)
+        if TILE_CRC_DATASET in g:
+            expected[TILE_CRC_DATASET] = tuple(int(v) for v in tiles.shape[:3])
         for name, shape in expected.items():
             if g[name].shape != shape:
                 raise _damaged(path, f"section {sid}: {name!r} has shape {g[name].shape}, not {shape}")
@@ -348,6 +363,60 @@ def _check_structure(f: h5py.File, path: Path, *, statuses: bool = True) -> None
                     f"1 done, 2 failed; {bad.size} such tiles); {_DAMAGED}: cordscope scan --resume "
                     f"{path} makes them pending and acquires them"
                 )
+
+
+@dataclass(frozen=True)
+class TileCheck:
+    """What checking the done tiles of a section against their stored checksums found.
+
+    Attributes
+    ----------
+    verified : int
+        Done tiles whose every image matches its CRC-32.
+    damaged : tuple of int
+        Done tiles with an image that does not match (or cannot be read).
+    unverified : int
+        Done tiles without a checksum (written before checksums existed).
+    """
+
+    verified: int
+    damaged: tuple[int, ...]
+    unverified: int
+
+
+def check_done_tiles(group: h5py.Group, *, progress: Callable[[int], None] | None = None) -> TileCheck:
+    """Read every done tile of a section (an open ``sections/<id>`` group) and compare its checksums.
+
+    ``progress(tile_index)`` is called after each tile read.
+    """
+    status = np.asarray(group["tile_status"][()])
+    done = np.flatnonzero(status == TileStatus.DONE)
+    crcs = group.get(TILE_CRC_DATASET)
+    stored = np.asarray(crcs[()]) if crcs is not None else None
+    tiles = group["tiles"]
+    verified, unverified = 0, 0
+    damaged: list[int] = []
+    for index in done:
+        t = int(index)
+        if stored is None or (stored[t] == NO_CRC).any():
+            unverified += 1
+        else:
+            try:
+                images = np.asarray(tiles[t])
+                ok = all(
+                    image_crc32(images[c, z]) == int(stored[t, c, z])
+                    for c in range(images.shape[0])
+                    for z in range(images.shape[1])
+                )
+            except (OSError, RuntimeError):  # unreadable pixels are damaged pixels
+                ok = False
+            if ok:
+                verified += 1
+            else:
+                damaged.append(t)
+        if progress is not None:
+            progress(t)
+    return TileCheck(verified, tuple(damaged), unverified)
 
 
 def _bad_statuses(status: np.ndarray) -> np.ndarray:

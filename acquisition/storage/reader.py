@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -16,7 +16,9 @@ import numpy as np
 
 from .format import (
     STANDARD_SECTION_ATTRS,
+    TILE_CRC_DATASET,
     StorageError,
+    TileCheck,
     TileStatus,
     _check_format,
     _check_live_readable,
@@ -26,6 +28,7 @@ from .format import (
     _open_h5,
     _open_live,
     _planned_z,
+    check_done_tiles,
 )
 from .repair import _read_strings
 
@@ -187,6 +190,16 @@ class SectionReader:
         """The section's ``analysis`` group (read-only h5py group), ``None`` if absent."""
         group = self._group.get("analysis")
         return group if isinstance(group, h5py.Group) else None
+
+    @property
+    def tile_crc32(self) -> np.ndarray | None:
+        """Stored CRC-32 per image, ``(n_tiles, n_channels, n_z)`` int64 (-1: none); None in older files."""
+        ds = self._group.get(TILE_CRC_DATASET)
+        return None if ds is None else np.asarray(ds[()])
+
+    def check_done_tiles(self, *, progress: Callable[[int], None] | None = None) -> TileCheck:
+        """Read every done tile and compare it with its stored checksums (see :class:`TileCheck`)."""
+        return check_done_tiles(self._group, progress=progress)
 
     def done_indices(self) -> np.ndarray:
         """Return the indices of done tiles."""

@@ -21,6 +21,7 @@ from .format import (
     _check_structure,
     _open_h5,
     _superblock_eof,
+    check_done_tiles,
     tile_name,
 )
 
@@ -232,6 +233,8 @@ def _recover(f: h5py.File, *, lost_from_byte: int | None = None) -> dict[str, An
     - unreadable ``/events`` entries are dropped;
     - a ``tile_status`` byte that is not 0, 1 or 2 (a damaged or edited
       file) is made pending;
+    - a done tile whose pixels no longer match their stored CRC-32 (a
+      damaged disk or copy) is made pending, so resuming acquires it again;
     - when the file had lost its end (``lost_from_byte``: it was shorter
       than HDF5 recorded and was padded with zeros), done tiles with pixels
       there are made pending and a section's analysis results with data
@@ -248,6 +251,7 @@ def _recover(f: h5py.File, *, lost_from_byte: int | None = None) -> dict[str, An
     bad_status: list[str] = []
     lost_tiles: list[str] = []
     lost_analysis: list[str] = []
+    checksum_failed: list[str] = []
 
     def in_lost_tail(ranges: list[tuple[int, int]]) -> bool:
         return lost_from_byte is not None and any(end > lost_from_byte for _, end in ranges)
@@ -274,6 +278,9 @@ def _recover(f: h5py.File, *, lost_from_byte: int | None = None) -> dict[str, An
             if int(t) in bad or not whole or lost:
                 status[t] = np.uint8(TileStatus.PENDING)
                 (lost_tiles if lost else demoted).append(tile_name(sid, int(t)))
+        for t in check_done_tiles(g).damaged:  # pixels changed since they were stored
+            status[t] = np.uint8(TileStatus.PENDING)
+            checksum_failed.append(tile_name(sid, t))
         analysis = g.get("analysis")
         if isinstance(analysis, h5py.Group) and in_lost_tail(
             [r for ds in _datasets_in(analysis) for r in _storage_ranges(ds)]
@@ -297,6 +304,8 @@ def _recover(f: h5py.File, *, lost_from_byte: int | None = None) -> dict[str, An
         repairs["tiles_lost"] = lost_tiles
     if lost_analysis:
         repairs["analysis_lost"] = lost_analysis
+    if checksum_failed:
+        repairs["tiles_failed_checksum"] = checksum_failed
     f.flush()
     return repairs
 
@@ -311,6 +320,11 @@ def describe_repairs(path: Path, repairs: dict[str, Any]) -> str:
     if sections := repairs.get("analysis_lost"):
         parts.append(
             f"the analysis of {_few(sections)} lay there and was removed (cordscope analyze redoes it)"
+        )
+    if tiles := repairs.get("tiles_failed_checksum"):
+        parts.append(
+            f"{len(tiles)} done tiles no longer match their checksums; they will be acquired again: "
+            + _few(tiles)
         )
     if bad := repairs.get("bad_status_made_pending"):
         parts.append(f"{len(bad)} tiles had an invalid status and will be acquired again: {_few(bad)}")

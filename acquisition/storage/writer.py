@@ -25,6 +25,8 @@ from .format import (
     FORMAT_NAME,
     FORMAT_VERSION,
     FREE_SPACE_RESERVE_BYTES,
+    NO_CRC,
+    TILE_CRC_DATASET,
     EventKind,
     StorageError,
     TileStatus,
@@ -38,6 +40,7 @@ from .format import (
     _software_versions,
     _to_json,
     exclusive_lock,
+    image_crc32,
     in_use,
 )
 from .repair import _read_strings, _recover, _repair_file_ends, describe_repairs
@@ -188,7 +191,16 @@ def _write_section(sections: h5py.Group, layout: SectionLayout, compression: str
     g.create_dataset("tile_z_um", data=np.full(n, np.nan))
     g.create_dataset("tile_status", data=np.zeros(n, dtype=np.uint8))
     g.create_dataset("tile_meta", data=[""] * n, dtype=_STR)
+    _create_crc_dataset(g, (n, c, z))
     g.create_group("analysis")
+
+
+def _create_crc_dataset(group: h5py.Group, shape: tuple[int, int, int]) -> h5py.Dataset:
+    # Written when a tile completes, before its status (see ScanWriter.complete_tile). HDF5's
+    # Fletcher-32 filter was not used: a filtered dataset has every chunk written at creation
+    # (measured: 1,049 MB on disk at once for 2,000 tiles of 512² instead of a sparse file, 4.8 s),
+    # which gives up the sparse, pre-allocated tiles that crash safety and live reading rely on.
+    return group.create_dataset(TILE_CRC_DATASET, data=np.full(shape, NO_CRC, dtype=np.int64))
 
 
 # ------------------------------------------------------------------------ writer
@@ -201,6 +213,7 @@ class _OpenSection:
     tile_z_um: h5py.Dataset
     tile_status: h5py.Dataset
     tile_meta: h5py.Dataset
+    tile_crc32: h5py.Dataset
     status: np.ndarray  # cached copy of tile_status; the writer is its only writer
     channel_names: tuple[str, ...]
     tile_xy_um: np.ndarray
@@ -242,14 +255,23 @@ class ScanWriter:
         """What :meth:`open_for_resume` repaired (see :func:`.repair.describe_repairs`)."""
         # (section, tile) -> {(channel, z)} images written by this writer
         self._written: dict[tuple[str, int], set[tuple[int, int]]] = {}
+        self.fsync_per_tile = False
+        """Make each tile durable (``os.fsync``) before and after its status: power-cut safe, slower."""
+        # images written by this writer and not yet completed: (section, tile) -> {(channel, z): crc}
+        self._crcs: dict[tuple[str, int], dict[tuple[int, int], int]] = {}
         for sid, g in file["sections"].items():
             ds = {name: g[name] for name in _SECTION_DATASETS}
+            crc = g.get(TILE_CRC_DATASET)
+            if crc is None:  # a file from before checksums: its done tiles stay unverified
+                n, c, z = (int(v) for v in ds["tiles"].shape[:3])
+                crc = _create_crc_dataset(g, (n, c, z))
             self._sections[sid] = _OpenSection(
                 group=g,
                 tiles=ds["tiles"],
                 tile_z_um=ds["tile_z_um"],
                 tile_status=ds["tile_status"],
                 tile_meta=ds["tile_meta"],
+                tile_crc32=crc,
                 status=np.asarray(ds["tile_status"][()], dtype=np.uint8),
                 channel_names=tuple(json.loads(g.attrs["channel_names"])),
                 tile_xy_um=np.asarray(ds["tile_xy_um"][()], dtype=np.float64),
@@ -580,9 +602,13 @@ class ScanWriter:
                     "uint16 without loss"
                 )
             self._check_not_done(section_id, sec, tile_index)
+            pixels = np.ascontiguousarray(arr, dtype=np.uint16)
             with self._writing(f"tile {section_id}/{tile_index}", nbytes=2 * h * w):
-                sec.tiles[tile_index, channel_index, z_index] = np.ascontiguousarray(arr, dtype=np.uint16)
+                sec.tiles[tile_index, channel_index, z_index] = pixels
             self._written.setdefault((section_id, tile_index), set()).add((channel_index, z_index))
+            self._crcs.setdefault((section_id, tile_index), {})[(channel_index, z_index)] = image_crc32(
+                pixels
+            )
 
     def complete_tile(
         self, section_id: str, tile_index: int, *, z_um: float, meta: Mapping[str, Any]
@@ -612,14 +638,24 @@ class ScanWriter:
                     f"{missing} were not written"
                 )
             meta_json = _to_json({"time": _now_iso(), **meta})
+            crcs = self._crcs.get((section_id, tile_index), {})
+            crc = np.array([[crcs[(c, z)] for z in range(n_z)] for c in range(n_c)], dtype=np.int64)
             with self._writing(f"tile {section_id}/{tile_index}", nbytes=len(meta_json)):
                 sec.tile_z_um[tile_index] = float(z_um)
                 sec.tile_meta[tile_index] = meta_json
+                sec.tile_crc32[tile_index] = crc
                 self._file.flush()
+                self._sync()  # with fsync_per_tile: pixels durable before the status says so
                 self._set_status(sec, tile_index, TileStatus.DONE)
                 self._file.flush()
+                self._sync()
             sec.status[tile_index] = TileStatus.DONE
             self._written.pop((section_id, tile_index), None)
+            self._crcs.pop((section_id, tile_index), None)
+
+    def _sync(self) -> None:
+        if self.fsync_per_tile:
+            os.fsync(self._file.id.get_vfd_handle())
 
     def _set_status(self, sec: _OpenSection, tile_index: int, status: TileStatus) -> None:
         sec.tile_status[tile_index] = np.uint8(status)
@@ -639,6 +675,7 @@ class ScanWriter:
                 self._file.flush()
                 self._set_status(sec, tile_index, TileStatus.FAILED)
                 self._file.flush()
+                self._sync()
             sec.status[tile_index] = TileStatus.FAILED
             self._append_event(
                 EventKind.TILE_FAILED, {"section": section_id, "tile": int(tile_index), "reason": reason}
