@@ -53,6 +53,7 @@ from .plan import (
 from .storage import (
     EventKind,
     MDAWriterOutput,
+    NeedsRepair,
     ScanFile,
     ScanWriter,
     SectionLayout,
@@ -800,16 +801,16 @@ def _make_output_folder(path: Path) -> None:
 def read_stored_plan(path: str | os.PathLike[str]) -> ScanPlan:
     """The plan stored in a scan file, with ``output`` set to that file.
 
-    A file that cannot be read as it is (what a crash or a full disk left
-    behind, a damaged status byte) is first repaired as for resuming, so it
-    can still be resumed.
+    A file that needs repair before it can be read (cut short by a failed
+    write, a status byte out of range: :class:`~acquisition.storage.NeedsRepair`)
+    is first repaired as for resuming; anything else is left untouched.
     """
     file = Path(path)
     try:
         with ScanFile.open(file) as scan:  # read-only: an intact file is not touched here
             plan_text = scan.plan_yaml
-    except StorageError:
-        ScanWriter.open_for_resume(file).close()  # repairs what it can, else says what is wrong
+    except NeedsRepair:
+        ScanWriter.open_for_resume(file).close()  # repairs it, or says what cannot be repaired
         with ScanFile.open(file) as scan:
             plan_text = scan.plan_yaml
     plan = plan_from_yaml(plan_text, source=f"{file.name}:/plan")

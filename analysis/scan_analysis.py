@@ -46,7 +46,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from acquisition.storage import ScanFile, SectionReader, TileStatus, tile_name
+from acquisition.storage import ScanFile, SectionReader, StorageError, TileStatus, in_use, tile_name
 from analysis.maps import RegionRow
 from analysis.regions import SectionRegions
 from analysis.results_format import region_csv_path, write_scan_region_csv
@@ -452,7 +452,14 @@ def analyze_scan(path: str | Path, *, settings: AnalysisSettings | None = None) 
     dict of section id → list of RegionRow
     """
     path = Path(path)
-    ScanFile.open(path).close()  # checks the format and says what is wrong
+    if path.is_file() and in_use(path):
+        raise StorageError(
+            f"{path} is in use (a running scan writes it, or a program has it open); analyse it once "
+            "that scan has ended or the program has closed it"
+        )
+    with ScanFile.open(path) as scan:  # checks the format and says what is wrong
+        if settings is None:  # a bad plan is one error, not one per tile
+            settings = settings_of_scan(scan.plan_yaml, source=f"{path.name}:/plan")
     return ScanAnalysis(path, settings=settings).finalize()
 
 

@@ -138,9 +138,7 @@ def one_line_validation_error(e: Any, *, option_names: dict[str, str] | None = N
 
 @app.callback()
 def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")] = False) -> None:
-    # Warnings a user should see reach the terminal as the command's own messages
-    # (retries, repairs, failed tiles); log lines below errors would repeat them.
-    level = logging.INFO if verbose else logging.ERROR
+    level = logging.INFO if verbose else logging.WARNING
     # Importing pymmcore-plus sets the root logger to DEBUG; filter at our handler.
     handler = logging.StreamHandler()
     handler.setLevel(level)
@@ -365,10 +363,15 @@ def validate(
 ) -> None:
     """Check a plan against its hardware config without moving anything."""
     from acquisition.plan import load_plan, validate_plan
+    from cordscope.scanning import check_analysis_settings, check_plan_paths
 
     the_plan = load_plan(plan_file)  # names a bad key (analysis: included) before the hardware loads
-    core = _core(config or the_plan.hardware_config, trust_config)
+    if config is not None:
+        the_plan = the_plan.model_copy(update={"hardware_config": config.expanduser().absolute()})
+    check_plan_paths(the_plan, plan_file)
+    core = _core(the_plan.hardware_config, trust_config)
     summary = validate_plan(the_plan, core, overwrite=overwrite)
+    check_analysis_settings(the_plan, core)
     console.print(f"[green]ok[/]: {plan_file}")
     _print_plan_summary(summary)
 
@@ -634,7 +637,7 @@ def analyze(
                     stored = settings_of_scan(scan.plan_yaml).model_dump()
                 settings = AnalysisSettings.model_validate({**stored, **overrides})
             tables = analyze_scan(path, settings=settings)
-            print_region_tables(console, path.name, tables)
+            print_region_tables(console, path.name, tables, sections=_section_ids(path))
             console.print(f"wrote the analysis into {path} and {region_csv_path(path)}")
         return
     if overrides:
@@ -657,6 +660,13 @@ def analyze(
     for path, tables in results.items():
         print_region_tables(console, path.name, tables)
         console.print(f"wrote the analysis into {path} and {region_csv_path(path)}")
+
+
+def _section_ids(path: Path) -> tuple[str, ...]:
+    from acquisition.storage import ScanFile
+
+    with ScanFile.open(path) as scan:
+        return scan.section_ids
 
 
 #: The plan's analysis settings that ``cordscope analyze`` options override.
@@ -690,12 +700,12 @@ def study(
     cannot be used (no analysis, no group or level) and groups with fewer than
     two animals are left out and listed.
     """
-    from cordscope.study_cli import print_study_summary, run_study
-
     check_output_folder(out, "--out")
     for path in scan_files:
         check_not_an_input(out, {"a scan file of the study": path})
     _check_number("--alpha", alpha, gt=0, lt=1)
+    from cordscope.study_cli import print_study_summary, run_study
+
     print_study_summary(console, run_study(scan_files, out, alpha=alpha))
 
 

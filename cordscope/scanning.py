@@ -119,11 +119,7 @@ def run_scan_cli(
             the_plan = the_plan.model_copy(update={"output": out.expanduser().absolute()})
         if config is not None:  # stored with the plan, so --resume uses the same microscope
             the_plan = the_plan.model_copy(update={"hardware_config": config.expanduser().absolute()})
-        check_not_an_input(
-            the_plan.output,
-            {"the plan": plan_file, "the hardware config": the_plan.hardware_config}
-            | {f"the flat field of {ch}": p for ch, p in the_plan.analysis.flat_fields.items()},
-        )
+        check_plan_paths(the_plan, plan_file)
         core = build_core(config or the_plan.hardware_config, trust_config=trust_config)
         _set_sensor(core, sensor_px)
         session = ScanSession(core, the_plan, overwrite=overwrite, analysis=live)
@@ -142,7 +138,7 @@ def run_scan_cli(
         return 1
     _print_summary(console, scan)
     if result.tables is not None:
-        print_region_tables(console, result.path.name, dict(result.tables))
+        print_region_tables(console, result.path.name, dict(result.tables), sections=tuple(scan.sections))
         console.print(f"region tables: {region_csv_path(result.path)} and the file's analysis groups")
         if figures is not None:
             _save_figures(console, result.path, figures)
@@ -184,6 +180,15 @@ def _save_figures(console: Console, scan_path: Path, figures: Path) -> None:
             title=title,
         )
         console.print(f"figure: {png}")
+
+
+def check_plan_paths(plan: ScanPlan, plan_file: Path) -> None:
+    """The scan file a plan writes must not be one of its inputs (the plan, its config, flat fields)."""
+    check_not_an_input(
+        plan.output,
+        {"the plan": plan_file, "the hardware config": plan.hardware_config}
+        | {f"the flat field of {ch}": p for ch, p in plan.analysis.flat_fields.items()},
+    )
 
 
 def check_analysis_settings(plan: ScanPlan, core: Any) -> None:
@@ -247,20 +252,32 @@ def _run_with_progress(console: Console, session: ScanSession) -> SessionResult:
 
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, on_interrupt)
-        # the controller's log lines repeat its messages: keep the terminal to one of each
-        controller_logger = logging.getLogger("acquisition.controller")
-        previous_level = controller_logger.level
-        controller_logger.setLevel(logging.CRITICAL)
+        # these log lines repeat the session's messages (retries, failed tiles, storage and
+        # device faults, the demo's injected faults): keep the terminal to one of each
+        quiet = {name: logging.getLogger(name) for name in _REPORTED_BY_THE_SESSION}
+        previous_levels = {name: logger.level for name, logger in quiet.items()}
+        for logger in quiet.values():
+            logger.setLevel(logging.CRITICAL)
         try:
             _RUNNING.add(session)
             session.start()
             return session.wait()
         finally:
             _RUNNING.discard(session)
-            controller_logger.setLevel(previous_level)
+            for name, logger in quiet.items():
+                logger.setLevel(previous_levels[name])
             if threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGINT, previous)
 
+
+#: Loggers whose warnings the session reports as its own messages while a scan runs.
+_REPORTED_BY_THE_SESSION = (
+    "acquisition.controller",
+    "acquisition.engine",
+    "acquisition.storage",
+    "acquisition.focus",
+    "acquisition.demo.devices",
+)
 
 #: Sessions this process is running (the command's exit must not wait for them once forced).
 _RUNNING: weakref.WeakSet[ScanSession] = weakref.WeakSet()

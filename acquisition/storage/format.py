@@ -74,6 +74,10 @@ class StorageError(CordScopeError):
     """A scan file cannot be created, opened, read or written; the message says which and why."""
 
 
+class NeedsRepair(StorageError):
+    """A scan file that resuming repairs (cut short by a failed write, a status byte out of range)."""
+
+
 class _FileLocked(StorageError):
     """The file is locked by a writer (another process has it open for writing)."""
 
@@ -358,7 +362,7 @@ def _check_structure(f: h5py.File, path: Path, *, statuses: bool = True) -> None
             bad = _bad_statuses(g["tile_status"][()])
             if bad.size:
                 t = int(bad[0])
-                raise StorageError(
+                raise NeedsRepair(
                     f"{path}: tile {tile_name(sid, t)} has status {int(g['tile_status'][t])} (0 pending, "
                     f"1 done, 2 failed; {bad.size} such tiles); {_DAMAGED}: cordscope scan --resume "
                     f"{path} makes them pending and acquires them"
@@ -477,7 +481,7 @@ def _open_h5(path: Path, mode: str) -> h5py.File:
             raise _FileLocked(f"cannot open {path}: it is open live in this process") from e
         stored_eof = _superblock_eof(path)
         if stored_eof is not None and stored_eof > path.stat().st_size:
-            raise StorageError(
+            raise NeedsRepair(
                 f"cannot open {path}: it is {stored_eof - path.stat().st_size} bytes short, left so by a "
                 f"write that failed (e.g. on a full disk) or a copy cut short; resuming the scan repairs "
                 f"what can be repaired: cordscope scan --resume {path}"

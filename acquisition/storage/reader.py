@@ -328,7 +328,20 @@ class ScanFile:
         Entries the writer was writing when it stopped (empty or unreadable)
         are left out.
         """
-        return [json.loads(text) for text in _read_strings(self._file["events"])[0] if text]
+        events = []
+        for i, text in enumerate(_read_strings(self._file["events"])[0]):
+            if not text:
+                continue
+            try:
+                event = json.loads(text)
+            except ValueError:
+                event = None
+            if not isinstance(event, dict):
+                raise StorageError(
+                    f"{self.path}: event {i} is not JSON of an event; the file is damaged or was edited"
+                )
+            events.append(event)
+        return events
 
     def summary(self) -> ScanSummary:
         """Return counts per section, file size, creation time and duration."""

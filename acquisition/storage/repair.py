@@ -184,9 +184,13 @@ def _repair_file_ends(path: Path) -> dict[str, int]:
             highest_chunk_end = max(
                 [0, *(end for g in f["sections"].values() for end in _chunk_ends(g["tiles"]).values())]
             )
-    except BaseException:
+    except BaseException as e:
         if padded:  # not ours to repair: leave it as it was
             os.truncate(path, size)
+            if isinstance(e, StorageError):
+                raise StorageError(
+                    f"cannot repair {path}: it is {padded} bytes short and what remains cannot be read ({e})"
+                ) from e
         raise
     if padded:
         repairs["padded_bytes"] = padded

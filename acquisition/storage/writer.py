@@ -415,8 +415,8 @@ class ScanWriter:
         except BaseException:
             f.close()
             raise
-        if repairs:
-            logger.warning("%s", describe_repairs(path, repairs))
+        if repairs:  # the caller tells the user (see repairs_since_last_run); the file's events keep it
+            logger.info("%s", describe_repairs(path, repairs))
             writer.log_event(EventKind.REPAIR, **repairs)
         writer.repairs = repairs
         return writer

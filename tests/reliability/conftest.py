@@ -15,11 +15,12 @@ def finished_scan(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder with ``rig.cfg``, ``plan.yaml`` and ``scan.h5``, scanned and analysed; copy to change it."""
     folder = tmp_path_factory.mktemp("finished")
     config = fault_config(folder)
-    plan = write_plan(folder, config=config, at_edge=True, half_side_um=200.0)
+    plan = write_plan(folder, config=config, at_edge=True, half_side_um=300.0)
     with pytest.MonkeyPatch.context() as mp:
         run = run_cli(["scan", plan], mp)
     assert run.exit_code == 0, run.stdout + run.stderr
     assert (folder / "scan.h5").is_file() and (folder / "scan.regions.csv").is_file()
+    assert "rubrospinal_territory" in run.stdout, run.stdout  # analysed: region tables were written
     return folder
 
 

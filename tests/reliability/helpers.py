@@ -70,7 +70,7 @@ def small_plan(
     cx = sum(v[0] for v in poly) / len(poly)
     cy = sum(v[1] for v in poly) / len(poly)
     if at_edge:
-        cx = min(v[0] for v in poly) + h - 50.0
+        cx = min(v[0] for v in poly) + h + 100.0
     square = [(cx - h, cy - h), (cx + h, cy - h), (cx + h, cy + h), (cx - h, cy + h)]
     data = plan.model_dump()
     data["sections"][0]["polygon_um"] = square

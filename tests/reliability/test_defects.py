@@ -88,6 +88,7 @@ def test_3_overwrite_refuses_a_file_a_running_scan_writes(scan_copy: Path, monke
 # --------------------------------------------------------------- defect 4
 
 
+@pytest.mark.slow
 def test_4_a_camera_hanging_in_the_focus_map_fails_the_scan_at_once(tmp_path: Path) -> None:
     """Before: the focus map's snaps had no watchdog: the scan waited out every hang (4 s each here;
     forever for a camera that never answers)."""
