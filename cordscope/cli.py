@@ -11,7 +11,8 @@ import functools
 import logging
 import math
 import os
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -19,6 +20,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape as rich_escape
 from rich.table import Column, Table
+from typer._click import exceptions as click_errors  # typer's own click (typer >= 0.24 vendors it)
+from typer.core import TyperGroup
 
 from acquisition.errors import CordScopeError
 from cordscope.paths_cli import check_not_an_input, check_output_file, check_output_folder
@@ -45,8 +48,44 @@ def _leave(e: SystemExit) -> None:
         _exit_now(code)
 
 
+class _OneLineErrors(TyperGroup):
+    """Usage errors (a missing argument, an unknown option, a value of the wrong type) in one line."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
+        except click_errors.NoArgsIsHelpError as e:
+            console.print(e.format_message(), highlight=False, markup=False)
+            sys.exit(e.exit_code)
+        except click_errors.UsageError as e:
+            where = e.ctx.command_path if e.ctx is not None else "cordscope"
+            message = " ".join(e.format_message().split())
+            err_console.print(
+                f"[bold red]error:[/] {rich_escape(message)} (see: {where} --help)", highlight=False
+            )
+            sys.exit(e.exit_code)
+        except click_errors.ClickException as e:
+            err_console.print(f"[bold red]error:[/] {rich_escape(e.format_message())}", highlight=False)
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            err_console.print("aborted", highlight=False)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = _Command(
     name="cordscope",
+    cls=_OneLineErrors,
     help="Microscope acquisition and live analysis for spinal cord tract tracing.",
     no_args_is_help=True,
     add_completion=False,
@@ -236,15 +275,14 @@ def snap(
     if (x_um is None) != (y_um is None):
         raise ValueError("give both --x-um and --y-um, or neither")
     core = _core(config, trust_config)
+    channels = channel or list(core.getAvailableConfigs(core.getChannelGroup()))
+    _check_snap_request(core, objective=objective, channels=channels, x_um=x_um, y_um=y_um)
     if objective:
         group = objective_group(core)
-        if not group:
-            raise ValueError("this config has no Objective group; cannot set --objective")
         core.setConfig(group, objective)
     xy = (x_um, y_um) if x_um is not None and y_um is not None else None
     if xy is None and demo:
         xy = _demo_snap_position(core)
-    channels = channel or list(core.getAvailableConfigs(core.getChannelGroup()))
     exposures = [exposure_ms] * len(channels) if exposure_ms is not None else None
     result = snap_channels(core, channels, exposures_ms=exposures, xy_um=xy)
     path = save_channel_image(out, result.images, result.channel_names, pixel_size_um=result.pixel_size_um)
@@ -254,6 +292,49 @@ def snap(
         f"{result.images.shape[2]}×{result.images.shape[1]} px at {result.pixel_size_um:g} µm/px; "
         f"stage {x:.0f}, {y:.0f} µm)"
     )
+
+
+def _demo_objectives() -> list[str]:
+    """Objective presets of the demo config, read from its text (no core needed)."""
+    from acquisition.hardware import DEMO_CONFIG
+
+    names = []
+    for line in DEMO_CONFIG.read_text().splitlines():
+        fields = line.removeprefix("#py ").split(",")
+        if len(fields) >= 3 and fields[0] == "ConfigGroup" and fields[1] == "Objective":
+            names.append(fields[2])
+    return sorted(set(names), key=names.index)
+
+
+def _check_snap_request(
+    core: Any, *, objective: str | None, channels: list[str], x_um: float | None, y_um: float | None
+) -> None:
+    """Refuse an unknown objective or channel, or a position off the stage, before anything moves."""
+    from acquisition.hardware import config_presets, objective_group
+    from acquisition.rig_profile import rig_profile_for
+
+    if objective:
+        group = objective_group(core)
+        if not group:
+            raise ValueError("this config has no objective group; cannot set --objective")
+        if objective not in config_presets(core, group):
+            raise ValueError(
+                f"--objective {objective}: not a preset of {group} ({', '.join(config_presets(core, group))})"
+            )
+    group = core.getChannelGroup()
+    if not group:
+        raise ValueError("this config has no channel group (Core, ChannelGroup)")
+    known = list(core.getAvailableConfigs(group))
+    unknown = [c for c in channels if c not in known]
+    if unknown:
+        raise ValueError(f"--channel {unknown[0]}: not a preset of {group} ({', '.join(known)})")
+    if x_um is not None and y_um is not None:
+        travel, where = rig_profile_for(core).xy_limits_um()
+        if not travel.contains(x_um, y_um):
+            raise ValueError(
+                f"--x-um {x_um:g} --y-um {y_um:g} is outside {where}: X {travel.x_min_um:g}.."
+                f"{travel.x_max_um:g}, Y {travel.y_min_um:g}..{travel.y_max_um:g} µm"
+            )
 
 
 def _demo_snap_position(core: Any) -> tuple[float, float]:
@@ -295,6 +376,9 @@ def plan(
     check_output_file(out, "--out", suffixes=(".yaml", ".yml"))
     output = scan_file or out.with_suffix(".h5")
     check_not_an_input(output, {"the plan file written": out})
+    objectives = _demo_objectives()
+    if objective not in objectives:
+        raise ValueError(f"--objective {objective}: the demo microscope has {', '.join(objectives)}")
     the_plan = demo_plan(output=output, objective=objective)
     save_plan(the_plan, out)
     n = len(the_plan.sections)

@@ -24,7 +24,7 @@ class OutputPathError(CordScopeError):
 
 
 def check_not_an_input(output: Path, inputs: Mapping[str, Path | None]) -> None:
-    """Refuse an output that is (or holds) one of the command's inputs.
+    """Refuse an output file that is one of the command's inputs (the same file, by any path).
 
     Parameters
     ----------
@@ -34,7 +34,7 @@ def check_not_an_input(output: Path, inputs: Mapping[str, Path | None]) -> None:
         The command's inputs, e.g. ``{"the plan": plan.yaml}``; None values are skipped.
     """
     for what, path in inputs.items():
-        if path is not None and touches_file(output, path):
+        if path is not None and touches_file(output, path, inside=False):
             raise OutputPathError(
                 f"{output} is {what} (an input of this command); write the output somewhere else"
             )

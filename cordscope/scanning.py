@@ -111,6 +111,7 @@ def run_scan_cli(
         stored = read_stored_plan(resume)
         core = build_core(config or stored.hardware_config, trust_config=trust_config)
         _set_sensor(core, sensor_px)
+        _check_resume_camera(resume, core)
         session = ScanSession.resume(resume, core, analysis=live)
     else:
         assert plan_file is not None
@@ -147,6 +148,21 @@ def run_scan_cli(
     if scan.state == "failed":  # stopped on its own: a dead device, a full disk (resumable)
         raise CordScopeError(scan.message)
     return 0 if result.complete else 1
+
+
+def _check_resume_camera(path: Path, core: CordScopeCore) -> None:
+    """A scan resumes only with the camera image size its tiles have (read-only, before anything moves)."""
+    from acquisition.storage import ScanFile
+
+    width, height = int(core.getImageWidth()), int(core.getImageHeight())
+    with ScanFile.open(path) as scan:
+        for sid in scan.section_ids:
+            h, w = scan.section(sid).tile_shape_px
+            if (h, w) != (height, width):
+                raise CordScopeError(
+                    f"cannot resume {path.name}: its tiles are {w}×{h} px but the camera now gives "
+                    f"{width}×{height} px; set the same camera size (--sensor-px, or the camera's ROI)"
+                )
 
 
 def _set_sensor(core: CordScopeCore, sensor_px: int | None) -> None:

@@ -185,12 +185,15 @@ def _first_line(e: BaseException) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
-def touches_file(target: str | os.PathLike[str], protected: str | os.PathLike[str]) -> bool:
+def touches_file(
+    target: str | os.PathLike[str], protected: str | os.PathLike[str], *, inside: bool = True
+) -> bool:
     """Whether writing, replacing or deleting ``target`` would touch the file ``protected``.
 
-    True when both name the same file (also through links or ``..``), or when
-    ``protected`` lies inside ``target`` (a folder an export would replace).
-    A command checks its outputs against its inputs with this before writing.
+    True when both name the same file (also through links or ``..``), or, with
+    ``inside``, when ``protected`` lies inside ``target`` (a folder an export
+    would replace). A command checks its outputs against its inputs with this
+    before writing.
     """
     t, p = Path(target).expanduser(), Path(protected).expanduser()
     try:
@@ -199,7 +202,7 @@ def touches_file(target: str | os.PathLike[str], protected: str | os.PathLike[st
     except OSError:
         pass
     t_abs, p_abs = t.resolve(), p.resolve()
-    return t_abs == p_abs or t_abs in p_abs.parents
+    return t_abs == p_abs or (inside and t_abs in p_abs.parents)
 
 
 def required_free_bytes(bytes_to_write: int) -> int:
