@@ -571,10 +571,14 @@ class AnalysisProcess(LiveAnalysisDriver):
         self._process: Any = None
         self._listener: threading.Thread | None = None
         self._req_ids = itertools.count()
+        self._queues_closed = False
         self._pending: dict[int, tuple[threading.Event, list[SnapshotReply]]] = {}
 
     def _send_tile(self, stored: TileStored) -> None:
-        self._tiles.put(AnalyseTile(stored.section_id, stored.tile_index))
+        with self._lock:
+            if self._finished.is_set() or self._queues_closed:
+                return  # the analysis ended (its error was reported); the file keeps the tile
+            self._tiles.put(AnalyseTile(stored.section_id, stored.tile_index))
 
     def _start(self) -> None:
         self._process = self._ctx.Process(
@@ -600,7 +604,10 @@ class AnalysisProcess(LiveAnalysisDriver):
                 pending, self._pending = self._pending, {}
             for done, _box in pending.values():
                 done.set()
-        self._requests.put(request)
+        with self._lock:
+            if self._queues_closed:
+                return  # the process has ended: nobody would read it
+            self._requests.put(request)
 
     def _alive(self) -> bool:
         return self._process is not None and self._process.is_alive()
@@ -634,7 +641,9 @@ class AnalysisProcess(LiveAnalysisDriver):
         box: list[SnapshotReply] = []
         with self._lock:
             self._pending[req_id] = (done, box)
-        self._requests.put(SnapshotRequest(req_id, section_id))
+            if self._queues_closed:
+                return saved_section_snapshot(self.scan_path, section_id)
+            self._requests.put(SnapshotRequest(req_id, section_id))
         if not done.wait(_SNAPSHOT_TIMEOUT_S):
             with self._lock:
                 self._pending.pop(req_id, None)
@@ -663,11 +672,39 @@ class AnalysisProcess(LiveAnalysisDriver):
                 if self._process is not None and not self._process.is_alive() and not self._finished.is_set():
                     code = self._process.exitcode
                     self._handle(Finished(None, f"the analysis process exited (code {code})"))
+                    self._close_queues()
                     return
                 continue
             self._handle(reply)
             if isinstance(reply, Finished):
+                self._close_queues()
                 return
+
+    def _close_queues(self) -> None:
+        """Once the process has ended, end the queues and their feeder threads (nothing is left running).
+
+        Tiles the process never read (it reads done tiles from the file once
+        it finalizes) are drained here first: a feeder thread with a full pipe
+        and no reader would block forever, and the interpreter's exit with it.
+        """
+        if self._process is not None:
+            self._process.join(10)
+            if self._process.is_alive():
+                logger.warning("the analysis process did not end within 10 s of its last answer")
+                return
+        with self._lock:
+            self._queues_closed = True
+        for q in (self._tiles, self._requests):
+            while True:
+                try:
+                    q.get(timeout=0.05)
+                except queue.Empty:
+                    break
+            q.cancel_join_thread()  # what is left in its buffer has no reader any more
+            q.close()
+            q.join_thread()
+        self._replies.close()
+        self._replies.join_thread()
 
 
 def _handler_level() -> int | None:

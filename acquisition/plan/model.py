@@ -255,6 +255,13 @@ class ReliabilitySettings(_PlanModel):
     )
 
 
+    @field_validator("fsync", mode="before")
+    @classmethod
+    def _off_is_off(cls, value: Any) -> Any:
+        # YAML reads a bare `off` as false
+        return "off" if value is False else value
+
+
 class SectionPlan(_PlanModel):
     """One tissue section on the slide: where it is and what it is."""
 
