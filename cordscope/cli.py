@@ -1,8 +1,12 @@
 """The ``cordscope`` command: parses arguments and calls the packages.
 
-Every user-facing error (a bad config, plan or file; a device fault) is
-printed as one red line naming what is wrong, with exit code 2; a traceback
-never reaches the user unless ``CORDSCOPE_DEBUG=1`` is set.
+Every user-facing error (a bad config, plan or file; a bad option or a
+usage error; a device fault) is printed as one red line naming what is
+wrong, with exit code 2; an error that is a bug in CordScope is one line
+too, with exit code 3; a traceback never reaches the user unless
+``CORDSCOPE_DEBUG=1`` is set. Outputs are checked against the inputs and
+options against their ranges before any work (:mod:`cordscope.paths_cli`).
+The process never waits at exit for a device call the watchdog gave up on.
 """
 
 from __future__ import annotations
@@ -147,7 +151,7 @@ def _error_text(e: Exception) -> tuple[str, int]:
         text = str(e)
     elif isinstance(e, OSError):
         where = f": {e.filename}" if e.filename else ""
-        text = f"{e.strerror or type(e).__name__}{where}"
+        text = f"{e.strerror}{where}" if e.strerror else (str(e) or type(e).__name__)
     else:
         return (
             rich_escape(
@@ -821,8 +825,10 @@ def demo_cohort(
     from cordscope.cohort import scan_demo_cohort
 
     check_output_folder(out, "--out")
-    if not 1 <= animals_per_group <= 50:
-        raise ValueError(f"--animals-per-group must be 1..50 (got {animals_per_group})")
+    if animals_per_group < 1:  # before the folder is made
+        raise ValueError(
+            f"--animals-per-group: animals_per_group must be at least 1, got {animals_per_group}"
+        )
     if not 16 <= sensor_px <= 8192:
         raise ValueError(f"--sensor-px must be 16..8192 (got {sensor_px})")
 

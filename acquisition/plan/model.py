@@ -254,7 +254,6 @@ class ReliabilitySettings(_PlanModel):
         "a killed scan is still safe.",
     )
 
-
     @field_validator("fsync", mode="before")
     @classmethod
     def _off_is_off(cls, value: Any) -> Any:

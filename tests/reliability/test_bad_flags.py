@@ -119,7 +119,7 @@ CASES: list[tuple[str, str, tuple[str, ...]]] = [
     ("overview-region-nan", "overview --out {dir}/o.yaml --region-um nan 0 20000 25000", ("finite",)),
     ("devices-config-missing", "devices --config {dir}/none.cfg", ("not found",)),
     ("cohort-out-a-file", "demo-cohort --out {dir}/notes.txt", ("is a file",)),
-    ("cohort-no-animals", "demo-cohort --out {dir}/c --animals-per-group 0", ("--animals-per-group",)),
+    ("cohort-no-animals", "demo-cohort --out {dir}/c --animals-per-group 0", ("animals_per_group",)),
     ("cohort-sensor-tiny", "demo-cohort --out {dir}/c --sensor-px 2", ("--sensor-px",)),
 ]
 
