@@ -39,7 +39,7 @@ from psygnal import Signal, SignalGroup
 from pymmcore_plus import CMMCorePlus
 from pymmcore_plus.metadata import summary_metadata
 
-from .engine import DeviceTimeoutError, ScanEngine, TileRef, _one_line
+from .engine import AbortRequested, DeviceCalls, DeviceTimeoutError, ScanEngine, TileRef, _one_line
 from .errors import CordScopeError
 from .pixel_geometry import covered_extent_um, pixel_size_from_affine
 from .plan import (
@@ -60,6 +60,7 @@ from .roles import pixel_affine_um
 from .storage import (
     EventKind,
     MDAWriterOutput,
+    NeedsRepair,
     ScanFile,
     ScanWriter,
     SectionLayout,
@@ -70,6 +71,7 @@ from .storage import (
     pass_key,
     tile_name,
 )
+from .storage.repair import describe_repairs
 
 __all__ = [
     "DeviceTimeoutError",
@@ -156,6 +158,8 @@ class ScanResult:
     """Tiles refocused and imaged again because they were blurred (see :mod:`acquisition.retake`)."""
     retake_time_s: float = 0.0
     """Time the sharpness checks' probes, refocusing and retakes took (s)."""
+    retried_calls: int = 0
+    """Device calls of this run that failed and were retried (focus map included)."""
 
     @property
     def complete(self) -> bool:
@@ -299,6 +303,8 @@ class ScanController:
         self._state: ScanState = "idle"
         self._abort_requested = False
         self._abort_reason = ""
+        self._failure: str | None = None  # why the scan stopped on its own (dead device, disk)
+        self._n_retried_calls = 0
         self._result: ScanResult | None = None
         self._counters = _Counters()
         self._current_section: str | None = None
@@ -360,12 +366,29 @@ class ScanController:
             self._set_state("scanning")
 
     def abort(self, reason: str = "aborted by the user") -> None:
-        """Stop after the current event; the file stays resumable."""
+        """Stop after the current event (also during the focus map); the file stays resumable."""
         with self._lock:
-            self._abort_requested = True
-            self._abort_reason = reason
+            if not self._abort_requested:
+                self._abort_requested = True
+                self._abort_reason = reason
         if self.core.mda.is_running():
             self.core.mda.cancel()
+
+    def _stop_on_fault(self, reason: str) -> None:
+        """Stop the scan because it cannot go on (a dead device, a disk error): it ends *failed*."""
+        with self._lock:
+            if self._failure is None:
+                self._failure = reason
+        self.abort(reason)
+
+    def _stop_reason(self) -> str | None:
+        with self._lock:
+            return self._abort_reason if self._abort_requested else None
+
+    @property
+    def n_retried_calls(self) -> int:
+        """Device calls of this run that failed and were retried (focus map included)."""
+        return self._n_retried_calls
 
     # ---------------------------------------------------------------- run
 
@@ -381,19 +404,40 @@ class ScanController:
         self._t0 = time.perf_counter()
         try:
             writer, tiles = self._prepare()
+        except AbortRequested:
+            # stopped before a file existed (e.g. Ctrl-C during the focus map): nothing to resume
+            message = (
+                f"{self._abort_reason} during {self._state_words()}; nothing was acquired and "
+                f"{self.output_path.name} was not written"
+            )
+            self._set_state("aborted")
+            self._message("warning", message)
+            self._result = self._make_result("aborted", message=message)
+            self.events.finished.emit(self._result)
+            return self._result
         except Exception as e:
+            message = _one_line(e)
+            if isinstance(e, DeviceTimeoutError):
+                message = f"device not answering during {self._state_words()}: {message}"
             self._set_state("failed")
-            self._message("error", _one_line(e))
-            self._result = self._make_result("failed", message=_one_line(e))
+            self._message("error", message)
+            self._result = self._make_result("failed", message=message)
             self.events.finished.emit(self._result)
             raise
         try:
             self._scan(writer, tiles)
         finally:
-            writer.close()
-        assert self._result is not None
+            try:
+                writer.close()
+            except StorageError as e:  # the tiles done are safe; say so instead of a traceback
+                self._stop_on_fault(f"cannot close the scan file: {e}")
+        if self._result is None:  # the run ended before _scan could say how (it re-raised)
+            self._result = self._make_result("failed", message=self._failure or "the scan stopped")
         self.events.finished.emit(self._result)
         return self._result
+
+    def _state_words(self) -> str:
+        return {"focusing": "the focus map", "preparing": "preparation"}.get(self._state, self._state)
 
     def _prepare(self) -> tuple[ScanWriter, list[PlannedTile]]:
         self._set_state("preparing")
@@ -408,14 +452,19 @@ class ScanController:
             overwrite=self._overwrite,
             resume=resuming,
         )
+        if not resuming:
+            _make_output_folder(self.output_path)
         assert plan.objective_group is not None  # resolved above
         core.setConfig(plan.objective_group, plan.objective)
         core.waitForConfig(plan.objective_group, plan.objective)
         if resuming:
             writer = ScanWriter.open_for_resume(self.output_path)
+            for repairs in writer.repairs_since_last_run():
+                self._message("warning", describe_repairs(self.output_path, repairs))
             self._check_resume_matches(writer)
         else:
             writer = self._create_file()
+        writer.fsync_per_tile = plan.reliability.fsync == "per_tile"
         try:
             tiles = self._pending_tiles(writer)
             self._count(writer)
@@ -511,6 +560,12 @@ class ScanController:
 
         self._set_state("focusing")
         anatomy = plan.anatomy_channel
+        calls = DeviceCalls(
+            max_retries=plan.reliability.max_retries,
+            timeout_s=plan.reliability.tile_timeout_s,
+            should_stop=self._stop_reason,
+            on_retry=lambda what, attempt, e: self._retried(f"focus map: {what}", attempt, e),
+        )
         focus_map = build_focus_map(
             core,
             {s.id: np.asarray(s.polygon_um, dtype=np.float64) for s in plan.sections},
@@ -524,6 +579,7 @@ class ScanController:
             fine_step_um=plan.focus.fine_step_um,
             z_start_um=plan.focus.z_um,
             progress=lambda sid, i, n: self._message("info", f"focus map: section {sid}, point {i} of {n}"),
+            device_call=calls.call,
         )
         self._focus_points = {
             sid: np.asarray(pts, dtype=float).tolist() for sid, pts in focus_map.points_um.items()
@@ -569,20 +625,30 @@ class ScanController:
         error = self._run_tiles(writer, tiles, retake=True) if tiles else None
         if error is None and not self._abort_requested and plan.adaptive is not None:
             error = self._adaptive_pass(writer)
-        writer.flush()
+        try:
+            writer.flush()
+        except StorageError as e:  # the writer stopped on a disk error (already reported, or now)
+            self._stop_on_fault(str(e))
         self._count(writer)
+        state: ScanState
         if error is not None:
-            state: ScanState = "failed"
+            state = "failed"
             message = f"scan stopped by an error: {_one_line(error)}"
+        elif self._failure is not None:
+            state, message = "failed", self._failure
         elif self._abort_requested:
             state, message = "aborted", self._abort_reason
         else:
             state, message = "finished", ""
-        if state != "finished":
-            message += f"; {self.output_path} is resumable: cordscope scan --resume {self.output_path}"
-            writer.log_event(EventKind.STOPPED, state=state, reason=message)
-        else:
-            writer.log_event(EventKind.FINISHED)
+        try:
+            if state != "finished":
+                message = message.rstrip(". ")
+                message += f"; {self.output_path} is resumable: cordscope scan --resume {self.output_path}"
+                writer.log_event(EventKind.STOPPED, state=state, reason=message)
+            else:
+                writer.log_event(EventKind.FINISHED)
+        except StorageError as e:
+            logger.info("could not log the end of the scan: %s", e)  # the writer has stopped; tiles are safe
         self._result = self._make_result(state, message=message)
         self._set_state(state)
         if state != "finished":
@@ -616,6 +682,8 @@ class ScanController:
             on_tile_failed=self._tile_failed,
             channel_order=plan.channel_order,
             retake=self._retake_runner(sequence) if retake else None,
+            on_retry=lambda tile, what, attempt, e: self._retried(f"tile {tile}: {what}", attempt, e),
+            should_stop=self._stop_reason,
         )
         previous_engine = core.mda.set_engine(self._engine)
         error: BaseException | None = None
@@ -791,11 +859,16 @@ class ScanController:
         )
         self._emit_progress()
         if dead_device:
-            self.abort(f"device not answering: {n_timeouts} tiles in a row timed out ({reason})")
+            self._stop_on_fault(f"device not answering: {n_timeouts} tiles in a row timed out ({reason})")
+
+    def _retried(self, what: str, attempt: int, error: BaseException) -> None:
+        with self._lock:
+            self._n_retried_calls += 1
+        retries = self.plan.reliability.max_retries
+        self._message("warning", f"{what} failed ({_one_line(error)}); retrying ({attempt} of {retries})")
 
     def _storage_error(self, error: StorageError) -> None:
-        self._message("error", str(error))
-        self.abort(f"cannot write the scan file: {error}")
+        self._stop_on_fault(str(error))
 
     # ------------------------------------------------------------- helpers
 
@@ -855,6 +928,7 @@ class ScanController:
             message=message,
             tiles_retaken=self._counters.retaken,
             retake_time_s=self._counters.retake_time_s,
+            retried_calls=self._n_retried_calls,
         )
 
 
@@ -864,16 +938,31 @@ def _pass_name(objective: str) -> str:
     return name or "pass"
 
 
+def _make_output_folder(path: Path) -> None:
+    """Create the scan file's folder (validation checked it can be), before anything moves."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StorageError(
+            f"cannot create the folder {path.parent} for {path.name}: {e.strerror or e}"
+        ) from None
+
+
 def read_stored_plan(path: str | os.PathLike[str]) -> ScanPlan:
     """The plan stored in a scan file, with ``output`` set to that file.
 
-    The file is first repaired as for resuming (what a crash or a full disk
-    left behind), so a file that needs repair can still be resumed.
+    A file that needs repair before it can be read (cut short by a failed
+    write, a status byte out of range: :class:`~acquisition.storage.NeedsRepair`)
+    is first repaired as for resuming; anything else is left untouched.
     """
     file = Path(path)
-    ScanWriter.open_for_resume(file).close()
-    with ScanFile.open(file) as scan:
-        plan_text = scan.plan_yaml
+    try:
+        with ScanFile.open(file) as scan:  # read-only: an intact file is not touched here
+            plan_text = scan.plan_yaml
+    except NeedsRepair:
+        ScanWriter.open_for_resume(file).close()  # repairs it, or says what cannot be repaired
+        with ScanFile.open(file) as scan:
+            plan_text = scan.plan_yaml
     plan = plan_from_yaml(plan_text, source=f"{file.name}:/plan")
     return plan.model_copy(update={"output": file})
 

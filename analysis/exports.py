@@ -65,7 +65,7 @@ from acquisition.pixel_geometry import (
     to_stage_orientation,
     validate_affine,
 )
-from acquisition.storage import ScanFile, SectionReader
+from acquisition.storage import ScanFile, SectionReader, touches_file
 from analysis.results_format import (
     SavedAnalysis,
     has_analysis,
@@ -381,8 +381,28 @@ def bdv_view_affine(
 # -------------------------------------------------------------------- helpers
 
 
-def _prepare_out_dir(out_dir: str | os.PathLike[str], names: list[str], overwrite: bool) -> Path:
+def _prepare_out_dir(
+    out_dir: str | os.PathLike[str],
+    names: list[str],
+    overwrite: bool,
+    *,
+    protect: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Make the export folder; with ``overwrite`` remove earlier exports named ``names`` in it.
+
+    Nothing that would write over or delete ``protect`` (the scan being
+    exported) is ever done: such an export is refused before anything changes.
+    """
     out = Path(out_dir)
+    if protect is not None:
+        if touches_file(out, protect):
+            raise ExportError(f"--out {out} is the scan file being exported (the input); choose a folder")
+        clash = next((n for n in names if touches_file(out / n, protect)), None)
+        if clash is not None:
+            raise ExportError(
+                f"the export would write {out / clash} over the scan file being exported (the input itself); "
+                "choose another --out folder"
+            )
     if out.exists() and not out.is_dir():
         raise ExportError(f"export folder {out} is a file; give a folder")
     existing = [n for n in names if (out / n).exists()]
@@ -460,7 +480,7 @@ def export_bdv(
 
     report = progress or _no_progress
     stem = Path(scan_path).stem
-    out = _prepare_out_dir(out_dir, [f"{stem}.xml", f"{stem}.h5"], overwrite)
+    out = _prepare_out_dir(out_dir, [f"{stem}.xml", f"{stem}.h5"], overwrite, protect=scan_path)
     xml_path, h5_path = out / f"{stem}.xml", out / f"{stem}.h5"
     with ScanFile.open(scan_path) as scan:
         sections = [scan.section(sid) for sid in scan.section_ids]
@@ -810,7 +830,7 @@ def export_ome_zarr(
     with ScanFile.open(scan_path) as scan:
         names = [f"{sid}.ome.zarr" for sid in scan.section_ids]
         names += [f"{sid}_pct_axonal_area.ome.zarr" for sid in scan.section_ids]
-        out = _prepare_out_dir(out_dir, names, overwrite)
+        out = _prepare_out_dir(out_dir, names, overwrite, protect=scan_path)
         for sid in scan.section_ids:
             sec = scan.section(sid)
             done = _done_tiles(sec)
@@ -1084,10 +1104,18 @@ def export_csv(
         target = default
     else:
         target = Path(out)
+        if touches_file(target, scan_path):
+            raise ExportError(f"--out {target} is the scan file being exported (the input); name a .csv")
+        if target.exists() and not target.is_dir() and target.suffix.lower() != ".csv":
+            raise ExportError(f"--out {target} is a file that is not a .csv; name a .csv file or a folder")
         if target.is_dir() or target.suffix.lower() != ".csv":
-            target.mkdir(parents=True, exist_ok=True)
             target = target / default.name
+    if touches_file(target, scan_path):
+        raise ExportError(f"the CSV would be written over the scan file itself ({target}); choose --out")
+    try:
         target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ExportError(f"cannot create the folder for {target}: {e.strerror or e}") from None
     analysed = 0
     with ScanFile.open(scan_path) as scan:
         ids = scan.section_ids

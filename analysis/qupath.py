@@ -811,7 +811,7 @@ def export_qupath(
     written: list[Path] = []
     with ScanFile.open(path) as scan:
         names = [f"{sid}{ext}" for sid in scan.section_ids for ext in (".ome.tif", ".geojson")]
-        out = _prepare_out_dir(out_dir, names, overwrite)
+        out = _prepare_out_dir(out_dir, names, overwrite, protect=path)
         for sid in scan.section_ids:
             sec = scan.section(sid)
             if sec.done_indices().size == 0:

@@ -47,7 +47,15 @@ import h5py
 import numpy as np
 import yaml
 
-from acquisition.storage import ScanFile, SectionReader, TileStatus, split_pass_key, tile_name
+from acquisition.storage import (
+    ScanFile,
+    SectionReader,
+    StorageError,
+    TileStatus,
+    in_use,
+    split_pass_key,
+    tile_name,
+)
 from analysis import adaptive
 from analysis.maps import RegionRow
 from analysis.regions import SectionRegions
@@ -98,6 +106,19 @@ def _done_tile_reader(scan: ScanFile, section_id: str) -> Callable[[int], np.nda
         return sec.read_tile(tile_index)
 
     return read
+
+
+def _stoppable(
+    read: Callable[[int], np.ndarray | None], should_continue: Callable[[], bool]
+) -> Callable[[int], np.ndarray | None]:
+    """``read``, asking ``should_continue`` before each tile (a rebuild reads every tile again)."""
+
+    def checked(tile_index: int) -> np.ndarray | None:
+        if not should_continue():
+            raise InterruptedError("the final analysis was stopped")
+        return read(tile_index)
+
+    return checked
 
 
 def _new_section(
@@ -390,8 +411,10 @@ class ScanAnalysis:
         Parameters
         ----------
         should_continue : callable
-            Asked between tiles; when it returns False the work stops with
-            :class:`InterruptedError` (e.g. the scan's process was killed).
+            Asked between tiles (also while a section is rebuilt at its
+            registered positions) and between sections; when it returns False
+            the work stops with :class:`InterruptedError` (e.g. the scan's
+            process was killed).
         """
         self._close_scan()
         tables: dict[str, list[RegionRow]] = {}
@@ -408,8 +431,10 @@ class ScanAnalysis:
                                     raise InterruptedError(f"final analysis of {self.scan_path.name} stopped")
                                 self.add_tile(key, int(t))
                         section = self._section(sid)
-                        section.read_tile = _done_tile_reader(scan, sid)
+                        section.read_tile = _stoppable(_done_tile_reader(scan, sid), should_continue)
                         results = self._final_results(scan, section)
+                        if not should_continue():
+                            raise InterruptedError(f"final analysis of {self.scan_path.name} stopped")
                         if results is not None:
                             section.write(f["sections"][sid].require_group("analysis"), results)
                             tables[sid] = results.table
@@ -574,7 +599,14 @@ def analyze_scan(path: str | Path, *, settings: AnalysisSettings | None = None) 
     dict of section id → list of RegionRow
     """
     path = Path(path)
-    ScanFile.open(path).close()  # checks the format and says what is wrong
+    if path.is_file() and in_use(path):
+        raise StorageError(
+            f"{path} is in use (a running scan writes it, or a program has it open); analyse it once "
+            "that scan has ended or the program has closed it"
+        )
+    with ScanFile.open(path) as scan:  # checks the format and says what is wrong
+        if settings is None:  # a bad plan is one error, not one per tile
+            settings = settings_of_scan(scan.plan_yaml, source=f"{path.name}:/plan")
     return ScanAnalysis(path, settings=settings).finalize()
 
 

@@ -49,7 +49,7 @@ and back, so the live worker keeps only the sections being scanned in memory.
 Memory per section is the grid (≈ 56 bytes per cell with two channels), the
 reduced tiles (with registration on) and the raw overlap strips of tiles
 whose neighbours are still to come; nothing grows with the square of the
-tile count (:func:`estimated_state_bytes` gives it before a scan).
+tile count (``acquisition.plan.checks.section_analysis_bytes`` gives it before a scan).
 """
 
 from __future__ import annotations
@@ -89,7 +89,6 @@ from analysis.mosaic import (
     SectionMosaic,
     edge_neighbour_pairs,
     measure_strip_shift,
-    mosaic_reduction_factor,
     overlap_regions,
     registration_from_pairs,
 )
@@ -106,7 +105,6 @@ __all__ = [
     "SectionResults",
     "TileReader",
     "channel_roles",
-    "estimated_state_bytes",
     "regions_from_json",
     "regions_to_json",
 ]
@@ -330,49 +328,6 @@ def _grid_bbox_um(
 ) -> tuple[float, float, float, float]:
     x0, y0, x1, y1 = footprint_bbox_um(tile_xy_um, affine_um, tile_shape_px)
     return x0 - margin_um, y0 - margin_um, x1 + margin_um, y1 + margin_um
-
-
-def estimated_state_bytes(
-    *,
-    tile_xy_um: ArrayLike,
-    tile_shape_px: tuple[int, int],
-    pixel_affine_um: ArrayLike,
-    n_channels: int,
-    settings: AnalysisSettings | None = None,
-) -> int:
-    """Memory (bytes) a section's analysis holds at most: grid, reduced tiles, pending strips.
-
-    For refusing, before a scan, a section the machine cannot analyse. The
-    grid is float64 sums (mosaic: one per channel plus a weight; accumulator:
-    three); reduced tiles are kept with registration on; the raw overlap
-    strips of tiles waiting for a neighbour are bounded by one row of tiles.
-
-    Parameters
-    ----------
-    tile_xy_um : (n_tiles, 2)
-        Planned tile centres (µm).
-    tile_shape_px : (H, W)
-    pixel_affine_um : (2, 2)
-    n_channels : int
-    settings : AnalysisSettings, optional
-    """
-    s = settings or AnalysisSettings()
-    xy = np.asarray(tile_xy_um, dtype=np.float64).reshape(-1, 2)
-    affine = validate_affine(pixel_affine_um)
-    p = pixel_size_from_affine(affine)
-    f = mosaic_reduction_factor(p, s.mosaic_pixel_um)
-    x0, y0, x1, y1 = _grid_bbox_um(xy, affine, tile_shape_px, _grid_margin_um(s, False))
-    cells = math.ceil((x1 - x0) / (f * p)) * math.ceil((y1 - y0) / (f * p))
-    total = cells * 8 * (n_channels + 1 + 3)
-    h, w = tile_shape_px
-    blocks = (h // f) * (w // f)
-    if s.register_tiles:
-        total += len(xy) * blocks * (4 * n_channels + 2)
-        # waiting strips: about one row of tiles, each with up to two strips of its overlap + margin
-        row = max(1, math.isqrt(len(xy)) + 1)
-        margin = 2 * math.ceil(2 * s.max_registration_correction_um / p) + 4
-        total += row * 2 * (max(h, w) * margin * 2)
-    return int(total)
 
 
 class SectionAnalysis:

@@ -9,8 +9,16 @@ from rich.console import Console
 from rich.table import Column, Table
 
 
-def print_region_tables(console: Console, name: str, tables: Mapping[str, Sequence[Any]]) -> None:
-    """Print one table per section: kind, area, axon area, % axonal area, mean tracer, imaged fraction."""
+def print_region_tables(
+    console: Console, name: str, tables: Mapping[str, Sequence[Any]], *, sections: Sequence[str] = ()
+) -> None:
+    """Print one table per section: kind, area, axon area, % axonal area, mean tracer, imaged fraction.
+
+    Sections in ``sections`` without a table are named (the analysis found no tissue in them).
+    """
+    for section_id in sections:
+        if section_id not in tables:
+            console.print(f"{name}: {section_id}: no region table (no tissue found in its done tiles)")
     for section_id, rows in tables.items():
         width = max((len(r.region) for r in rows), default=6)
         # a column for the part measured by a higher-resolution (adaptive) pass, when there is one

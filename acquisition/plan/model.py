@@ -19,6 +19,7 @@ from shapely import Polygon
 from shapely.validation import explain_validity
 
 from ..errors import CordScopeError
+from ..storage.format import HDF5_OVERHEAD
 from .analysis_settings import AnalysisSettings
 
 PLAN_FORMAT: Final = "cordscope-plan"
@@ -26,8 +27,9 @@ PLAN_VERSION: Final = 1
 DEFAULT_HARDWARE_CONFIG = Path("hardware_configs/demo.cfg")
 
 #: Free disk needed, as a multiple of the estimated file size (HDF5 overhead,
-#: analysis results written next to the tiles).
-DISK_MARGIN = 1.1
+#: analysis results written next to the tiles), plus the writer's reserve:
+#: :func:`acquisition.storage.required_free_bytes`.
+DISK_MARGIN = HDF5_OVERHEAD
 #: Tiles are stored as uint16 (see DESIGN.md, HDF5 scan file).
 _STORED_BYTES_PER_PIXEL = 2
 
@@ -242,8 +244,21 @@ class ReliabilitySettings(_PlanModel):
         default=2, ge=0, le=10, description="Retries of a failed tile before it is marked failed."
     )
     tile_timeout_s: float = Field(
-        default=30.0, gt=0, description="Time allowed for one tile (move, focus, all images) (s)."
+        default=30.0, gt=0, le=3600, description="Time allowed for one device call (move, focus, snap) (s)."
     )
+    fsync: Literal["off", "per_tile"] = Field(
+        default="off",
+        description="'per_tile': make every tile durable on the disk before and after its status "
+        "(os.fsync), so a power cut never leaves a tile marked done without its pixels; slower "
+        "(see benchmarks/bench_scan_throughput.py). 'off': the operating system writes when it likes; "
+        "a killed scan is still safe.",
+    )
+
+    @field_validator("fsync", mode="before")
+    @classmethod
+    def _off_is_off(cls, value: Any) -> Any:
+        # YAML reads a bare `off` as false
+        return "off" if value is False else value
 
 
 #: Region names the analysis computes on every section (horizontal sections add ``rc_<a>_<b>`` bins).

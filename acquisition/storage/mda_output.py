@@ -170,7 +170,8 @@ class MDAWriterOutput:
             self._report(e)
 
     def _report(self, error: StorageError) -> None:
-        logger.error("%s", error)
+        # whoever passed on_error reports it to the user; a log line would say it twice
+        logger.log(logging.INFO if self._on_error is not None else logging.ERROR, "%s", error)
         self.errors.append(error)
         if self._on_error is not None:
             self._on_error(error)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -17,16 +17,20 @@ import numpy as np
 from .format import (
     PASSES_GROUP,
     STANDARD_SECTION_ATTRS,
+    TILE_CRC_DATASET,
     StorageError,
+    TileCheck,
     TileStatus,
     _check_format,
     _check_live_readable,
+    _check_structure,
     _FileLocked,
     _first_line,
     _open_h5,
     _open_live,
     _planned_z,
     _tile_groups,
+    check_done_tiles,
     split_pass_key,
 )
 from .repair import _read_strings
@@ -181,7 +185,8 @@ class SectionReader:
             if self._group["tile_status"][tile_index] == TileStatus.DONE:
                 raise StorageError(
                     f"{self._group.file.filename}: metadata of done tile {self.section_id}/{tile_index} "
-                    f"is unreadable ({_first_line(e)}); ScanWriter.open_for_resume repairs the file"
+                    f"is unreadable ({_first_line(e)}); resuming the scan repairs the file: "
+                    f"cordscope scan --resume {self._group.file.filename}"
                 ) from e
             return {}
         return json.loads(text) if text else {}
@@ -201,6 +206,16 @@ class SectionReader:
         """The section's ``analysis`` group (read-only h5py group), ``None`` if absent."""
         group = self._group.get("analysis")
         return group if isinstance(group, h5py.Group) else None
+
+    @property
+    def tile_crc32(self) -> np.ndarray | None:
+        """Stored CRC-32 per image, ``(n_tiles, n_channels, n_z)`` int64 (-1: none); None in older files."""
+        ds = self._group.get(TILE_CRC_DATASET)
+        return None if ds is None else np.asarray(ds[()])
+
+    def check_done_tiles(self, *, progress: Callable[[int], None] | None = None) -> TileCheck:
+        """Read every done tile and compare it with its stored checksums (see :class:`TileCheck`)."""
+        return check_done_tiles(self._group, progress=progress)
 
     def done_indices(self) -> np.ndarray:
         """Return the indices of done tiles."""
@@ -265,6 +280,7 @@ class ScanFile:
                 f, live = _open_live(path), True
         try:
             version = _check_format(f, path)
+            _check_structure(f, path)
             if live:
                 _check_live_readable(f, path)
         except BaseException:
@@ -344,7 +360,20 @@ class ScanFile:
         Entries the writer was writing when it stopped (empty or unreadable)
         are left out.
         """
-        return [json.loads(text) for text in _read_strings(self._file["events"])[0] if text]
+        events = []
+        for i, text in enumerate(_read_strings(self._file["events"])[0]):
+            if not text:
+                continue
+            try:
+                event = json.loads(text)
+            except ValueError:
+                event = None
+            if not isinstance(event, dict):
+                raise StorageError(
+                    f"{self.path}: event {i} is not JSON of an event; the file is damaged or was edited"
+                )
+            events.append(event)
+        return events
 
     def summary(self) -> ScanSummary:
         """Return counts per section, file size, creation time and duration."""

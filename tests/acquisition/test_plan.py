@@ -40,6 +40,7 @@ from acquisition.plan import (
     tile_size_um,
     validate_plan,
 )
+from acquisition.storage import required_free_bytes
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -172,7 +173,10 @@ def test_yaml_round_trip_is_exact(tmp_path: Path) -> None:
 
     path = tmp_path / "plan.yaml"
     save_plan(plan, path)
-    assert load_plan(path) == plan
+    # relative paths of a plan file mean files beside it
+    assert load_plan(path) == plan.model_copy(
+        update={"hardware_config": tmp_path / "hardware_configs/demo.cfg"}
+    )
     assert path.read_text(encoding="utf-8") == text
 
 
@@ -693,7 +697,7 @@ def test_not_enough_disk(core: CordScopeCore, output: Path) -> None:
     assert asked == [output.parent]
     (problem,) = info.value.problems
     summary = validate_plan(plan, core, disk_free_bytes=plenty_of_disk)
-    need_mb = summary.estimated_bytes * 1.1 / 1e6
+    need_mb = required_free_bytes(summary.estimated_bytes) / 1e6  # the writer's own rule
     assert problem.field == "output"
     assert "not enough free disk" in problem.message
     assert f"needs about {need_mb:.1f} MB" in problem.message
@@ -701,7 +705,10 @@ def test_not_enough_disk(core: CordScopeCore, output: Path) -> None:
     assert "5.0 MB free" in problem.message
 
     # exactly enough passes; the real disk is asked when nothing is injected
-    validate_plan(plan, core, disk_free_bytes=lambda folder: math.ceil(summary.estimated_bytes * 1.1))
+    exact = required_free_bytes(summary.estimated_bytes)
+    validate_plan(plan, core, disk_free_bytes=lambda folder: exact)
+    with pytest.raises(PlanError, match="not enough free disk"):
+        validate_plan(plan, core, disk_free_bytes=lambda folder: exact - 1)
     validate_plan(
         make_plan(
             output,
@@ -714,11 +721,14 @@ def test_not_enough_disk(core: CordScopeCore, output: Path) -> None:
 def test_resume_needs_only_the_missing_part(core: CordScopeCore, output: Path) -> None:
     plan = make_plan(output)
     estimated = validate_plan(plan, core, disk_free_bytes=plenty_of_disk).estimated_bytes
-    with output.open("wb") as f:  # sparse: a scan file that is almost complete
-        f.truncate(estimated)
-    validate_plan(plan, core, resume=True, disk_free_bytes=lambda folder: int(estimated * 0.2))
+    with output.open(
+        "wb"
+    ) as f:  # a scan file whose tiles are 90 % on disk (its blocks count, not its length)
+        f.write(bytes(int(estimated * 0.9)))
+    free = required_free_bytes(int(estimated * 0.2))
+    validate_plan(plan, core, resume=True, disk_free_bytes=lambda folder: free)
     with pytest.raises(PlanError, match="not enough free disk"):
-        validate_plan(plan, core, overwrite=True, disk_free_bytes=lambda folder: int(estimated * 0.2))
+        validate_plan(plan, core, overwrite=True, disk_free_bytes=lambda folder: free)
 
 
 # ================================================================ tile size

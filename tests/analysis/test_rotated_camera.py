@@ -135,7 +135,8 @@ def test_registration_pairs_agree(live, name):
     used = reg["pair_used"].astype(bool)
     assert used.sum() >= 0.8 * len(used)
     ncc = reg["pair_ncc"][used]
-    assert np.median(ncc) > 0.97 and ncc.min() > 0.8
+    # a turned field's overlap may fall on the tissue's edge: a rare pair with little texture
+    assert np.median(ncc) > 0.97 and np.mean(ncc > 0.8) >= 0.95, np.sort(ncc)[:5]
     # no stage error: each measured offset is the planned one (a rare low-texture pair within a pixel)
     shift_px = np.hypot(*reg["pair_shift_px"][used].T)
     assert np.mean(shift_px < 0.1) >= 0.95 and shift_px.max() < 1.0, np.sort(shift_px)[-5:]
@@ -149,7 +150,9 @@ def test_region_table_matches_the_aligned_camera(live, name):
     }
     for region in COMPARED_REGIONS:
         a, b = tables["aligned"][region], tables[name][region]
-        assert b.area_um2 == pytest.approx(a.area_um2, rel=0.01), region
+        # the regions are drawn on 4 µm analysis cells: a turned grid's cells cut the gray/white
+        # boundary (a few mm long) differently, half a cell along it is ~1.5 % of the gray matter
+        assert b.area_um2 == pytest.approx(a.area_um2, rel=0.02), region
         assert b.pct_axonal_area == pytest.approx(a.pct_axonal_area, rel=MAX_PCT_RELATIVE_DIFF), region
 
 
