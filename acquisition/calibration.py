@@ -37,15 +37,19 @@ import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
 from numpy.typing import NDArray
 from pymmcore_plus import CMMCorePlus
 
+from acquisition.engine import AbortRequested, DeviceTimeoutError
 from acquisition.errors import CordScopeError
 from acquisition.storage import DarkFrames
+
+if TYPE_CHECKING:
+    from acquisition.plan import ScanPlan
 
 __all__ = [
     "DARK_FRAMES_PER_CHANNEL",
@@ -57,6 +61,7 @@ __all__ = [
     "acquire_dark_frames",
     "calibration_dir",
     "flat_file",
+    "plan_calibration_inputs",
     "psf_file",
     "scan_calibration_files",
     "scan_calibration_inputs",
@@ -385,6 +390,11 @@ def scan_dark_frames(
     (list of DarkFrames, str or None)
         The frames (empty without a shutter, or when the camera failed) and,
         when none could be taken, one line saying so.
+
+    Raises
+    ------
+    AbortRequested, DeviceTimeoutError
+        From ``device_call``: the scan was stopped, or the camera did not answer.
     """
     if not core.getShutterDevice():
         return [], (
@@ -395,6 +405,8 @@ def scan_dark_frames(
         frames = acquire_dark_frames(
             core, exposures_ms, n_frames=n_frames, channel_group=channel_group, device_call=device_call
         )
+    except (AbortRequested, DeviceTimeoutError):
+        raise  # stopped, or a camera that does not answer: the scan cannot go on either
     except Exception as e:  # the tiles matter more: the scan goes on and says what it lacks
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         return [], (f"no dark frames taken ({first}); the analysis subtracts the plan's dark_offset_adu")
@@ -575,3 +587,23 @@ def scan_calibration_inputs(
     flats = [p for p, what in files.items() if any(w.startswith("flat/") for w in what)]
     parts.append(f"flat fields from {', '.join(f.name for f in flats)}" if flats else "no flat-field file")
     return ScanCalibrationInputs(darks, files, "calibration: " + "; ".join(parts), warnings)
+
+
+def plan_calibration_inputs(
+    core: CMMCorePlus,
+    plan: ScanPlan,
+    have_dark_frames: Sequence[str] = (),
+    *,
+    device_call: DeviceCall = _direct,
+) -> ScanCalibrationInputs:
+    """:func:`scan_calibration_inputs` for a scan plan (groups resolved, its objective set)."""
+    return scan_calibration_inputs(
+        core,
+        channel_group=plan.groups[0],
+        exposures_ms={ch.preset: ch.exposure_ms for ch in plan.channels},
+        tracer_channel=plan.tracer_channel.preset,
+        objective=plan.objective,
+        config_path=core.systemConfigurationFile() or plan.hardware_config,
+        have_dark_frames=have_dark_frames,
+        device_call=device_call,
+    )

@@ -9,6 +9,7 @@ uniform to ±3 %.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 from pathlib import Path
@@ -85,6 +86,16 @@ def _dye_field(cfg: Path, channel: str) -> np.ndarray:
     return np.asarray(frames, dtype=np.float64).mean(axis=0) - offset.offset_adu
 
 
+@pytest.fixture(autouse=True)
+def _root_logging_restored():
+    """``cordscope`` sets up logging on the runner's stderr, closed after each call: put it back."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
 MODELS = [
     pytest.param("demo.cfg", 20.0, id="model-a-20pct"),
     pytest.param("demo-model-b.cfg", None, id="model-b-12pct"),
@@ -131,7 +142,7 @@ def test_calibrate_measures_a_sane_psf_at_the_demo_bead_area(tmp_path):
 
 @pytest.fixture(scope="module")
 def vignetted_scan(tmp_path_factory) -> Path:
-    """rat01-Th7 (66 tiles) through a camera with 20 % vignetting, no analysis."""
+    """rat01-Th7 (60 tiles) through a camera with 20 % vignetting, no analysis."""
     root = tmp_path_factory.mktemp("vignetted")
     cfg = _config(root, "demo.cfg", vignetting_pct=20.0, seed=5)
     core = build_core(cfg)
@@ -163,7 +174,7 @@ def test_flat_fields_from_a_scans_tiles_are_stored_and_applied(vignetted_scan, t
     # the estimate follows the camera's own fall-off (what a blank field would give)
     assert 15.0 < flat.fall_off_pct < 25.0, flat.fall_off_pct
     truth = vignetting_map(flat.image.shape, 20.0).astype(np.float64)
-    # 66 tiles of one section: within 2-4 % of it (unseeded runs); the ±3 % a blank field gives
+    # 60 tiles of one section: within 2-4 % of it (unseeded runs); the ±3 % a blank field gives
     # needs a few hundred tiles (tests/analysis/test_calibration.py)
     assert np.max(np.abs(flat.image / (truth / truth.mean()) - 1)) < 0.05
     result = runner.invoke(app, ["analyze", str(path)])
