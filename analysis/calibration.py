@@ -71,12 +71,14 @@ __all__ = [
     "applied_calibration",
     "dark_offsets_adu",
     "flags_from_blocks",
+    "flags_of_reduced_tile",
     "measure_dark",
     "read_calibration_file",
     "read_scan_calibration",
     "scan_calibration",
     "summarise_flags",
     "tile_flags",
+    "uncalibrated",
     "write_calibration_file",
     "write_scan_calibration",
 ]
@@ -316,6 +318,40 @@ def flags_from_blocks(
     background = float(np.percentile(finite, 1.0))
     allowance = 5.0 * read_noise_adu / block_px + 0.5
     return TileFlags(background, background < offset_adu - allowance, int(n_saturated))
+
+
+def flags_of_reduced_tile(
+    block_means_adu: NDArray[np.floating[Any]],
+    raw: NDArray[Any],
+    calibration: AppliedCalibration,
+    *,
+    block_px: int,
+) -> list[TileFlags]:
+    """Per channel, :func:`flags_from_blocks` of a tile as the section analysis reduced it.
+
+    Parameters
+    ----------
+    block_means_adu : (C, h, w) array
+        Dark-corrected block means (the channel's offset is added back here).
+    raw : (C, H, W) array
+        The raw tile (saturation counted at ``2**bits − 1``; 16 bits where unknown).
+    calibration : AppliedCalibration
+        Offsets, read noise (0 where unknown) and bit depths per channel.
+    block_px : int
+    """
+    n = len(calibration.dark_offsets_adu)
+    noise = calibration.read_noise_adu or (0.0,) * n
+    bits = calibration.bit_depths or (None,) * n
+    return [
+        flags_from_blocks(
+            block_means_adu[c] + np.float32(offset),
+            block_px=block_px,
+            n_saturated=int(np.count_nonzero(raw[c] >= 2 ** (bits[c] or 16) - 1)),
+            offset_adu=offset,
+            read_noise_adu=float(noise[c]),
+        )
+        for c, offset in enumerate(calibration.dark_offsets_adu)
+    ]
 
 
 @dataclass(frozen=True)
@@ -620,6 +656,14 @@ class AppliedCalibration:
     description: dict[str, object]
     read_noise_adu: tuple[float, ...] = ()
     bit_depths: tuple[int | None, ...] = ()
+
+
+def uncalibrated(n_channels: int, dark_offset_adu: float) -> AppliedCalibration:
+    """The plan's offset in every channel, no flat field, no size model (no scan calibration given)."""
+    n = int(n_channels)
+    return AppliedCalibration(
+        (float(dark_offset_adu),) * n, (None,) * n, None, (), {}, (0.0,) * n, (None,) * n
+    )
 
 
 def _dark_offsets(

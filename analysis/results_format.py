@@ -78,6 +78,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from acquisition.errors import CordScopeError
 from analysis.maps import REGION_COLUMNS, Heatmaps, RegionRow, SectionAccumulator
+from analysis.tile_flags_format import TileFlagArrays, read_tile_flags, write_tile_flags
 
 __all__ = [
     "ANALYSIS_FORMAT",
@@ -352,63 +353,6 @@ def _where(group: h5py.Group) -> str:
     return f"{group.file.filename}: {group.name}"
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class TileFlagArrays:
-    """Per-tile, per-channel flags of a section (``analysis.calibration.tile_flags``).
-
-    Attributes
-    ----------
-    background_adu : (n_tiles, C) float32
-        Raw background of each tile and channel; NaN where the tile was not analysed.
-    darker_than_offset : (n_tiles, C) bool
-    n_saturated : (n_tiles, C) int64
-        Pixels at full scale; -1 where the tile was not analysed.
-    channel_names : tuple of str
-    bit_depths : tuple of int or None
-        Full scale used per channel (``2**bits − 1``); None where unknown (16 assumed).
-    """
-
-    background_adu: F32
-    darker_than_offset: BoolArray
-    n_saturated: NDArray[np.int64]
-    channel_names: tuple[str, ...] = ()
-    bit_depths: tuple[int | None, ...] = ()
-
-    @property
-    def analysed(self) -> BoolArray:
-        """(n_tiles,) bool: tiles whose flags were computed."""
-        return np.asarray((self.n_saturated >= 0).all(axis=1))
-
-
-def _write_tile_flags(h5_group: h5py.Group, flags: TileFlagArrays) -> None:
-    g = _fresh_group(h5_group, "tile_flags")
-    g.create_dataset("background_adu", data=np.asarray(flags.background_adu, dtype=np.float32))
-    g.create_dataset("darker_than_offset", data=np.asarray(flags.darker_than_offset, dtype=np.uint8))
-    g.create_dataset("n_saturated", data=np.asarray(flags.n_saturated, dtype=np.int64))
-    g.attrs["channel_names"] = json.dumps(list(flags.channel_names))
-    g.attrs["bit_depth"] = json.dumps(list(flags.bit_depths))
-    g.attrs["description"] = (
-        "per tile and channel: background_adu, the 1st percentile of the raw tile's block means; "
-        "darker_than_offset, that background below the dark offset by more than noise allows (the "
-        "offset is wrong, or the camera drifted); n_saturated, pixels at the camera's full scale; "
-        "-1 / NaN where the tile was not analysed"
-    )
-
-
-def read_tile_flags(h5_group: h5py.Group | None) -> TileFlagArrays | None:
-    """The per-tile flags of a section's ``analysis/`` group; None if it has none (older analyses)."""
-    if h5_group is None or "tile_flags" not in h5_group:
-        return None
-    g = h5_group["tile_flags"]
-    return TileFlagArrays(
-        background_adu=np.asarray(g["background_adu"][()], dtype=np.float32),
-        darker_than_offset=np.asarray(g["darker_than_offset"][()], dtype=bool),
-        n_saturated=np.asarray(g["n_saturated"][()], dtype=np.int64),
-        channel_names=tuple(json.loads(_text(g.attrs.get("channel_names", "[]")))),
-        bit_depths=tuple(json.loads(_text(g.attrs.get("bit_depth", "[]")))),
-    )
-
-
 def replace_dataset(group: h5py.Group, name: str, data: Any, **kwargs: Any) -> h5py.Dataset:
     """Create dataset ``name`` in ``group``, replacing one already there."""
     if name in group:
@@ -656,7 +600,7 @@ def write_analysis(
             "or registration is off"
         )
     if tile_flags is not None:
-        _write_tile_flags(h5_group, tile_flags)
+        write_tile_flags(h5_group, tile_flags)
     _stamp(h5_group)
 
 

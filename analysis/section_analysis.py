@@ -68,7 +68,7 @@ import yaml
 from numpy.typing import ArrayLike, NDArray
 
 from acquisition.storage import SectionReader
-from analysis.calibration import AppliedCalibration, flags_from_blocks
+from analysis.calibration import AppliedCalibration, flags_of_reduced_tile, uncalibrated
 from analysis.geometry import (
     affine_from_attr,
     footprint_bbox_um,
@@ -95,9 +95,10 @@ from analysis.mosaic import (
 )
 from analysis.region_edits import analysis_records
 from analysis.regions import SectionAxes, SectionRegions, section_regions
-from analysis.results_format import SavedAnalysis, TileFlagArrays, read_analysis, write_analysis
+from analysis.results_format import SavedAnalysis, read_analysis, write_analysis
 from analysis.settings import AnalysisSettings, segmentation_settings
 from analysis.tile import correct_tile, segment_axons
+from analysis.tile_flags_format import TileFlagArrays, TileFlagTable
 
 __all__ = [
     "LiveSnapshot",
@@ -426,17 +427,11 @@ class SectionAnalysis:
         if len(self.flat_fields) != self.n_channels:
             raise ValueError(f"{len(self.flat_fields)} flat fields for {self.n_channels} channels")
         n_c = self.n_channels
-        self.dark_offsets_adu = (
-            tuple(float(v) for v in calibration.dark_offsets_adu)
-            if calibration is not None
-            else (float(self.settings.dark_offset_adu),) * n_c
-        )
+        self._cal = calibration or uncalibrated(n_c, self.settings.dark_offset_adu)
+        self.dark_offsets_adu = tuple(float(v) for v in self._cal.dark_offsets_adu)
         if len(self.dark_offsets_adu) != n_c:
             raise ValueError(f"{len(self.dark_offsets_adu)} dark offsets for {n_c} channels")
-        self.size_model = None if calibration is None else calibration.size_model
-        self._flag_noise_adu = (calibration.read_noise_adu if calibration else ()) or (0.0,) * n_c
-        self._bit_depths = (calibration.bit_depths if calibration else ()) or (None,) * n_c
-        self._full_scale = tuple(2 ** (b or 16) - 1 for b in self._bit_depths)
+        self.size_model = self._cal.size_model
         self.channel_names = tuple(str(c) for c in channel_names)
         self.read_tile = read_tile
         margin = _grid_margin_um(self.settings, self.rebuilt)
@@ -470,9 +465,7 @@ class SectionAnalysis:
         self._strips: dict[tuple[int, int], NDArray[Any]] = {}
         self._reduced: dict[int, ReducedTile] = {}
         # per-tile flags (analysis.calibration.tile_flags): -1 / NaN until a tile is analysed
-        self.tile_background_adu = np.full((self.n_tiles, n_c), np.nan, dtype=np.float32)
-        self.tile_darker_than_offset = np.zeros((self.n_tiles, n_c), dtype=bool)
-        self.tile_n_saturated = np.full((self.n_tiles, n_c), -1, dtype=np.int64)
+        self.tile_flags = TileFlagTable(self.n_tiles, n_c)
 
     @classmethod
     def from_reader(
@@ -528,9 +521,7 @@ class SectionAnalysis:
             calibration=self.calibration,
         )
         with self._lock:
-            copy.tile_background_adu[...] = self.tile_background_adu
-            copy.tile_darker_than_offset[...] = self.tile_darker_than_offset
-            copy.tile_n_saturated[...] = self.tile_n_saturated
+            copy.tile_flags.copy_from(self.tile_flags)
         return copy
 
     @property
@@ -670,29 +661,15 @@ class SectionAnalysis:
 
     def _flag(self, t: int, raw: NDArray[Any], reduced: ReducedTile) -> None:
         """Per-channel flags of a tile from its block means (dark offset) and its pixels (saturation)."""
-        f = self.lattice.factor
-        for c in range(self.n_channels):
-            flags = flags_from_blocks(
-                reduced.means[c] + np.float32(self.dark_offsets_adu[c]),
-                block_px=f,
-                n_saturated=int(np.count_nonzero(raw[c] >= self._full_scale[c])),
-                offset_adu=self.dark_offsets_adu[c],
-                read_noise_adu=float(self._flag_noise_adu[c]),
-            )
-            with self._lock:
-                self.tile_background_adu[t, c] = flags.background_adu
-                self.tile_darker_than_offset[t, c] = flags.darker_than_offset
-                self.tile_n_saturated[t, c] = flags.n_saturated
+        flags = flags_of_reduced_tile(reduced.means, raw, self._cal, block_px=self.lattice.factor)
+        with self._lock:
+            self.tile_flags.set_tile(t, flags)
 
     def tile_flag_arrays(self) -> TileFlagArrays:
         """The per-tile flags so far (copies)."""
         with self._lock:
-            return TileFlagArrays(
-                background_adu=self.tile_background_adu.copy(),
-                darker_than_offset=self.tile_darker_than_offset.copy(),
-                n_saturated=self.tile_n_saturated.copy(),
-                channel_names=self.channel_names,
-                bit_depths=tuple(self._bit_depths),
+            return self.tile_flags.arrays(
+                self.channel_names, self._cal.bit_depths or (None,) * self.n_channels
             )
 
     def _add_reduced(
@@ -987,9 +964,7 @@ class SectionAnalysis:
             for n, t in enumerate(kept):
                 means[n] = self._reduced[t].means
                 counts[n] = self._reduced[t].axon_counts
-            group.create_dataset("tile_background_adu", data=self.tile_background_adu)
-            group.create_dataset("tile_darker_than_offset", data=self.tile_darker_than_offset)
-            group.create_dataset("tile_n_saturated", data=self.tile_n_saturated)
+            self.tile_flags.save(group)
 
     def load_state(self, group: h5py.Group) -> None:
         """Restore the state written by :meth:`save_state` into this (freshly made) section."""
@@ -1014,10 +989,7 @@ class SectionAnalysis:
                 means, counts = group["reduced_means"], group["reduced_axon_counts"]
                 for n, t in enumerate(group["reduced_tiles"][()]):
                     self._reduced[int(t)] = ReducedTile(means[n], counts[n])
-            if "tile_n_saturated" in group:
-                self.tile_background_adu[...] = group["tile_background_adu"][()]
-                self.tile_darker_than_offset[...] = group["tile_darker_than_offset"][()]
-                self.tile_n_saturated[...] = group["tile_n_saturated"][()]
+            self.tile_flags.load(group)
 
 
 def saved_snapshot(group: h5py.Group, section_id: str) -> LiveSnapshot:
