@@ -557,8 +557,9 @@ def info(
         ),
     ] = False,
 ) -> None:
-    """Summarise a scan file: sections, tiles done/failed/pending, size, duration."""
+    """Summarise a scan file: sections, tiles done/failed/pending, size, duration, calibration, tile flags."""
     from acquisition.storage import ScanFile, TileCheck
+    from cordscope.calibration_tables import print_calibration, read_report
 
     checks: dict[str, TileCheck] = {}
     with ScanFile.open(scan_file) as scan_data:
@@ -567,6 +568,7 @@ def info(
         being_written = scan_data.live
         if verify:
             checks = {sid: scan_data.section(sid).check_done_tiles() for sid in scan_data.section_ids}
+        report = read_report(scan_data)
     console.print(f"[bold]{summary.path}[/]  format v{summary.format_version}, created {summary.created}")
     width = max((len(sid) for sid in summary.sections), default=7)
     table = Table("animal", "group", "level", "orientation", "done", "failed", "pending", "tiles")
@@ -595,6 +597,7 @@ def info(
     console.print(
         f"{summary.done}/{summary.n_tiles} tiles, {summary.file_size_bytes / 1e6:.1f} MB, {duration}; {state}"
     )
+    print_calibration(console, report)
     if verify:
         _print_verification(scan_file, checks)
 

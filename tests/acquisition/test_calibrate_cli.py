@@ -163,7 +163,8 @@ def test_flat_fields_from_a_scans_tiles_are_stored_and_applied(vignetted_scan, t
     shutil.copy(vignetted_scan, path)
     result = runner.invoke(app, ["flatfield", str(path), "--channel", "tdTomato"])
     assert result.exit_code == 0, result.output
-    assert "cordscope analyze" in result.output
+    out = " ".join(result.output.split())
+    assert "cordscope analyze" in out and "tdTomato: only 60 tiles" in out and "blank field" in out
     with h5py.File(path, "r") as f:
         group = f["calibration"]
         assert "flat/tdTomato" in group and "flat/DAPI" not in group
@@ -211,3 +212,52 @@ def test_bad_calibration_commands_are_one_line(tmp_path, args, message):
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split())
     assert not (cfg.parent / "demo.calibration").exists()
+
+
+@pytest.mark.slow
+def test_info_shows_the_calibration_and_the_flags(vignetted_scan, tmp_path):
+    path = tmp_path / "s.h5"
+    shutil.copy(vignetted_scan, path)
+    result = runner.invoke(app, ["info", str(path)], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    rows = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.count("│") > 8}
+    # before an analysis: what the file holds (dark frames at the scan's exposures)
+    assert re.search(
+        r"│ (99\.9\d|100\.0\d) +│ 3\.\d\d +│ dark frames +│ 4 × 20 ms, 16-bit +│ none", rows["DAPI"]
+    )
+    assert "4 × 50 ms, 16-bit" in rows["tdTomato"]
+    assert "no PSF calibration" in result.output and "not analysed yet" in result.output
+    assert runner.invoke(app, ["flatfield", str(path), "--channel", "tdTomato"]).exit_code == 0
+    assert runner.invoke(app, ["analyze", str(path)]).exit_code == 0
+    result = runner.invoke(app, ["info", str(path)], env={"COLUMNS": "250"})
+    rows = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.count("│") > 8}
+    assert re.search(
+        r"│ scan_tiles \(estimated from 60 of the scan's tiles .*│ \d+\.\d +│ 0/60 +│ 0/60", rows["tdTomato"]
+    )
+    assert re.search(r"│ none +│ — +│ 0/60 +│ 0/60", rows["DAPI"])
+    assert "not analysed yet" not in result.output
+    assert "no PSF calibration: axon objects keep their apparent (blurred) area" in result.output
+    # a damaged flag group: info still shows the rest and says what it cannot read
+    with h5py.File(path, "r+") as f:
+        del f["sections/rat01-Th7/analysis/tile_flags/n_saturated"]
+    result = runner.invoke(app, ["info", str(path)], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    assert (
+        "60/60 tiles" in result.output and "calibration: cannot be read from s.h5 (KeyError" in result.output
+    )
+
+
+@pytest.mark.slow
+def test_scan_prints_one_calibration_line(tmp_path):
+    cfg = _config(tmp_path, "demo.cfg")
+    plan = demo_plan(
+        output=tmp_path / "s.h5", section_ids=["rat01-Th7"], focus={"strategy": "fixed", "z_um": 0.0}
+    )
+    (tmp_path / "plan.yaml").write_text(plan.to_yaml())
+    result = runner.invoke(app, ["scan", str(tmp_path / "plan.yaml"), "--config", str(cfg), "--no-analysis"])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("calibration:")]
+    channel = r"offset (99\.9\d|100\.0\d) ADU \(dark frames, read noise 3\.\d\d\)"
+    assert len(lines) == 1 and re.fullmatch(
+        rf"calibration: DAPI {channel}; tdTomato {channel}; no PSF calibration", lines[0]
+    ), lines
