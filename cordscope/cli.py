@@ -690,7 +690,7 @@ def analyze(
     scan_files: Annotated[list[Path], typer.Argument(help="Finished scan file(s) (.h5).")],
     dark_offset_adu: Annotated[
         float | None,
-        typer.Option(help="Camera dark offset subtracted from every tile (ADU); default: the plan's (100)."),
+        typer.Option(help="Camera offset subtracted from every tile (ADU); default: the scan's dark frames."),
     ] = None,
     bin_um: Annotated[
         float | None, typer.Option(help="Heatmap bin size (µm); default: the plan's (50).")
@@ -752,7 +752,9 @@ def analyze(
 
                 with ScanFile.open(path) as scan:
                     stored = settings_of_scan(scan.plan_yaml).model_dump()
-                settings = AnalysisSettings.model_validate({**stored, **overrides})
+                # an offset given here is the one subtracted, not the scan's dark frames'
+                fixed = {"dark_offset_from": "plan"} if dark_offset_adu is not None else {}
+                settings = AnalysisSettings.model_validate({**stored, **overrides, **fixed})
             tables, kept, problems = analyze_keeping_regions(path, settings=settings)
             print_region_tables(console, path.name, tables, sections=_section_ids(path))
             console.print(f"wrote the analysis into {path} and {region_csv_path(path)}")

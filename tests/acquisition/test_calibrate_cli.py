@@ -261,3 +261,15 @@ def test_scan_prints_one_calibration_line(tmp_path):
     assert len(lines) == 1 and re.fullmatch(
         rf"calibration: DAPI {channel}; tdTomato {channel}; no PSF calibration", lines[0]
     ), lines
+
+
+@pytest.mark.slow
+def test_an_offset_given_to_analyze_is_the_one_subtracted(vignetted_scan, tmp_path):
+    path = tmp_path / "s.h5"
+    shutil.copy(vignetted_scan, path)
+    result = runner.invoke(app, ["analyze", str(path), "--dark-offset-adu", "90"])
+    assert result.exit_code == 0, result.output
+    with h5py.File(path, "r") as f:
+        params = read_analysis(f["sections/rat01-Th7/analysis"], with_mosaic=False).parameters
+    assert params["dark_offsets_adu"] == {"DAPI": 90.0, "tdTomato": 90.0}
+    assert params["calibration"]["dark_offset_source"] == {"DAPI": "plan", "tdTomato": "plan"}
