@@ -142,7 +142,7 @@ def _restored(core: CMMCorePlus) -> Iterator[None]:
             core.setConfig(group, channel)
         core.setExposure(exposure)
         if shutter:
-            core.setShutterOpen(was_open)
+            core.setShutterOpen(shutter, was_open)
         core.setAutoShutter(auto)
         if xy is not None:
             core.setXYPosition(*xy)
@@ -259,8 +259,8 @@ def acquire_dark_frames(
     out: dict[str, CalibrationFrames] = {}
     with _restored(core):
         core.setAutoShutter(False)
-        if shutter:
-            core.setShutterOpen(False)
+        if shutter:  # named: pymmcore-plus' one-argument form announces a Python shutter as ""
+            core.setShutterOpen(shutter, False)
         for channel, exposure in exposures_ms.items():
             _set_channel(core, channel, exposure, channel_group)
             frames = _snap(core, n_frames, device_call)

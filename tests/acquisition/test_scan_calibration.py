@@ -16,6 +16,7 @@ from acquisition.calibration import (
     flat_file,
     psf_file,
     scan_calibration_files,
+    scan_calibration_inputs,
 )
 from acquisition.demo.plans import demo_plan
 from acquisition.hardware import build_core
@@ -254,3 +255,16 @@ def test_parts_kept_unless_replaced(tmp_path):
         assert not group["psf/image"][()].any()
         assert copy_calibration_parts(group, src, ["psf"]) == ["psf"]
         np.testing.assert_array_equal(group["psf/image"][()], np.arange(3.0))
+
+
+def test_dark_frames_announce_the_shutter_by_its_label(core):
+    """pymmcore-plus' one-argument setShutterOpen named a Python shutter "" (GUI widgets raised)."""
+    changed: list[tuple[str, str, str]] = []
+    core.events.propertyChanged.connect(lambda dev, prop, value: changed.append((dev, prop, value)))
+    scan_calibration_inputs(
+        core, channel_group="Channel", exposures_ms=EXPOSURES, tracer_channel="tdTomato", objective="10x",
+        config_path=None,
+    )  # fmt: skip
+    shutter = core.getShutterDevice()
+    assert "" not in {dev for dev, _, _ in changed}
+    assert [c for c in changed if c[0] == shutter] == [(shutter, "State", "0")] * 2  # closed, put back
