@@ -34,6 +34,7 @@ from acquisition.demo import find_demo_hub
 from acquisition.hardware import build_core
 from acquisition.rig_profile import load_rig_profile, rig_profile_path
 from acquisition.roles import decide_channel_group, decide_objective_group
+from acquisition.storage import StorageError, in_use
 from analysis.calibration import measure_dark, write_calibration_file
 from analysis.flatfield import flat_from_blank
 from analysis.psf import measure_psf_from_beads
@@ -329,6 +330,11 @@ def _blank_field_flat(
 
 def run_flatfield_from_scan(console: Console, scan_file: Path, channels: Sequence[str]) -> dict[str, Any]:
     """Flat fields from a scan's own tiles, stored in its ``/calibration``; return them per channel."""
+    if scan_file.is_file() and in_use(scan_file):
+        raise StorageError(
+            f"{scan_file} is in use (a running scan writes it, or a program has it open); estimate its "
+            "flat fields once that scan has ended or the program has closed it"
+        )
     flats = scan_flat_fields(scan_file, channels=list(channels) or None)
     store_flat_fields(scan_file, flats)
     for ch, flat in flats.items():

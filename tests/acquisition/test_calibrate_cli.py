@@ -25,7 +25,7 @@ from acquisition.demo.devices import vignetting_map
 from acquisition.demo.plans import demo_plan
 from acquisition.hardware import build_core
 from acquisition.session import ScanSession
-from acquisition.storage import read_sources
+from acquisition.storage import ScanWriter, read_sources
 from analysis.calibration import measure_dark, read_calibration_file
 from analysis.flatfield import read_flat
 from analysis.results_format import read_analysis
@@ -161,6 +161,12 @@ def vignetted_scan(tmp_path_factory) -> Path:
 def test_flat_fields_from_a_scans_tiles_are_stored_and_applied(vignetted_scan, tmp_path):
     path = tmp_path / "s.h5"
     shutil.copy(vignetted_scan, path)
+    writer = ScanWriter.open_for_resume(path)  # a running scan holds the file
+    try:
+        result = runner.invoke(app, ["flatfield", str(path)])
+    finally:
+        writer.close()
+    assert result.exit_code == 2 and "is in use" in " ".join(result.output.split()), result.output
     result = runner.invoke(app, ["flatfield", str(path), "--channel", "tdTomato"])
     assert result.exit_code == 0, result.output
     out = " ".join(result.output.split())
@@ -202,6 +208,7 @@ def test_flat_fields_from_a_scans_tiles_are_stored_and_applied(vignetted_scan, t
         pytest.param(
             ["flatfield", "--objective", "10x", "--frames", "0"], "--frames", id="flatfield-no-frames"
         ),
+        pytest.param(["flatfield", "missing.h5"], "missing.h5", id="flatfield-no-such-scan"),
     ],
 )
 def test_bad_calibration_commands_are_one_line(tmp_path, args, message):
