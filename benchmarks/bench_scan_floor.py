@@ -69,8 +69,9 @@ def _one_run(core: Any, path: Path, channel_order: str, *, checks: bool = True) 
         marks["t_start"] = time.perf_counter()
         marks["sequence"] = sequence
         marks["start_xy"] = tuple(core.getXYPosition())
-        channel = core.getCurrentConfig(plan.channel_group)
-        marks["start_channel"] = (plan.channel_group, channel) if channel else None
+        group = session.controller.plan.channel_group  # the groups the scan decided (roles)
+        channel = core.getCurrentConfig(group)
+        marks["start_channel"] = (group, channel) if channel else None
 
     def finished(_sequence: Any) -> None:
         marks["t_end"] = time.perf_counter()
@@ -93,7 +94,7 @@ def _one_run(core: Any, path: Path, channel_order: str, *, checks: bool = True) 
     assert result.complete, result.scan.message
     floor = scan_floor(
         marks["sequence"],
-        HardwareTiming.from_core(core, channel_group=plan.channel_group),
+        HardwareTiming.from_core(core, channel_group=session.controller.plan.channel_group),
         channel_order=channel_order,
         start_xy_um=marks["start_xy"],
         start_channel=marks["start_channel"],
