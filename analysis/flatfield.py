@@ -296,7 +296,9 @@ def flat_from_tiles(
         )
     # tile level × flat: each tile's level is taken from its blocks divided by the current flat,
     # so where in the frame a tile's tissue lies does not bias its level (alternating medians)
-    values = np.where(usable, stack, np.nan)
+    # tiles without a usable block (glass, or empty) carry no level: left out (an all-NaN median)
+    with_tissue = usable.any(axis=(1, 2))
+    values = np.where(usable, stack, np.nan)[with_tissue]
     flat_blocks = np.ones(stack.shape[1:])
     for _ in range(_ITERATIONS):
         with np.errstate(all="ignore"):
