@@ -44,7 +44,7 @@ import numpy as np
 from numpy.typing import NDArray
 from pymmcore_plus import CMMCorePlus
 
-from acquisition.engine import AbortRequested, DeviceTimeoutError
+from acquisition.engine import AbortRequested, DeviceTimeoutError, unanswered_device_calls
 from acquisition.errors import CordScopeError
 from acquisition.storage import DarkFrames
 
@@ -137,19 +137,38 @@ def _restored(core: CMMCorePlus) -> Iterator[None]:
     z = core.getPosition() if core.getFocusDevice() else None
     try:
         yield
-    finally:
-        if group and channel:
-            core.setConfig(group, channel)
-        core.setExposure(exposure)
-        if shutter:
-            core.setShutterOpen(shutter, was_open)
-        core.setAutoShutter(auto)
-        if xy is not None:
-            core.setXYPosition(*xy)
-            core.waitForDevice(core.getXYStageDevice())
-        if z is not None:
-            core.setPosition(z)
-            core.waitForDevice(core.getFocusDevice())
+    except BaseException:
+        # a device that does not answer still holds its call (a time-out, or an abort while
+        # waiting for it): touching it again would hang this thread too, and the command must end
+        if not unanswered_device_calls():
+            _put_back(core, group, channel, exposure, shutter, was_open, auto, xy, z)
+        raise
+    _put_back(core, group, channel, exposure, shutter, was_open, auto, xy, z)
+
+
+def _put_back(
+    core: CMMCorePlus,
+    group: str,
+    channel: str,
+    exposure: float,
+    shutter: str,
+    was_open: bool,
+    auto: bool,
+    xy: Sequence[float] | None,
+    z: float | None,
+) -> None:
+    if group and channel:
+        core.setConfig(group, channel)
+    core.setExposure(exposure)
+    if shutter:
+        core.setShutterOpen(shutter, was_open)
+    core.setAutoShutter(auto)
+    if xy is not None:
+        core.setXYPosition(*xy)
+        core.waitForDevice(core.getXYStageDevice())
+    if z is not None:
+        core.setPosition(z)
+        core.waitForDevice(core.getFocusDevice())
 
 
 def _set_channel(core: CMMCorePlus, channel: str, exposure_ms: float, group: str | None = None) -> None:

@@ -16,6 +16,7 @@ import h5py
 import numpy as np
 import pytest
 
+from acquisition.calibration import DARK_FRAMES_PER_CHANNEL
 from acquisition.controller import ScanController
 from acquisition.engine import DeviceTimeoutError, unanswered_device_calls
 from acquisition.hardware import build_core
@@ -92,7 +93,10 @@ def test_3_overwrite_refuses_a_file_a_running_scan_writes(scan_copy: Path, monke
 def test_4_a_camera_hanging_in_the_focus_map_fails_the_scan_at_once(tmp_path: Path) -> None:
     """Before: the focus map's snaps had no watchdog: the scan waited out every hang (4 s each here;
     forever for a camera that never answers)."""
-    config = fault_config(tmp_path, "Camera,HangEveryNthSnap,5", "Camera,Hang_s,4")
+    # the dark frames (two channels) come first
+    config = fault_config(
+        tmp_path, f"Camera,HangEveryNthSnap,{2 * DARK_FRAMES_PER_CHANNEL + 5}", "Camera,Hang_s,4"
+    )
     plan = small_plan(
         tmp_path / "scan.h5",
         config=config,
@@ -157,7 +161,10 @@ def test_4_abort_during_the_focus_map_stops_the_scan(tmp_path: Path) -> None:
 @pytest.mark.parametrize("interrupt", [False, True], ids=["device-dead", "ctrl-c"])
 def test_5_a_hung_device_never_keeps_the_command_alive(tmp_path: Path, interrupt: bool) -> None:
     """Before: after "device not answering" the command never ended (Ctrl-C ignored) and exited 1."""
-    config = fault_config(tmp_path, "Camera,HangEveryNthSnap,3", "Camera,Hang_s,3600")
+    # the third snap of the scan, after the dark frames (two channels)
+    config = fault_config(
+        tmp_path, f"Camera,HangEveryNthSnap,{2 * DARK_FRAMES_PER_CHANNEL + 3}", "Camera,Hang_s,3600"
+    )
     plan = write_plan(tmp_path, config=config, reliability={"max_retries": 1, "tile_timeout_s": 0.5})
     proc = subprocess.Popen(
         [*CORDSCOPE, "scan", str(plan), "--no-analysis"],

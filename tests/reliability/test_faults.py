@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from acquisition.calibration import DARK_FRAMES_PER_CHANNEL
 from acquisition.storage import ScanFile, TileStatus
 from tests.reliability.helpers import SECTION, fault_config, run_cli, write_plan
 
@@ -123,10 +124,21 @@ def test_a_focus_map_over_bare_glass_is_one_line(tmp_path: Path, monkeypatch) ->
     assert run.exit_code == 2 and "no focus point succeeded" in line, line
 
 
+#: Snaps of the dark frames every scan takes first (two channels).
+DARK_SNAPS = 2 * DARK_FRAMES_PER_CHANNEL
+
+
 @pytest.mark.slow
-def test_a_camera_that_never_answers_in_the_focus_map_ends_the_command(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("nth_snap", "where"),
+    [(DARK_SNAPS + 4, "during the focus map"), (3, "during preparation")],
+    ids=["focus-map", "dark-frames"],
+)
+def test_a_camera_that_never_answers_before_the_scan_ends_the_command(
+    tmp_path: Path, nth_snap: int, where: str
+) -> None:
     """A subprocess: the command exits 2 within seconds although the hung call never returns."""
-    config = fault_config(tmp_path, "Camera,HangEveryNthSnap,4", "Camera,Hang_s,3600")
+    config = fault_config(tmp_path, f"Camera,HangEveryNthSnap,{nth_snap}", "Camera,Hang_s,3600")
     focus = {"strategy": "focus_map", "points_per_section": 1, "z_um": 0.0}
     plan = write_plan(
         tmp_path, config=config, focus=focus, reliability={"max_retries": 1, "tile_timeout_s": 0.5}
@@ -147,5 +159,5 @@ def test_a_camera_that_never_answers_in_the_focus_map_ends_the_command(tmp_path:
             os.killpg(proc.pid, signal.SIGKILL)
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert proc.returncode == 2, (out, err)
-    assert len(lines) == 1 and "not answering during the focus map" in lines[0], err
+    assert len(lines) == 1 and f"not answering {where}" in lines[0], err
     assert time.monotonic() - t0 < 60
