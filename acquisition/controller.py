@@ -33,16 +33,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import shapely
 import useq
 from psygnal import Signal, SignalGroup
 from pymmcore_plus import CMMCorePlus
 from pymmcore_plus.metadata import summary_metadata
 
-from .engine import DeviceTimeoutError, ScanEngine, TileRef, _one_line
+from .engine import AbortRequested, DeviceCalls, DeviceTimeoutError, ScanEngine, TileRef, _one_line
 from .errors import CordScopeError
+from .pixel_geometry import covered_extent_um, pixel_size_from_affine
 from .plan import (
+    ChannelSetting,
     PlannedTile,
     ScanPlan,
+    pixel_affine_for_objective,
     plan_from_yaml,
     resolve_plan_groups,
     section_tiles,
@@ -50,10 +54,13 @@ from .plan import (
     tile_size_um,
     validate_plan,
 )
+from .plan.compile import minimal_cover
+from .retake import NeighbourSharpness, RetakeRunner
 from .roles import pixel_affine_um
 from .storage import (
     EventKind,
     MDAWriterOutput,
+    NeedsRepair,
     ScanFile,
     ScanWriter,
     SectionLayout,
@@ -61,8 +68,10 @@ from .storage import (
     TileStatus,
     TileStored,
     parse_tile_name,
+    pass_key,
     tile_name,
 )
+from .storage.repair import describe_repairs
 
 __all__ = [
     "DeviceTimeoutError",
@@ -145,6 +154,12 @@ class ScanResult:
     elapsed_s: float
     file_size_bytes: int
     message: str = ""
+    tiles_retaken: int = 0
+    """Tiles refocused and imaged again because they were blurred (see :mod:`acquisition.retake`)."""
+    retake_time_s: float = 0.0
+    """Time the sharpness checks' probes, refocusing and retakes took (s)."""
+    retried_calls: int = 0
+    """Device calls of this run that failed and were retried (focus map included)."""
 
     @property
     def complete(self) -> bool:
@@ -244,6 +259,8 @@ class _Counters:
     failed: set[TileRef] = field(default_factory=set)  # failed and not (yet) redone
     finished_this_run: int = 0  # done or failed in this run
     to_do_this_run: int = 0
+    retaken: int = 0
+    retake_time_s: float = 0.0
 
 
 class ScanController:
@@ -286,6 +303,8 @@ class ScanController:
         self._state: ScanState = "idle"
         self._abort_requested = False
         self._abort_reason = ""
+        self._failure: str | None = None  # why the scan stopped on its own (dead device, disk)
+        self._n_retried_calls = 0
         self._result: ScanResult | None = None
         self._counters = _Counters()
         self._current_section: str | None = None
@@ -294,6 +313,10 @@ class ScanController:
         self._output: ScanOutput | None = None
         self._engine: ScanEngine | None = None
         self._focus_points: dict[str, list[list[float]]] = {}
+        self._z_of: Callable[[str, float, float], float] | None = None
+        self.adaptive_targets: Callable[[str], list[list[tuple[float, float]]]] | None = None
+        """For the plan's adaptive pass: ``f(section_id)`` → polygons (stage µm) to image again
+        (set by :class:`~acquisition.session.ScanSession` from its live analysis)."""
 
     # ------------------------------------------------------------ creation
 
@@ -343,12 +366,29 @@ class ScanController:
             self._set_state("scanning")
 
     def abort(self, reason: str = "aborted by the user") -> None:
-        """Stop after the current event; the file stays resumable."""
+        """Stop after the current event (also during the focus map); the file stays resumable."""
         with self._lock:
-            self._abort_requested = True
-            self._abort_reason = reason
+            if not self._abort_requested:
+                self._abort_requested = True
+                self._abort_reason = reason
         if self.core.mda.is_running():
             self.core.mda.cancel()
+
+    def _stop_on_fault(self, reason: str) -> None:
+        """Stop the scan because it cannot go on (a dead device, a disk error): it ends *failed*."""
+        with self._lock:
+            if self._failure is None:
+                self._failure = reason
+        self.abort(reason)
+
+    def _stop_reason(self) -> str | None:
+        with self._lock:
+            return self._abort_reason if self._abort_requested else None
+
+    @property
+    def n_retried_calls(self) -> int:
+        """Device calls of this run that failed and were retried (focus map included)."""
+        return self._n_retried_calls
 
     # ---------------------------------------------------------------- run
 
@@ -364,19 +404,40 @@ class ScanController:
         self._t0 = time.perf_counter()
         try:
             writer, tiles = self._prepare()
+        except AbortRequested:
+            # stopped before a file existed (e.g. Ctrl-C during the focus map): nothing to resume
+            message = (
+                f"{self._abort_reason} during {self._state_words()}; nothing was acquired and "
+                f"{self.output_path.name} was not written"
+            )
+            self._set_state("aborted")
+            self._message("warning", message)
+            self._result = self._make_result("aborted", message=message)
+            self.events.finished.emit(self._result)
+            return self._result
         except Exception as e:
+            message = _one_line(e)
+            if isinstance(e, DeviceTimeoutError):
+                message = f"device not answering during {self._state_words()}: {message}"
             self._set_state("failed")
-            self._message("error", _one_line(e))
-            self._result = self._make_result("failed", message=_one_line(e))
+            self._message("error", message)
+            self._result = self._make_result("failed", message=message)
             self.events.finished.emit(self._result)
             raise
         try:
             self._scan(writer, tiles)
         finally:
-            writer.close()
-        assert self._result is not None
+            try:
+                writer.close()
+            except StorageError as e:  # the tiles done are safe; say so instead of a traceback
+                self._stop_on_fault(f"cannot close the scan file: {e}")
+        if self._result is None:  # the run ended before _scan could say how (it re-raised)
+            self._result = self._make_result("failed", message=self._failure or "the scan stopped")
         self.events.finished.emit(self._result)
         return self._result
+
+    def _state_words(self) -> str:
+        return {"focusing": "the focus map", "preparing": "preparation"}.get(self._state, self._state)
 
     def _prepare(self) -> tuple[ScanWriter, list[PlannedTile]]:
         self._set_state("preparing")
@@ -391,14 +452,19 @@ class ScanController:
             overwrite=self._overwrite,
             resume=resuming,
         )
+        if not resuming:
+            _make_output_folder(self.output_path)
         assert plan.objective_group is not None  # resolved above
         core.setConfig(plan.objective_group, plan.objective)
         core.waitForConfig(plan.objective_group, plan.objective)
         if resuming:
             writer = ScanWriter.open_for_resume(self.output_path)
+            for repairs in writer.repairs_since_last_run():
+                self._message("warning", describe_repairs(self.output_path, repairs))
             self._check_resume_matches(writer)
         else:
             writer = self._create_file()
+        writer.fsync_per_tile = plan.reliability.fsync == "per_tile"
         try:
             tiles = self._pending_tiles(writer)
             self._count(writer)
@@ -458,7 +524,11 @@ class ScanController:
                     tile_shape_px=(core.getImageHeight(), core.getImageWidth()),
                     pixel_size_um=core.getPixelSizeUm(),
                     pixel_affine_um=affine,
-                    tile_size_um=size_um,
+                    # the camera's field (width, height) on the slide; tiles are spaced by size_um
+                    tile_size_um=(
+                        core.getImageWidth() * core.getPixelSizeUm(),
+                        core.getImageHeight() * core.getPixelSizeUm(),
+                    ),
                     planned_tile_z_um=z,
                     attrs=attrs,
                 )
@@ -476,6 +546,11 @@ class ScanController:
         )
 
     def _focus_function(self, centres: Mapping[str, np.ndarray]) -> Callable[[str, float, float], float]:
+        z_of = self._measure_focus(centres)
+        self._z_of = z_of
+        return z_of
+
+    def _measure_focus(self, centres: Mapping[str, np.ndarray]) -> Callable[[str, float, float], float]:
         plan, core = self.plan, self.core
         self._focus_points = {}
         if plan.focus.strategy == "fixed":
@@ -485,6 +560,12 @@ class ScanController:
 
         self._set_state("focusing")
         anatomy = plan.anatomy_channel
+        calls = DeviceCalls(
+            max_retries=plan.reliability.max_retries,
+            timeout_s=plan.reliability.tile_timeout_s,
+            should_stop=self._stop_reason,
+            on_retry=lambda what, attempt, e: self._retried(f"focus map: {what}", attempt, e),
+        )
         focus_map = build_focus_map(
             core,
             {s.id: np.asarray(s.polygon_um, dtype=np.float64) for s in plan.sections},
@@ -498,6 +579,7 @@ class ScanController:
             fine_step_um=plan.focus.fine_step_um,
             z_start_um=plan.focus.z_um,
             progress=lambda sid, i, n: self._message("info", f"focus map: section {sid}, point {i} of {n}"),
+            device_call=calls.call,
         )
         self._focus_points = {
             sid: np.asarray(pts, dtype=float).tolist() for sid, pts in focus_map.points_um.items()
@@ -524,24 +606,65 @@ class ScanController:
         c = self._counters
         with self._lock:
             c.failed.clear()
-            for sid in writer.section_ids:
+            for sid in (*writer.section_ids, *writer.pass_keys):
                 status = writer.tile_status_array(sid)
                 c.totals[sid] = int(status.size)
                 c.done[sid] = int(np.count_nonzero(status == TileStatus.DONE))
                 c.failed.update(TileRef(sid, int(t)) for t in np.flatnonzero(status == TileStatus.FAILED))
 
-    def _sequence(self, tiles: Sequence[PlannedTile]) -> useq.MDASequence:
-        return sequence_for_tiles(self.plan, tiles)
-
     def _scan(self, writer: ScanWriter, tiles: list[PlannedTile]) -> None:
-        core, plan = self.core, self.plan
+        plan = self.plan
         c = self._counters
         c.to_do_this_run = len(tiles)
-        if not tiles:
+        if not tiles and (plan.adaptive is None or self.adaptive_targets is None):
             self._result = self._make_result("finished", message="nothing to do: every tile is done")
             self._set_state("finished")
             return
-        sequence = self._sequence(tiles)
+        self._set_state("scanning")
+        self._emit_progress()
+        error = self._run_tiles(writer, tiles, retake=True) if tiles else None
+        if error is None and not self._abort_requested and plan.adaptive is not None:
+            error = self._adaptive_pass(writer)
+        try:
+            writer.flush()
+        except StorageError as e:  # the writer stopped on a disk error (already reported, or now)
+            self._stop_on_fault(str(e))
+        self._count(writer)
+        state: ScanState
+        if error is not None:
+            state = "failed"
+            message = f"scan stopped by an error: {_one_line(error)}"
+        elif self._failure is not None:
+            state, message = "failed", self._failure
+        elif self._abort_requested:
+            state, message = "aborted", self._abort_reason
+        else:
+            state, message = "finished", ""
+        try:
+            if state != "finished":
+                message = message.rstrip(". ")
+                message += f"; {self.output_path} is resumable: cordscope scan --resume {self.output_path}"
+                writer.log_event(EventKind.STOPPED, state=state, reason=message)
+            else:
+                writer.log_event(EventKind.FINISHED)
+        except StorageError as e:
+            logger.info("could not log the end of the scan: %s", e)  # the writer has stopped; tiles are safe
+        self._result = self._make_result(state, message=message)
+        self._set_state(state)
+        if state != "finished":
+            self._message("error" if state == "failed" else "warning", message)
+
+    def _run_tiles(
+        self,
+        writer: ScanWriter,
+        tiles: Sequence[PlannedTile],
+        *,
+        retake: bool,
+        channels: Sequence[ChannelSetting] | None = None,
+    ) -> BaseException | None:
+        """Acquire tiles with one MDA run; returns the error that stopped it, if any."""
+        core, plan = self.core, self.plan
+        sequence = sequence_for_tiles(plan, tiles, channels=channels)
 
         def tile_of(event: useq.MDAEvent) -> TileRef:
             return _tile_ref_from_name(event)
@@ -557,10 +680,12 @@ class ScanController:
             max_retries=plan.reliability.max_retries,
             timeout_s=plan.reliability.tile_timeout_s,
             on_tile_failed=self._tile_failed,
+            channel_order=plan.channel_order,
+            retake=self._retake_runner(sequence) if retake else None,
+            on_retry=lambda tile, what, attempt, e: self._retried(f"tile {tile}: {what}", attempt, e),
+            should_stop=self._stop_reason,
         )
         previous_engine = core.mda.set_engine(self._engine)
-        self._set_state("scanning")
-        self._emit_progress()
         error: BaseException | None = None
         try:
             with self._current_section_tracking():
@@ -570,24 +695,122 @@ class ScanController:
         finally:
             if previous_engine is not None:
                 core.mda.set_engine(previous_engine)
-        writer.flush()
+        return error
+
+    # ------------------------------------------------------- adaptive pass
+
+    def _adaptive_pass(self, writer: ScanWriter) -> BaseException | None:
+        """Add and acquire the plan's adaptive pass (see :class:`~acquisition.plan.AdaptiveSettings`).
+
+        Sections that have no pass yet get one from :attr:`adaptive_targets`
+        (what to image again, from the live analysis of the first pass); a
+        resumed scan acquires what its passes still miss. One objective
+        change for the whole pass.
+        """
+        plan, core = self.plan, self.core
+        adaptive = plan.adaptive
+        assert adaptive is not None
+        name = _pass_name(adaptive.objective)
+        group = plan.groups[1]
+        channels = [plan.tracer_channel] if adaptive.channels == "tracer" else list(plan.channels)
+        affine = pixel_affine_for_objective(core, group, adaptive.objective)
+        pixel_um = pixel_size_from_affine(affine)
+        _, _, width_px, height_px = (int(v) for v in core.getROI())
+        size_um = covered_extent_um(affine, (width_px, height_px))
+        if self.adaptive_targets is None:
+            self._message(
+                "warning", "adaptive pass skipped: it needs the live analysis (scan with analysis on)"
+            )
+            return None
+        tiles: list[PlannedTile] = []
+        for sid in writer.section_ids:
+            key = pass_key(sid, name)
+            if key not in writer.pass_keys:
+                if not np.any(writer.tile_status_array(sid) == TileStatus.DONE):
+                    continue
+                try:
+                    polygons = self.adaptive_targets(sid)
+                except Exception as e:  # the first pass is safe; the section keeps its first-pass numbers
+                    self._message("warning", f"adaptive pass: section {sid} skipped: {_one_line(e)}")
+                    continue
+                if not polygons:
+                    self._message("info", f"adaptive pass: nothing to image again in section {sid}")
+                    continue
+                target = shapely.unary_union([shapely.Polygon(v) for v in polygons])
+                centres = minimal_cover(target, tile_size_um=size_um, overlap_pct=plan.overlap_pct)
+                z = self._pass_focus(writer, sid, centres) + adaptive.z_offset_um
+                writer.add_pass(
+                    SectionLayout(
+                        section_id=sid,
+                        tile_xy_um=centres,
+                        channel_names=tuple(ch.preset for ch in channels),
+                        n_z=plan.n_z_slices,
+                        tile_shape_px=(height_px, width_px),
+                        pixel_size_um=pixel_um,
+                        pixel_affine_um=affine,
+                        tile_size_um=(width_px * pixel_um, height_px * pixel_um),
+                        planned_tile_z_um=z,
+                    ),
+                    section_id=sid,
+                    name=name,
+                    attrs={
+                        "kind": "adaptive",
+                        "objective": adaptive.objective,
+                        "region": adaptive.region,
+                        "min_pct_axonal_area": adaptive.min_pct_axonal_area,
+                        "target_polygons_um": [np.asarray(v, dtype=float).tolist() for v in polygons],
+                    },
+                )
+                writer.log_event(
+                    EventKind.ADAPTIVE_PASS, section=sid, objective=adaptive.objective, n_tiles=len(centres)
+                )
+                self._message(
+                    "info", f"adaptive pass: {len(centres)} tiles at {adaptive.objective} in section {sid}"
+                )
+            xy, z_planned = writer.tile_xy_um(key), writer.planned_tile_z_um(key)
+            for t in np.flatnonzero(writer.tile_status_array(key) != TileStatus.DONE):
+                zt = float(z_planned[t])
+                tiles.append(
+                    PlannedTile(
+                        key, int(t), float(xy[t, 0]), float(xy[t, 1]), zt if np.isfinite(zt) else None
+                    )
+                )
         self._count(writer)
-        if error is not None:
-            state: ScanState = "failed"
-            message = f"scan stopped by an error: {_one_line(error)}"
-        elif self._abort_requested:
-            state, message = "aborted", self._abort_reason
-        else:
-            state, message = "finished", ""
-        if state != "finished":
-            message += f"; {self.output_path} is resumable: cordscope scan --resume {self.output_path}"
-            writer.log_event(EventKind.STOPPED, state=state, reason=message)
-        else:
-            writer.log_event(EventKind.FINISHED)
-        self._result = self._make_result(state, message=message)
-        self._set_state(state)
-        if state != "finished":
-            self._message("error" if state == "failed" else "warning", message)
+        if not tiles or self._abort_requested:
+            return None
+        with self._lock:
+            self._counters.to_do_this_run += len(tiles)
+        core.setConfig(group, adaptive.objective)
+        core.waitForConfig(group, adaptive.objective)
+        self._emit_progress()
+        return self._run_tiles(writer, tiles, retake=False, channels=channels)
+
+    def _pass_focus(self, writer: ScanWriter, section_id: str, centres: np.ndarray) -> np.ndarray:
+        """Focus of pass tiles: the focus map there, moved as the nearest first-pass tile was by a retake."""
+        xy = writer.tile_xy_um(section_id)
+        planned = writer.planned_tile_z_um(section_id)
+        used = writer.tile_z_um(section_id)
+        done = np.flatnonzero((writer.tile_status_array(section_id) == TileStatus.DONE) & np.isfinite(used))
+        nearest = done[np.argmin(((xy[done, None, :] - centres[None, :, :]) ** 2).sum(axis=2), axis=0)]
+        if self._z_of is None:
+            return used[nearest]
+        correction = np.where(np.isfinite(planned[nearest]), used[nearest] - planned[nearest], 0.0)
+        return np.array([self._z_of(section_id, float(x), float(y)) for x, y in centres]) + correction
+
+    def _retake_runner(self, sequence: useq.MDASequence) -> RetakeRunner | None:
+        """The sharpness check of the plan's tiles (focus-map plans with one plane per tile), or None."""
+        plan, core = self.plan, self.core
+        if not plan.retake.enabled or plan.focus.strategy != "focus_map" or plan.z_stack is not None:
+            return None
+        neighbours = NeighbourSharpness(
+            [tuple(row) for row in sequence.metadata["cordscope"]["tiles"]],
+            tile_shape_px=(core.getImageHeight(), core.getImageWidth()),
+            pixel_affine_um=pixel_affine_um(core),
+            dark_offset_adu=plan.analysis.dark_offset_adu,
+            tissue_min_adu=plan.retake.tissue_min_adu,
+            min_tissue_fraction=plan.retake.min_tissue_fraction,
+        )
+        return RetakeRunner(plan.retake, neighbours, anatomy_channel=plan.anatomy_channel.preset)
 
     @contextlib.contextmanager
     def _current_section_tracking(self) -> Iterator[None]:
@@ -604,7 +827,10 @@ class ScanController:
 
     def _tile_stored(self, stored: TileStored) -> None:
         c = self._counters
+        retake = stored.meta.get("retake") or {}
         with self._lock:
+            c.retaken += retake.get("decision") == "retaken"
+            c.retake_time_s += float(retake.get("time_s") or 0.0)
             c.done[stored.section_id] = c.done.get(stored.section_id, 0) + 1
             c.failed.discard(TileRef(stored.section_id, stored.tile_index))
             c.finished_this_run += 1
@@ -633,11 +859,16 @@ class ScanController:
         )
         self._emit_progress()
         if dead_device:
-            self.abort(f"device not answering: {n_timeouts} tiles in a row timed out ({reason})")
+            self._stop_on_fault(f"device not answering: {n_timeouts} tiles in a row timed out ({reason})")
+
+    def _retried(self, what: str, attempt: int, error: BaseException) -> None:
+        with self._lock:
+            self._n_retried_calls += 1
+        retries = self.plan.reliability.max_retries
+        self._message("warning", f"{what} failed ({_one_line(error)}); retrying ({attempt} of {retries})")
 
     def _storage_error(self, error: StorageError) -> None:
-        self._message("error", str(error))
-        self.abort(f"cannot write the scan file: {error}")
+        self._stop_on_fault(str(error))
 
     # ------------------------------------------------------------- helpers
 
@@ -695,19 +926,43 @@ class ScanController:
             elapsed_s=p.elapsed_s,
             file_size_bytes=size,
             message=message,
+            tiles_retaken=self._counters.retaken,
+            retake_time_s=self._counters.retake_time_s,
+            retried_calls=self._n_retried_calls,
         )
+
+
+def _pass_name(objective: str) -> str:
+    """A pass's name from its objective preset: letters, digits, ``_``, ``.``, ``-`` kept."""
+    name = "".join(ch if ch.isalnum() or ch in "_.-" else "_" for ch in objective)
+    return name or "pass"
+
+
+def _make_output_folder(path: Path) -> None:
+    """Create the scan file's folder (validation checked it can be), before anything moves."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StorageError(
+            f"cannot create the folder {path.parent} for {path.name}: {e.strerror or e}"
+        ) from None
 
 
 def read_stored_plan(path: str | os.PathLike[str]) -> ScanPlan:
     """The plan stored in a scan file, with ``output`` set to that file.
 
-    The file is first repaired as for resuming (what a crash or a full disk
-    left behind), so a file that needs repair can still be resumed.
+    A file that needs repair before it can be read (cut short by a failed
+    write, a status byte out of range: :class:`~acquisition.storage.NeedsRepair`)
+    is first repaired as for resuming; anything else is left untouched.
     """
     file = Path(path)
-    ScanWriter.open_for_resume(file).close()
-    with ScanFile.open(file) as scan:
-        plan_text = scan.plan_yaml
+    try:
+        with ScanFile.open(file) as scan:  # read-only: an intact file is not touched here
+            plan_text = scan.plan_yaml
+    except NeedsRepair:
+        ScanWriter.open_for_resume(file).close()  # repairs it, or says what cannot be repaired
+        with ScanFile.open(file) as scan:
+            plan_text = scan.plan_yaml
     plan = plan_from_yaml(plan_text, source=f"{file.name}:/plan")
     return plan.model_copy(update={"output": file})
 

@@ -254,7 +254,8 @@ class CordScopeCore(UniMMCore):
         try:
             text = cfg.read_text()
         except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"cannot read hardware config {cfg}: {e}") from e
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else "not a text file"
+            raise ConfigError(f"cannot read hardware config {cfg}: {reason}") from e
         devices = scan_config_text(text)
         installed = set(self.getDeviceAdapterNames()) if devices.cpp_adapters else set()
         python_code = {label: f"{mod}.{cls}" for label, (mod, cls) in devices.py_devices.items()}
@@ -566,8 +567,12 @@ def build_core(
         (or a subclass) with a one-line message naming what is wrong, raised
         before any device is loaded where the file itself is at fault.
     """
-    path = Path(config) if config is not None else DEMO_CONFIG
-    devices_needed = scan_config_text(path.read_text()) if path.is_file() else ConfigDevices()
+    path = Path(config).expanduser() if config is not None else DEMO_CONFIG
+    try:
+        devices_needed = scan_config_text(path.read_text()) if path.is_file() else ConfigDevices()
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else "not a text file"
+        raise ConfigError(f"cannot read hardware config {path}: {reason}") from None
     adapters = str(mm_path) if mm_path is not None else None
     if adapters is None and devices_needed.cpp_adapters:
         with _quiet_mm_discovery():

@@ -21,9 +21,14 @@ y ∈ ``[oy + r·P, oy + (r+1)·P)``, with ``(ox, oy) = origin_um`` and
 ``P = pixel_size_um``: rows go with +y, columns with +x, as in every camera
 frame (pixel ``(r, c)`` of a frame of shape ``(H, W)`` taken at stage centre
 ``(xc, yc)`` with pixel size ``p`` is centred at
-``x = xc + (c + 0.5 − W/2)·p``, ``y = yc + (r + 0.5 − H/2)·p``). The camera is
-assumed aligned with the stage axes (no pixel-size affine rotation), which
-an 8 µm overview tolerates up to a fraction of a degree.
+``x = xc + (c + 0.5 − W/2)·p``, ``y = yc + (r + 0.5 − H/2)·p`` for a camera
+aligned with the stage). A rotated or mirrored camera's frames are turned
+into that stage frame first (:class:`StageFrame`, through the pixel-size
+affine): exactly by transposes and flips for 90° turns and mirrors, by
+bilinear resampling of the stage-aligned rectangle inside the field for any
+other angle; the overview is then laid out and reduced as for an aligned
+camera, so the same slide gives the same overview whatever the camera's
+orientation.
 """
 
 from __future__ import annotations
@@ -43,12 +48,21 @@ from numpy.typing import ArrayLike, NDArray
 from pymmcore_plus import CMMCorePlus
 
 from .errors import CordScopeError
+from .pixel_geometry import (
+    AxisPermutation,
+    axis_permutation,
+    covered_extent_um,
+    inverse_affine,
+    to_stage_orientation,
+    validate_affine,
+)
 
 __all__ = [
     "OVERVIEW_FORMAT",
     "Overview",
     "OverviewCancelledError",
     "OverviewError",
+    "StageFrame",
     "acquire_overview",
     "load_overview",
     "overview_tile_grid",
@@ -297,6 +311,86 @@ def overview_tile_grid(
     )
 
 
+@dataclass(frozen=True)
+class StageFrame:
+    """How a camera frame is turned into the stage frame (rows along +y, columns along +x).
+
+    The result is centred on the frame's centre, with pixels of the camera's
+    pixel size: for an affine that is the pixel size times a 90° turn or a
+    mirror, the whole frame transposed and flipped (exact); otherwise the
+    largest stage-aligned rectangle inside the field
+    (:func:`~acquisition.pixel_geometry.covered_extent_um`), bilinearly
+    resampled.
+
+    Attributes
+    ----------
+    affine_um : (2, 2) float64
+        The camera's pixel-size affine.
+    pixel_size_um : float
+        Pixel of the result (the camera's pixel size).
+    frame_hw : (int, int)
+        Camera frame (height, width).
+    shape : (int, int)
+        Result (height, width).
+    permutation : AxisPermutation or None
+        The exact transposes and flips, or None (resampled).
+    """
+
+    affine_um: NDArray[np.float64]
+    pixel_size_um: float
+    frame_hw: tuple[int, int]
+    shape: tuple[int, int]
+    permutation: AxisPermutation | None
+
+    @classmethod
+    def for_camera(cls, affine_um: ArrayLike, pixel_size_um: float, frame_hw: tuple[int, int]) -> StageFrame:
+        """The turn of frames of shape ``frame_hw`` taken through ``affine_um``.
+
+        Raises
+        ------
+        OverviewError
+            If the affine is not invertible or the field holds no stage-aligned pixel.
+        """
+        try:
+            a = validate_affine(affine_um)
+        except ValueError as e:
+            raise OverviewError(f"camera pixel-size affine: {e}") from e
+        p = float(pixel_size_um)
+        h, w = (int(frame_hw[0]), int(frame_hw[1]))
+        perm = axis_permutation(a, rtol=1e-6)
+        if perm is not None and abs(float(np.abs(a).max()) - p) <= 1e-6 * p:
+            return cls(a, p, (h, w), (w, h) if perm.transpose else (h, w), perm)
+        width_um, height_um = covered_extent_um(a, (w, h))
+        shape = (math.floor(height_um / p + 1e-9), math.floor(width_um / p + 1e-9))
+        if min(shape) < 1:
+            raise OverviewError(
+                f"a {w}×{h} px frame through the pixel affine {a.tolist()} covers no stage-aligned pixel"
+            )
+        return cls(a, p, (h, w), shape, None)
+
+    def apply(self, frame: NDArray[Any]) -> NDArray[Any]:
+        """The frame ((H, W)) in the stage frame: a view (exact), or float32 (resampled)."""
+        if self.permutation is not None:
+            return to_stage_orientation(frame, self.affine_um)
+        from scipy import ndimage
+
+        h, w = self.frame_hw
+        hs, ws = self.shape
+        p = self.pixel_size_um
+        inv = inverse_affine(self.affine_um)
+        # frame (row, col) of result pixel (i, j), centred at stage offset p·(j + ½ − ws/2, i + ½ − hs/2)
+        matrix = p * np.array([[inv[1, 1], inv[1, 0]], [inv[0, 1], inv[0, 0]]])
+        di, dj = (0.5 - hs / 2) * p, (0.5 - ws / 2) * p
+        offset = np.array(
+            [inv[1, 0] * dj + inv[1, 1] * di + h / 2 - 0.5, inv[0, 0] * dj + inv[0, 1] * di + w / 2 - 0.5]
+        )
+        out = np.empty(self.shape, dtype=np.float32)
+        ndimage.affine_transform(
+            np.asarray(frame, dtype=np.float32), matrix, offset=offset, output=out, order=1, mode="nearest"
+        )
+        return out
+
+
 def _block_mean(frame: NDArray[Any], grid: OverviewTileGrid) -> NDArray[np.float32]:
     f = grid.factor
     th, tw = grid.tile_hw
@@ -481,10 +575,13 @@ def _acquire(
         core.setPosition(float(z_um))
     core.waitForSystem()
 
+    camera_pixel_um = float(core.getPixelSizeUm())
+    frame_hw = (int(core.getImageHeight()), int(core.getImageWidth()))
+    turn = _stage_frame(core, camera_pixel_um, frame_hw)
     grid = overview_tile_grid(
         region_um,
-        camera_pixel_um=float(core.getPixelSizeUm()),
-        image_hw=(int(core.getImageHeight()), int(core.getImageWidth())),
+        camera_pixel_um=camera_pixel_um,
+        image_hw=frame_hw if turn is None else turn.shape,
         overview_pixel_um=overview_pixel_um,
     )
     h, w = grid.shape
@@ -492,8 +589,9 @@ def _acquire(
     p_cam = grid.pixel_size_um / grid.factor
     r0, c0 = grid.crop_rc
     # stage position of the crop's top-left corner relative to the tile centre
-    crop_dx = (c0 - core.getImageWidth() / 2) * p_cam
-    crop_dy = (r0 - core.getImageHeight() / 2) * p_cam
+    stage_h, stage_w = frame_hw if turn is None else turn.shape
+    crop_dx = (c0 - stage_w / 2) * p_cam
+    crop_dy = (r0 - stage_h / 2) * p_cam
     total = np.zeros((h, w), dtype=np.float32)
     count = np.zeros((h, w), dtype=np.uint8)
     n = grid.n_tiles
@@ -515,7 +613,8 @@ def _acquire(
         core.setXYPosition(float(xc), float(yc))
         core.waitForDevice(core.getXYStageDevice())
         core.snapImage()
-        reduced = _block_mean(core.getImage(), grid)
+        frame = core.getImage()
+        reduced = _block_mean(frame if turn is None else turn.apply(frame), grid)
         # place by where the stage says it is, not where it was sent
         xr, yr = core.getXYPosition()
         row = round((yr + crop_dy - grid.origin_um[1]) / grid.pixel_size_um)
@@ -532,6 +631,30 @@ def _acquire(
         channel=channel,
         objective=objective,
     )
+
+
+def _stage_frame(core: CMMCorePlus, camera_pixel_um: float, frame_hw: tuple[int, int]) -> StageFrame | None:
+    """The turn of the camera's frames into the stage frame, or None for an aligned camera.
+
+    None too without a pixel size: the tile grid reports that.
+    """
+    if not (math.isfinite(camera_pixel_um) and camera_pixel_um > 0):
+        return None
+    from .roles import pixel_affine_um
+
+    affine = pixel_affine_um(core)
+    if np.array_equal(affine, camera_pixel_um * np.eye(2)):
+        return None
+    turn = StageFrame.for_camera(affine, camera_pixel_um, frame_hw)
+    logger.info(
+        "overview: camera frames turned into the stage frame (%s), %d × %d px used of %d × %d",
+        "resampled" if turn.permutation is None else "exact",
+        turn.shape[1],
+        turn.shape[0],
+        frame_hw[1],
+        frame_hw[0],
+    )
+    return turn
 
 
 def _add_tile(

@@ -78,6 +78,11 @@ class LiveAnalysis(Protocol):
     def progress(self) -> Any:
         """How far the analysis is behind the camera."""
 
+    def adaptive_targets(
+        self, section_id: str, *, region: str, min_pct_axonal_area: float
+    ) -> list[list[tuple[float, float]]]:
+        """For an adaptive pass: polygons (stage µm) of a section to image again (may block)."""
+
 
 AnalysisFactory = Callable[[Path], LiveAnalysis]
 
@@ -335,9 +340,19 @@ class ScanSession:
         analysis = self._analysis_factory(self.output_path)
         self.analysis = analysis
         self.controller.events.tile_stored.connect(self._feed_analysis)
+        if self.plan.adaptive is not None:
+            self.controller.adaptive_targets = self._adaptive_targets
         analysis.events.maps_updated.connect(self.events.maps_updated)
         analysis.start()  # starts while the scan prepares and focuses
         return analysis
+
+    def _adaptive_targets(self, section_id: str) -> list[list[tuple[float, float]]]:
+        # runs in the scan's thread between the first pass and the adaptive pass
+        assert self.analysis is not None and self.plan.adaptive is not None
+        adaptive = self.plan.adaptive
+        return self.analysis.adaptive_targets(
+            section_id, region=adaptive.region, min_pct_axonal_area=adaptive.min_pct_axonal_area
+        )
 
     def _feed_analysis(self, stored: TileStored) -> None:
         # runs in the writer's thread: an analysis fault is logged, never stops the scan

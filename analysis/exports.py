@@ -21,9 +21,19 @@ section or slide is ever held at full resolution (see
   file's ``analysis`` groups.
 
 Coordinates: pixel ``(r, c)`` of a tile centred at stage ``(x, y)`` µm is
-at ``x + (c + 0.5 - W/2)·p``, ``y + (r + 0.5 - H/2)·p`` (``p`` the pixel
-size); images keep that orientation (column along stage x, row along
-stage y).
+at ``(x, y) + A·(c + 0.5 − W/2, r + 0.5 − H/2)``, ``A`` the section's
+pixel-size affine (``pixel_affine_um``, µm per pixel step along columns and
+rows; ``p·I`` for a camera aligned with the stage,
+:mod:`acquisition.pixel_geometry`). What each format carries of it:
+
+- BDV: the raw tiles, each view's registration the full affine (its 3 × 3
+  part ``A/p``, so a rotated or mirrored camera's views land turned in
+  BigStitcher's world).
+- OME-Zarr (and the QuPath OME-TIFF): stage-aligned mosaics (columns along
+  +x, rows along +y, scale and translation only): tiles are turned into the
+  stage frame before placement, exactly (transposes and flips) for 90°
+  turns and mirrors, by bilinear resampling for any other affine
+  (:func:`mosaic_geometry`, :func:`place_done_tiles`).
 """
 
 from __future__ import annotations
@@ -41,10 +51,21 @@ from typing import Any
 import h5py
 import numpy as np
 import yaml
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
+from scipy import ndimage as ndi
 
 from acquisition.errors import CordScopeError
-from acquisition.storage import ScanFile, SectionReader
+from acquisition.pixel_geometry import (
+    AxisPermutation,
+    axis_permutation,
+    footprint_corners_um,
+    inverse_affine,
+    pixel_size_from_affine,
+    pixel_to_stage_matrix,
+    to_stage_orientation,
+    validate_affine,
+)
+from acquisition.storage import ScanFile, SectionReader, touches_file
 from analysis.results_format import (
     SavedAnalysis,
     has_analysis,
@@ -58,10 +79,15 @@ __all__ = [
     "EXPORT_FORMATS",
     "ExportError",
     "ExportProgress",
+    "MosaicGeometry",
+    "bdv_view_affine",
     "export_bdv",
     "export_csv",
     "export_ome_zarr",
     "mosaic_geometry",
+    "oriented_tile",
+    "place_done_tiles",
+    "section_mosaic_geometry",
     "tile_positions_um",
 ]
 
@@ -182,7 +208,7 @@ def tile_positions_um(section: SectionReader) -> NDArray[np.float64]:
 
 @dataclass(frozen=True)
 class MosaicGeometry:
-    """Where a section's tiles land in its full-resolution mosaic.
+    """Where a section's tiles land in its full-resolution, stage-aligned mosaic.
 
     Attributes
     ----------
@@ -192,50 +218,191 @@ class MosaicGeometry:
         Stage position of the centre of mosaic pixel ``(0, 0)``.
     pixel_size_um : float
     corners_px : (n_tiles, 2) int64
-        ``(row, col)`` of each tile's top-left pixel in the mosaic.
+        ``(row, col)`` of each tile's top-left pixel in the mosaic: of the tile
+        turned into the stage frame (:attr:`orientation`), or of the bounding box
+        of its footprint when it is resampled.
+    centres_um : (n_tiles, 2) float64
+        Stage centre of each tile.
+    tile_shape_px : (H, W)
+        Camera frame of the tiles.
+    affine_um : (2, 2) float64
+        The tiles' pixel-size affine.
+    orientation : AxisPermutation or None
+        The transposes and flips that turn a tile into the stage frame (exact,
+        tiles snapped to whole mosaic pixels), or None: the affine is no 90°
+        turn or mirror of the mosaic's pixel, tiles are resampled.
     """
 
     shape_px: tuple[int, int]
     origin_um: tuple[float, float]
     pixel_size_um: float
     corners_px: NDArray[np.int64]
+    centres_um: NDArray[np.float64]
+    tile_shape_px: tuple[int, int]
+    affine_um: NDArray[np.float64]
+    orientation: AxisPermutation | None
+
+    @property
+    def placed_shape_px(self) -> tuple[int, int]:
+        """(rows, cols) of a tile turned into the stage frame (exact orientations only)."""
+        h, w = self.tile_shape_px
+        return (w, h) if self.orientation is not None and self.orientation.transpose else (h, w)
+
+    @property
+    def resampled(self) -> bool:
+        """Whether tiles are resampled (no exact orientation)."""
+        return self.orientation is None
+
+
+#: An affine whose scale differs from the mosaic's pixel by less than this (relative) is exact.
+_EXACT_SCALE_RTOL = 1e-6
+
+
+def _exact_orientation(affine_um: NDArray[np.float64], pixel_size_um: float) -> AxisPermutation | None:
+    perm = axis_permutation(affine_um, rtol=_EXACT_SCALE_RTOL)
+    if perm is None:
+        return None
+    scale = float(np.abs(affine_um).max())
+    return perm if abs(scale - pixel_size_um) <= _EXACT_SCALE_RTOL * pixel_size_um else None
 
 
 def mosaic_geometry(
-    centres_um: NDArray[np.float64], tile_shape_px: tuple[int, int], pixel_size_um: float
+    centres_um: NDArray[np.float64],
+    tile_shape_px: tuple[int, int],
+    pixel_size_um: float,
+    *,
+    affine_um: ArrayLike | None = None,
 ) -> MosaicGeometry:
-    """Mosaic grid of a section: tiles snapped to the nearest whole pixel, all tiles inside.
+    """Stage-aligned mosaic grid of a section's tiles, all tiles inside.
+
+    When the affine is the pixel size times a 90° turn or mirror (or the
+    identity), tiles are turned into the stage frame exactly and snapped to
+    the nearest whole mosaic pixel, on the grid of the top- and left-most
+    tiles. Otherwise (a camera rotated by 1–2°, say) the mosaic covers the
+    bounding box of the tiles' footprints and tiles are resampled onto it
+    (:func:`place_done_tiles`).
 
     Parameters
     ----------
     centres_um : (n_tiles, 2) float64
         Tile centres in stage µm (:func:`tile_positions_um`).
     tile_shape_px : (H, W)
+        Camera frame of the tiles.
     pixel_size_um : float
+        Mosaic pixel (µm): the section's pixel size.
+    affine_um : (2, 2), optional
+        Pixel-size affine of the tiles (default ``pixel_size_um · I``).
     """
-    h, w = tile_shape_px
+    h, w = (int(tile_shape_px[0]), int(tile_shape_px[1]))
     p = float(pixel_size_um)
-    # stage position of each tile's top-left pixel centre, in pixels
-    left = centres_um[:, 0] / p + 0.5 - w / 2
-    top = centres_um[:, 1] / p + 0.5 - h / 2
-    # the grid is that of the top- and left-most tiles; the others snap to it
-    col0, row0 = float(left.min()), float(top.min())
-    cols = np.floor(left - col0 + 0.5).astype(np.int64)
-    rows = np.floor(top - row0 + 0.5).astype(np.int64)
-    shape = (int(rows.max()) + h, int(cols.max()) + w)
+    a = p * np.eye(2) if affine_um is None else validate_affine(affine_um)
+    centres = np.asarray(centres_um, dtype=np.float64).reshape(-1, 2)
+    orientation = _exact_orientation(a, p)
+    if orientation is not None:
+        ph, pw = (w, h) if orientation.transpose else (h, w)
+        # stage position of each turned tile's top-left pixel centre, in pixels
+        left = centres[:, 0] / p + 0.5 - pw / 2
+        top = centres[:, 1] / p + 0.5 - ph / 2
+        # the grid is that of the top- and left-most tiles; the others snap to it
+        col0, row0 = float(left.min()), float(top.min())
+        cols = np.floor(left - col0 + 0.5).astype(np.int64)
+        rows = np.floor(top - row0 + 0.5).astype(np.int64)
+        shape = (int(rows.max()) + ph, int(cols.max()) + pw)
+        origin = (col0 * p, row0 * p)
+    else:
+        corners = footprint_corners_um((0.0, 0.0), a, (h, w))
+        lo = centres + corners.min(axis=0)  # (n, 2) footprint bounding boxes
+        hi = centres + corners.max(axis=0)
+        x0, y0 = lo.min(axis=0)
+        x1, y1 = hi.max(axis=0)
+        shape = (max(1, math.ceil((y1 - y0) / p - 1e-9)), max(1, math.ceil((x1 - x0) / p - 1e-9)))
+        origin = (float(x0) + p / 2, float(y0) + p / 2)
+        cols = np.floor((lo[:, 0] - x0) / p + 1e-9).astype(np.int64)
+        rows = np.floor((lo[:, 1] - y0) / p + 1e-9).astype(np.int64)
     return MosaicGeometry(
         shape_px=shape,
-        origin_um=(col0 * p, row0 * p),
+        origin_um=(float(origin[0]), float(origin[1])),
         pixel_size_um=p,
         corners_px=np.stack([rows, cols], axis=1),
+        centres_um=centres,
+        tile_shape_px=(h, w),
+        affine_um=a,
+        orientation=orientation,
     )
+
+
+def section_mosaic_geometry(sec: SectionReader, done: NDArray[np.intp]) -> MosaicGeometry:
+    """:func:`mosaic_geometry` of a section's ``done`` tiles at their positions, with its pixel affine."""
+    return mosaic_geometry(
+        tile_positions_um(sec)[done], sec.tile_shape_px, sec.pixel_size_um, affine_um=_section_affine(sec)
+    )
+
+
+def bdv_view_affine(
+    center_um: ArrayLike,
+    affine_um: ArrayLike,
+    tile_shape_px: tuple[int, int],
+    *,
+    pixel_size_um: float | None = None,
+    z_px: float = 0.0,
+) -> NDArray[np.float64]:
+    """A BDV view registration (3 × 4) placing a tile's pixels at their stage positions / pixel size.
+
+    BigStitcher's convention: view pixel ``(x = column, y = row, z)`` maps to
+    world coordinates in calibrated pixel units (µm / ``p``). The 3 × 3 part
+    is ``A / p`` in x, y (z untouched), the translation is the stage
+    position / ``p`` of the centre of pixel ``(0, 0)``:
+    ``centre / p + (A / p)·(0.5 − W/2, 0.5 − H/2)``, and ``z_px`` in z.
+
+    Parameters
+    ----------
+    center_um : (x, y)
+        Stage position of the tile centre (µm).
+    affine_um : (2, 2)
+        Pixel-size affine.
+    tile_shape_px : (H, W)
+    pixel_size_um : float, optional
+        ``p``, the voxel size of the dataset (default ``sqrt(|det A|)``).
+    z_px : float
+        z translation (calibrated pixels).
+    """
+    a = validate_affine(affine_um)
+    p = pixel_size_from_affine(a) if pixel_size_um is None else float(pixel_size_um)
+    cx, cy = (float(v) for v in np.asarray(center_um, dtype=np.float64).reshape(2))
+    m = pixel_to_stage_matrix((cx, cy), a, tile_shape_px) / p
+    out = np.zeros((3, 4), dtype=np.float64)
+    out[:2, :2] = m[:2, :2]
+    out[:2, 3] = m[:2, 2]
+    out[2, 2] = 1.0
+    out[2, 3] = z_px
+    return out
 
 
 # -------------------------------------------------------------------- helpers
 
 
-def _prepare_out_dir(out_dir: str | os.PathLike[str], names: list[str], overwrite: bool) -> Path:
+def _prepare_out_dir(
+    out_dir: str | os.PathLike[str],
+    names: list[str],
+    overwrite: bool,
+    *,
+    protect: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Make the export folder; with ``overwrite`` remove earlier exports named ``names`` in it.
+
+    Nothing that would write over or delete ``protect`` (the scan being
+    exported) is ever done: such an export is refused before anything changes.
+    """
     out = Path(out_dir)
+    if protect is not None:
+        if touches_file(out, protect):
+            raise ExportError(f"--out {out} is the scan file being exported (the input); choose a folder")
+        clash = next((n for n in names if touches_file(out / n, protect)), None)
+        if clash is not None:
+            raise ExportError(
+                f"the export would write {out / clash} over the scan file being exported (the input itself); "
+                "choose another --out folder"
+            )
     if out.exists() and not out.is_dir():
         raise ExportError(f"export folder {out} is a file; give a folder")
     existing = [n for n in names if (out / n).exists()]
@@ -267,6 +434,13 @@ def _done_tiles(section: SectionReader) -> NDArray[np.intp]:
     return section.done_indices()
 
 
+def _section_affine(section: SectionReader) -> NDArray[np.float64]:
+    try:
+        return validate_affine(section.pixel_affine_um)
+    except ValueError as e:
+        raise ExportError(f"section {section.section_id}: {e}") from e
+
+
 # ----------------------------------------------------------------------- BDV
 
 
@@ -282,11 +456,13 @@ def export_bdv(
     Every tile × channel is a view setup (tile attribute the tile's name
     ``<section>/<0005>`` (:func:`tile_name`), channel attribute the channel
     name, setup name ``<section>/<0005> <channel>``) holding the tile's ``(n_z, H, W)`` planes at three
-    resolutions (1, 1/2, 1/4). Its registration places it at its stage
-    position: voxel size = pixel size (µm), calibration ``(1, 1, dz/p)``,
-    then a translation in pixels (BigStitcher's convention), so the view's
-    pixel ``(r, c)`` lands at ``(x/p, y/p)`` with ``x, y`` the pixel's stage
-    position in µm. Pending and failed tiles are missing views.
+    resolutions (1, 1/2, 1/4), as the camera took them. Its registration places
+    it at its stage position: voxel size = pixel size (µm), calibration
+    ``(1, 1, dz/p)``, then the section's pixel-size affine over the pixel size
+    and a translation in pixels (:func:`bdv_view_affine`, BigStitcher's
+    convention), so the view's pixel ``(r, c)`` lands at ``(x/p, y/p)`` with
+    ``x, y`` the pixel's stage position in µm, for a rotated or mirrored camera
+    too. Pending and failed tiles are missing views.
 
     Parameters
     ----------
@@ -304,7 +480,7 @@ def export_bdv(
 
     report = progress or _no_progress
     stem = Path(scan_path).stem
-    out = _prepare_out_dir(out_dir, [f"{stem}.xml", f"{stem}.h5"], overwrite)
+    out = _prepare_out_dir(out_dir, [f"{stem}.xml", f"{stem}.h5"], overwrite, protect=scan_path)
     xml_path, h5_path = out / f"{stem}.xml", out / f"{stem}.h5"
     with ScanFile.open(scan_path) as scan:
         sections = [scan.section(sid) for sid in scan.section_ids]
@@ -335,7 +511,7 @@ def export_bdv(
             writer.set_attribute_labels("tile", tuple(tile_labels))
             writer.set_attribute_labels("channel", tuple(channels))
             for s_index, sec in enumerate(sections):
-                h, w = sec.tile_shape_px
+                camera = _section_affine(sec)
                 p = sec.pixel_size_um
                 dz = _z_step_um(scan, sec.n_z, p)
                 centres = tile_positions_um(sec)
@@ -344,12 +520,9 @@ def export_bdv(
                     t = int(t)
                     pixels = sec.read_tile(t)  # (C, Z, H, W)
                     tile = int(first_tile[s_index]) + t
-                    x_px = centres[t, 0] / p + 0.5 - w / 2
-                    y_px = centres[t, 1] / p + 0.5 - h / 2
                     z_px = float(z_um[t]) / p if np.isfinite(z_um[t]) and sec.n_z > 1 else 0.0
-                    affine = np.array(
-                        [[1.0, 0.0, 0.0, x_px], [0.0, 1.0, 0.0, y_px], [0.0, 0.0, 1.0, z_px]],
-                        dtype=np.float64,
+                    affine = bdv_view_affine(
+                        centres[t], camera, sec.tile_shape_px, pixel_size_um=p, z_px=z_px
                     )
                     for c, channel in enumerate(channels):
                         writer.append_view(
@@ -357,7 +530,7 @@ def export_bdv(
                             channel=c,
                             tile=tile,
                             m_affine=affine,
-                            name_affine="stage position",
+                            name_affine="stage position (pixel-size affine)",
                             voxel_size_xyz=(p, p, dz),
                             voxel_units="µm",
                             calibration=(1.0, 1.0, dz / p),
@@ -464,21 +637,110 @@ def _downsample_level(src: Any, dst: Any, lead: tuple[int, ...]) -> Iterator[Non
 def place_done_tiles(
     sec: SectionReader, done: NDArray[np.intp], geometry: MosaicGeometry, dest: Any, *, z_projection: bool
 ) -> Iterator[int]:
-    """Write each done tile into a full-resolution mosaic array at its corner; yield each tile index.
+    """Write each done tile into a full-resolution, stage-aligned mosaic array; yield each tile index.
 
-    ``dest`` is ``(C, rows, cols)`` (single-plane tiles, or ``z_projection``: planes max-projected)
-    or ``(C, Z, rows, cols)``; later tiles overwrite earlier ones where they overlap.
+    ``dest`` is ``(C, rows, cols)`` (single-plane tiles, or ``z_projection``: planes
+    max-projected) or ``(C, Z, rows, cols)``; later tiles overwrite earlier ones where
+    they overlap. Tiles are turned into the stage frame first (:func:`oriented_tile`):
+    exactly, written whole at their corner, or resampled, written only at the mosaic
+    pixels whose centres lie in the tile's footprint (so no tile paints its
+    surroundings with zeros).
     """
-    h, w = sec.tile_shape_px
-    for t, (r0, c0) in zip(done, geometry.corners_px, strict=True):
+    for k, t in enumerate(done):
         pixels = sec.read_tile(int(t))  # (C, Z, H, W)
         if z_projection:
             block = pixels.max(axis=1)
         else:
             block = pixels[:, 0] if len(dest.shape) == 3 else pixels
-        lead = block.shape[:-2]
-        dest[(*[slice(None)] * len(lead), slice(int(r0), int(r0) + h), slice(int(c0), int(c0) + w))] = block
+        rows, cols, placed, inside = oriented_tile(block, geometry, k)
+        lead = placed.shape[:-2]
+        where = (*[slice(None)] * len(lead), rows, cols)
+        if inside is None:
+            dest[where] = placed
+        elif inside.any():
+            dest[where] = np.where(inside, placed, np.asarray(dest[where]))
         yield int(t)
+
+
+def oriented_tile(
+    pixels: NDArray[Any], geometry: MosaicGeometry, index: int
+) -> tuple[slice, slice, NDArray[Any], NDArray[np.bool_] | None]:
+    """One tile turned into the mosaic's stage-aligned frame, and where it goes.
+
+    Parameters
+    ----------
+    pixels : (..., H, W) array
+        The tile as the camera took it (any leading axes: channels, planes).
+    geometry : MosaicGeometry
+    index : int
+        The tile's row in ``geometry.centres_um`` / ``corners_px``.
+
+    Returns
+    -------
+    rows, cols : slice
+        The mosaic pixels the result covers (clipped to the mosaic).
+    placed : (..., n_rows, n_cols) array
+        For an exact orientation the tile's pixels turned by transposes and
+        flips (:func:`~acquisition.pixel_geometry.to_stage_orientation`, a view;
+        ``pixels``' dtype). Otherwise the tile bilinearly interpolated at the mosaic
+        pixel centres (edge pixels repeated half a pixel outwards), rounded to
+        ``pixels``' dtype when it is an integer type.
+    inside : (n_rows, n_cols) bool or None
+        None when the whole block is the tile's; else the mosaic pixels whose
+        centres lie in the tile's footprint (the rest must keep their values).
+    """
+    r0, c0 = (int(v) for v in geometry.corners_px[index])
+    if geometry.orientation is not None:
+        turned = to_stage_orientation(pixels, geometry.affine_um)
+        ph, pw = turned.shape[-2:]
+        return slice(r0, r0 + ph), slice(c0, c0 + pw), turned, None
+    h, w = geometry.tile_shape_px
+    p = geometry.pixel_size_um
+    centre = geometry.centres_um[index]
+    corners = footprint_corners_um(centre, geometry.affine_um, (h, w))
+    ox, oy = geometry.origin_um
+    # mosaic pixels whose centres may lie in the footprint, clipped to the mosaic
+    n_rows, n_cols = geometry.shape_px
+    rs = max(0, math.floor((corners[:, 1].min() - oy) / p))
+    re = min(n_rows, math.ceil((corners[:, 1].max() - oy) / p) + 1)
+    cs = max(0, math.floor((corners[:, 0].min() - ox) / p))
+    ce = min(n_cols, math.ceil((corners[:, 0].max() - ox) / p) + 1)
+    rs, cs = min(rs, re), min(cs, ce)
+    inv = inverse_affine(geometry.affine_um)
+    # tile (row, col) of mosaic pixel (rs + i, cs + j): an affine map of (i, j)
+    dx0 = ox + cs * p - centre[0]
+    dy0 = oy + rs * p - centre[1]
+    matrix = p * np.array([[inv[1, 1], inv[1, 0]], [inv[0, 1], inv[0, 0]]])
+    offset = np.array(
+        [
+            inv[1, 0] * dx0 + inv[1, 1] * dy0 + h / 2 - 0.5,
+            inv[0, 0] * dx0 + inv[0, 1] * dy0 + w / 2 - 0.5,
+        ]
+    )
+    out_shape = (re - rs, ce - cs)
+    i = np.arange(out_shape[0], dtype=np.float64)[:, None]
+    j = np.arange(out_shape[1], dtype=np.float64)[None, :]
+    tr = matrix[0, 0] * i + matrix[0, 1] * j + offset[0]
+    tc = matrix[1, 0] * i + matrix[1, 1] * j + offset[1]
+    inside = (tr >= -0.5) & (tr < h - 0.5) & (tc >= -0.5) & (tc < w - 0.5)
+    lead = pixels.shape[:-2]
+    planes = np.asarray(pixels).reshape(-1, h, w)
+    out = np.empty((planes.shape[0], *out_shape), dtype=np.float32)
+    for n, plane in enumerate(planes):
+        ndi.affine_transform(
+            plane.astype(np.float32, copy=False),
+            matrix,
+            offset=offset,
+            output_shape=out_shape,
+            output=out[n],
+            order=1,
+            mode="nearest",
+        )
+    placed: NDArray[Any] = out.reshape(*lead, *out_shape)
+    if np.issubdtype(pixels.dtype, np.integer):
+        info = np.iinfo(pixels.dtype)
+        placed = np.clip(np.rint(placed), info.min, info.max).astype(pixels.dtype)
+    return slice(rs, re), slice(cs, ce), placed, inside
 
 
 def display_windows(level: Any, n_channels: int) -> list[tuple[float, float]]:
@@ -529,10 +791,16 @@ def export_ome_zarr(
     """Write each section's full-resolution mosaic (with region labels, and heatmap) as OME-Zarr images.
 
     Per section ``<out_dir>/<section>.ome.zarr``: uint16 ``(c, y, x)`` (or
-    ``(c, z, y, x)`` for z-stacks), done tiles placed at their registered
-    positions where known, else planned (:func:`tile_positions_um`), snapped
-    to whole pixels, later tiles over earlier ones where they overlap; not
-    imaged pixels are 0. Levels ``0, 1, …`` halve the resolution until an
+    ``(c, z, y, x)`` for z-stacks), stage-aligned (rows along +y, columns
+    along +x), done tiles placed at their registered positions where known,
+    else planned (:func:`tile_positions_um`), later tiles over earlier ones
+    where they overlap; not imaged pixels are 0. Tiles of a camera turned by
+    90° or mirrored are transposed/flipped and snapped to whole pixels; any
+    other pixel-size affine (a camera rotated by 1–2°) is resampled
+    bilinearly at the mosaic's pixel centres inside each tile's footprint
+    (:func:`mosaic_geometry`, :func:`oriented_tile`); the multiscale's
+    ``metadata.orientation`` and ``cordscope.camera_pixel_affine_um`` say
+    which. Levels ``0, 1, …`` halve the resolution until an
     image fits in one 512 × 512 chunk, each the 2 × 2 mean of the one
     above (multiscale ``type`` ``"mean"``). Scales are in µm; the translation
     places every level in stage coordinates (centre of pixel ``(0, 0)``);
@@ -562,16 +830,15 @@ def export_ome_zarr(
     with ScanFile.open(scan_path) as scan:
         names = [f"{sid}.ome.zarr" for sid in scan.section_ids]
         names += [f"{sid}_pct_axonal_area.ome.zarr" for sid in scan.section_ids]
-        out = _prepare_out_dir(out_dir, names, overwrite)
+        out = _prepare_out_dir(out_dir, names, overwrite, protect=scan_path)
         for sid in scan.section_ids:
             sec = scan.section(sid)
             done = _done_tiles(sec)
             if done.size == 0:
                 continue
             n_c, n_z = len(sec.channel_names), sec.n_z
-            h, w = sec.tile_shape_px
             p = sec.pixel_size_um
-            geometry = mosaic_geometry(tile_positions_um(sec)[done], (h, w), p)
+            geometry = section_mosaic_geometry(sec, done)
             shapes = _pyramid_shapes(geometry.shape_px)
             lead: tuple[int, ...] = (n_c,) if n_z == 1 else (n_c, n_z)
             axes: list[Any] = [v05.ChannelAxis(name="c")]
@@ -615,6 +882,7 @@ def export_ome_zarr(
                 metadata={
                     "description": "level k is the 2 x 2 block mean of level k - 1 (rounded to uint16)",
                     "tiles": "done tiles at registered (else planned) positions; 0 where not imaged",
+                    "orientation": _orientation_note(geometry),
                 },
             )
             chunks = (1,) * len(lead) + (ZARR_CHUNK_PX, ZARR_CHUNK_PX)
@@ -624,7 +892,14 @@ def export_ome_zarr(
                 [((*lead, *shape), "uint16") for shape in shapes],
                 chunks=chunks,
                 writer="zarr",
-                extra_attributes={"cordscope": {"scan": str(scan.path), "section_id": sid}},
+                extra_attributes={
+                    "cordscope": {
+                        "scan": str(scan.path),
+                        "section_id": sid,
+                        "camera_pixel_affine_um": geometry.affine_um.tolist(),
+                        "tiles_resampled": geometry.resampled,
+                    }
+                },
             )
             group = sec.analysis_group
             saved = read_analysis(group) if group is not None and has_analysis(group) else None
@@ -649,6 +924,23 @@ def export_ome_zarr(
             if heatmap is not None:
                 written.append(heatmap)
     return written
+
+
+def _orientation_note(geometry: MosaicGeometry) -> str:
+    """How the tiles were turned into the stage frame (for the multiscale's metadata)."""
+    o = geometry.orientation
+    if o is None:
+        return "tiles resampled bilinearly through the camera's pixel-size affine (rows +y, columns +x)"
+    steps = [
+        name
+        for name, on in (
+            ("transposed", o.transpose),
+            ("rows flipped", o.flip_rows),
+            ("columns flipped", o.flip_cols),
+        )
+        if on
+    ]
+    return "tiles as the camera took them" if not steps else f"tiles {', '.join(steps)} (exact)"
 
 
 def _label_block(
@@ -812,10 +1104,18 @@ def export_csv(
         target = default
     else:
         target = Path(out)
+        if touches_file(target, scan_path):
+            raise ExportError(f"--out {target} is the scan file being exported (the input); name a .csv")
+        if target.exists() and not target.is_dir() and target.suffix.lower() != ".csv":
+            raise ExportError(f"--out {target} is a file that is not a .csv; name a .csv file or a folder")
         if target.is_dir() or target.suffix.lower() != ".csv":
-            target.mkdir(parents=True, exist_ok=True)
             target = target / default.name
+    if touches_file(target, scan_path):
+        raise ExportError(f"the CSV would be written over the scan file itself ({target}); choose --out")
+    try:
         target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ExportError(f"cannot create the folder for {target}: {e.strerror or e}") from None
     analysed = 0
     with ScanFile.open(scan_path) as scan:
         ids = scan.section_ids

@@ -68,6 +68,8 @@ __all__ = [
     "SnapshotReply",
     "SnapshotRequest",
     "Stop",
+    "TargetsReply",
+    "TargetsRequest",
     "TileAnalysed",
     "run_analysis_loop",
 ]
@@ -108,6 +110,16 @@ class SnapshotRequest:
 
 
 @dataclasses.dataclass(frozen=True)
+class TargetsRequest:
+    """Send a :class:`TargetsReply`: what an adaptive pass should image in a section."""
+
+    request_id: int
+    section_id: str
+    region: str
+    min_pct_axonal_area: float
+
+
+@dataclasses.dataclass(frozen=True)
 class Finalize:
     """Analyse what is left, write the results, answer :class:`Finished` and end."""
 
@@ -144,6 +156,15 @@ class SnapshotReply:
 
 
 @dataclasses.dataclass(frozen=True)
+class TargetsReply:
+    """The answer to a :class:`TargetsRequest`: polygons in stage µm (or why there are none)."""
+
+    request_id: int
+    polygons: list[list[tuple[float, float]]]
+    error: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class Finished:
     """The loop ended: the final tables, or why there are none."""
 
@@ -151,8 +172,8 @@ class Finished:
     error: str | None = None
 
 
-Request = SnapshotRequest | Finalize | Stop
-Reply = TileAnalysed | MapsUpdated | SnapshotReply | Finished
+Request = SnapshotRequest | TargetsRequest | Finalize | Stop
+Reply = TileAnalysed | MapsUpdated | SnapshotReply | TargetsReply | Finished
 
 
 class _Inbox(Protocol):
@@ -201,7 +222,20 @@ def run_analysis_loop(
                 analysis.close()
                 return  # the scan's process is gone: its file is resumed by a new scan
             request = pending_request()
-            while isinstance(request, SnapshotRequest):
+            while isinstance(request, SnapshotRequest | TargetsRequest):
+                if isinstance(request, TargetsRequest):
+                    try:
+                        polygons = analysis.adaptive_targets(
+                            request.section_id,
+                            region=request.region,
+                            min_pct_axonal_area=request.min_pct_axonal_area,
+                        )
+                        send(TargetsReply(request.request_id, polygons))
+                    except Exception as e:  # reported to the caller, the analysis goes on
+                        logger.exception("adaptive targets of section %s failed", request.section_id)
+                        send(TargetsReply(request.request_id, [], f"{type(e).__name__}: {e}"))
+                    request = pending_request()
+                    continue
                 try:
                     send(SnapshotReply(request.request_id, analysis.snapshot(request.section_id)))
                 except Exception as e:  # reported to the caller, the analysis goes on
@@ -227,7 +261,12 @@ def run_analysis_loop(
             publish()
         # tiles named but not analysed yet are picked up by finalize (it reads every done tile)
         analysed_before = set(analysis.analysis_counts)
-        tables = analysis.finalize(should_continue=keep_going)
+        try:
+            tables = analysis.finalize(should_continue=keep_going)
+        except InterruptedError:
+            if keep_going():
+                raise
+            return  # the scan's process is gone: nobody waits for the results; the file is resumable
         for late in analysis.faults[n_faults:]:
             send(TileAnalysed(late.section_id, late.tile_index, late.message))
         faulted = {(f.section_id, f.tile_index) for f in analysis.faults[n_faults:]}
@@ -306,6 +345,8 @@ class LiveAnalysisDriver(abc.ABC):
         self._finished = threading.Event()
         self._finalizing = False
         self._started = False
+        self._req_ids = itertools.count()
+        self._replies_due: dict[int, tuple[threading.Event, list[TargetsReply]]] = {}
 
     # ------------------------------------------------------------- feeding
 
@@ -338,6 +379,12 @@ class LiveAnalysisDriver(abc.ABC):
             self.events.maps_updated.emit(reply.section_id, reply.rows)
         elif isinstance(reply, SnapshotReply):
             self._snapshot_arrived(reply)
+        elif isinstance(reply, TargetsReply):
+            with self._lock:
+                due = self._replies_due.pop(reply.request_id, None)
+            if due is not None:
+                due[1].append(reply)
+                due[0].set()
         elif isinstance(reply, Finished):
             self._final = reply
             self._finished.set()
@@ -424,6 +471,34 @@ class LiveAnalysisDriver(abc.ABC):
     def snapshot(self, section_id: str) -> LiveSnapshot | None:
         """A copy of one section's live (or final) state; may block: call it off the GUI thread."""
 
+    def adaptive_targets(
+        self, section_id: str, *, region: str, min_pct_axonal_area: float, timeout_s: float = 120.0
+    ) -> list[list[tuple[float, float]]]:
+        """What an adaptive pass should image in a section (:meth:`ScanAnalysis.adaptive_targets`).
+
+        Asked between two tiles; the analysis first catches up with the
+        section's done tiles. Blocks until it answers.
+
+        Raises
+        ------
+        AnalysisProcessError
+            If the analysis does not answer within ``timeout_s`` or failed to compute them.
+        """
+        self.start()
+        req_id = next(self._req_ids)
+        done = threading.Event()
+        box: list[TargetsReply] = []
+        with self._lock:
+            self._replies_due[req_id] = (done, box)
+        self._request(TargetsRequest(req_id, section_id, region, float(min_pct_axonal_area)))
+        if not done.wait(timeout_s):
+            with self._lock:
+                self._replies_due.pop(req_id, None)
+            raise AnalysisProcessError(f"no adaptive targets for section {section_id} within {timeout_s:g} s")
+        if box[0].error is not None:
+            raise AnalysisProcessError(f"adaptive targets of section {section_id} failed: {box[0].error}")
+        return box[0].polygons
+
 
 class AnalysisThread(LiveAnalysisDriver):
     """The live analysis in a thread of the scan's process (pixels handed over in memory).
@@ -485,14 +560,26 @@ class AnalysisThread(LiveAnalysisDriver):
 
 
 def _child_main(
-    scan_path: str, settings: AnalysisSettings | None, tiles: Any, requests: Any, replies: Any
+    scan_path: str,
+    settings: AnalysisSettings | None,
+    tiles: Any,
+    requests: Any,
+    replies: Any,
+    log_level: int | None = None,
 ) -> None:
     """Body of the analysis process: the loop, reading tiles beside the scan's writer."""
     try:
         os.nice(ANALYSIS_NICE)
     except OSError:
         logger.debug("analysis process keeps its priority")
+    if log_level is not None:
+        logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
     parent = mp.parent_process()
+    parent_gone = threading.Event()
+    if parent is not None:
+        threading.Thread(
+            target=_watch_parent, args=(parent, parent_gone), name="cordscope-parent-watch", daemon=True
+        ).start()
     # a reader beside the scan's writer: never holds a lock a resumed scan would meet
     analysis = ScanAnalysis(scan_path, settings=settings, beside_writer=True)
     run_analysis_loop(
@@ -500,8 +587,29 @@ def _child_main(
         tiles,
         requests,
         replies.put,
-        keep_going=lambda: parent is None or parent.is_alive(),
+        keep_going=lambda: not parent_gone.is_set(),
     )
+
+
+#: After the scan's process died, how long (s) the analysis process may take to stop between two
+#: tiles and close the scan file before it ends itself.
+PARENT_GONE_GRACE_S = 5.0
+
+
+def _watch_parent(parent: Any, gone: threading.Event) -> None:
+    """End this analysis process soon after the scan's process dies (it holds the scan file).
+
+    The loop sees ``gone`` between tiles (also during the final analysis)
+    and stops, closing the file; if it has not ended within
+    :data:`PARENT_GONE_GRACE_S` (a long step), the process ends itself, as a
+    kill would have ended it: the scan file stays resumable.
+    """
+    from multiprocessing.connection import wait
+
+    wait([parent.sentinel])
+    gone.set()
+    time.sleep(PARENT_GONE_GRACE_S)
+    os._exit(1)
 
 
 def _process_context() -> Any:
@@ -532,16 +640,26 @@ class AnalysisProcess(LiveAnalysisDriver):
         self._replies: Any = self._ctx.Queue()
         self._process: Any = None
         self._listener: threading.Thread | None = None
-        self._req_ids = itertools.count()
+        self._queues_closed = False
         self._pending: dict[int, tuple[threading.Event, list[SnapshotReply]]] = {}
 
     def _send_tile(self, stored: TileStored) -> None:
-        self._tiles.put(AnalyseTile(stored.section_id, stored.tile_index))
+        with self._lock:
+            if self._finished.is_set() or self._queues_closed:
+                return  # the analysis ended (its error was reported); the file keeps the tile
+            self._tiles.put(AnalyseTile(stored.section_id, stored.tile_index))
 
     def _start(self) -> None:
         self._process = self._ctx.Process(
             target=_child_main,
-            args=(str(self.scan_path), self.settings, self._tiles, self._requests, self._replies),
+            args=(
+                str(self.scan_path),
+                self.settings,
+                self._tiles,
+                self._requests,
+                self._replies,
+                _handler_level(),
+            ),
             name="cordscope-analysis",
             daemon=True,
         )
@@ -555,7 +673,10 @@ class AnalysisProcess(LiveAnalysisDriver):
                 pending, self._pending = self._pending, {}
             for done, _box in pending.values():
                 done.set()
-        self._requests.put(request)
+        with self._lock:
+            if self._queues_closed:
+                return  # the process has ended: nobody would read it
+            self._requests.put(request)
 
     def _alive(self) -> bool:
         return self._process is not None and self._process.is_alive()
@@ -589,7 +710,9 @@ class AnalysisProcess(LiveAnalysisDriver):
         box: list[SnapshotReply] = []
         with self._lock:
             self._pending[req_id] = (done, box)
-        self._requests.put(SnapshotRequest(req_id, section_id))
+            if self._queues_closed:
+                return saved_section_snapshot(self.scan_path, section_id)
+            self._requests.put(SnapshotRequest(req_id, section_id))
         if not done.wait(_SNAPSHOT_TIMEOUT_S):
             with self._lock:
                 self._pending.pop(req_id, None)
@@ -618,11 +741,45 @@ class AnalysisProcess(LiveAnalysisDriver):
                 if self._process is not None and not self._process.is_alive() and not self._finished.is_set():
                     code = self._process.exitcode
                     self._handle(Finished(None, f"the analysis process exited (code {code})"))
+                    self._close_queues()
                     return
                 continue
             self._handle(reply)
             if isinstance(reply, Finished):
+                self._close_queues()
                 return
+
+    def _close_queues(self) -> None:
+        """Once the process has ended, end the queues and their feeder threads (nothing is left running).
+
+        Tiles the process never read (it reads done tiles from the file once
+        it finalizes) are drained here first: a feeder thread with a full pipe
+        and no reader would block forever, and the interpreter's exit with it.
+        """
+        if self._process is not None:
+            self._process.join(10)
+            if self._process.is_alive():
+                logger.warning("the analysis process did not end within 10 s of its last answer")
+                return
+        with self._lock:
+            self._queues_closed = True
+        for q in (self._tiles, self._requests):
+            while True:
+                try:
+                    q.get(timeout=0.05)
+                except queue.Empty:
+                    break
+            q.cancel_join_thread()  # what is left in its buffer has no reader any more
+            q.close()
+            q.join_thread()
+        self._replies.close()
+        self._replies.join_thread()
+
+
+def _handler_level() -> int | None:
+    """The level of this process' root log handler (the command line's), for the analysis process."""
+    level = max((h.level for h in logging.getLogger().handlers), default=logging.NOTSET)
+    return level if level > logging.NOTSET else None
 
 
 def _lower_this_threads_priority() -> None:

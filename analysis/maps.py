@@ -443,6 +443,9 @@ class RegionRow:
     kind : str
         Where the region's mask came from: ``"automatic"`` (from the DAPI mosaic),
         ``"edited"``, ``"drawn"`` or ``"imported"`` (see :mod:`analysis.results_format`).
+    imaged_at_hires_fraction : float
+        Part of the imaged area measured by a higher-resolution pass (0..1; 0 without
+        one, see :mod:`analysis.adaptive`).
     """
 
     region: str
@@ -452,6 +455,7 @@ class RegionRow:
     mean_tracer_intensity: float
     imaged_fraction: float
     kind: str = "automatic"
+    imaged_at_hires_fraction: float = 0.0
 
 
 def region_table(acc: SectionAccumulator, masks: Mapping[str, ArrayLike]) -> list[RegionRow]:

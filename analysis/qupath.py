@@ -20,9 +20,10 @@ Two GeoJSON frames
 
 Stage µm ↔ image pixels (:class:`ImageFrame`): the image's top-left corner is
 at stage ``corner_um`` and a pixel step is the 2 × 2 matrix ``affine_um``
-(µm per pixel; ``pixel_size_um · I`` for the mosaics written here, where tile
-columns run along stage x): ``stage = corner_um + affine_um @ (u, v)``. A
-rotated camera (Micro-Manager's pixel-size affine) only changes that matrix.
+(µm per pixel): ``stage = corner_um + affine_um @ (u, v)``. The mosaics written
+here are stage-aligned (``pixel_size_um · I``): a rotated or mirrored camera's
+tiles are turned into the stage frame before placement
+(:func:`analysis.exports.place_done_tiles`), so its annotations need no other frame.
 
 Imported annotations become regions of kind ``"imported"`` (with who, when and
 the file's name); classification names map to CordScope's region names
@@ -63,10 +64,9 @@ from analysis.exports import (
     _no_progress,
     _prepare_out_dir,
     _pyramid_shapes,
-    mosaic_geometry,
     place_done_tiles,
     region_color,
-    tile_positions_um,
+    section_mosaic_geometry,
 )
 from analysis.maps import RegionRow
 from analysis.region_edits import (
@@ -179,7 +179,7 @@ def _section_geometry(sec: SectionReader) -> tuple[NDArray[np.intp], MosaicGeome
     done = sec.done_indices()
     if done.size == 0:
         raise ExportError(f"section {sec.section_id} has no done tile to export")
-    return done, mosaic_geometry(tile_positions_um(sec)[done], sec.tile_shape_px, sec.pixel_size_um)
+    return done, section_mosaic_geometry(sec, done)
 
 
 def section_image_frame(sec: SectionReader) -> ImageFrame:
@@ -811,7 +811,7 @@ def export_qupath(
     written: list[Path] = []
     with ScanFile.open(path) as scan:
         names = [f"{sid}{ext}" for sid in scan.section_ids for ext in (".ome.tif", ".geojson")]
-        out = _prepare_out_dir(out_dir, names, overwrite)
+        out = _prepare_out_dir(out_dir, names, overwrite, protect=path)
         for sid in scan.section_ids:
             sec = scan.section(sid)
             if sec.done_indices().size == 0:

@@ -701,7 +701,7 @@ def section_regions(
     origin_um: ArrayLike,
     pixel_size_um: float,
     orientation: Orientation,
-    injection_side: Side,
+    injection_side: Side | None,
     rostral_direction_deg: float = 180.0,
     epicenter_um: tuple[float, float] | None = None,
     bin_length_um: float = 500.0,
@@ -719,8 +719,10 @@ def section_regions(
     pixel_size_um : float
         Mosaic pixel size (µm).
     orientation : {"coronal", "horizontal"}
-    injection_side : {"left", "right"}
+    injection_side : {"left", "right"} or None
         Side of the red-nucleus injection; the territory is on the other side.
+        None (not known): coronal sections get no ``rubrospinal_territory``
+        (unless the user draws it), rather than one on a guessed side.
     rostral_direction_deg : float
         Horizontal: planned rostral direction (image angle, 180 = −x).
     epicenter_um : (float, float), optional
@@ -775,10 +777,11 @@ def section_regions(
         dv = (x - mx) * vx + (y - my) * vy
         masks["dorsal"] = tissue & (dv < 0)
         masks["ventral"] = tissue & (dv >= 0)
-        tracer: Side = "right" if injection_side == "left" else "left"
-        masks["rubrospinal_territory"] = rubrospinal_territory_mask(
-            tissue, gray, axes, side=tracer, origin_um=origin, pixel_size_um=p
-        )
+        if injection_side in ("left", "right"):
+            tracer: Side = "right" if injection_side == "left" else "left"
+            masks["rubrospinal_territory"] = rubrospinal_territory_mask(
+                tissue, gray, axes, side=tracer, origin_um=origin, pixel_size_um=p
+            )
     else:
         assert axes.rostral_direction is not None
         if epicenter_um is not None:

@@ -38,7 +38,8 @@ Layout (version 2)::
         automatic_masks/<region>      uint8: the automatic mask of a region whose mask in
                                       force differs from it (kept for "reset to automatic")
         regions_table                 compound: region, kind, area_um2, axon_area_um2,
-                                      pct_axonal_area, mean_tracer_intensity, imaged_fraction
+                                      pct_axonal_area, mean_tracer_intensity, imaged_fraction,
+                                      imaged_at_hires_fraction (absent in older tables: 0)
         regions_table_csv             the same as CSV text
         region_history_json           JSON list of region changes (region, kind, who, when_iso, source)
         parameters_json               JSON text of the analysis parameters
@@ -112,7 +113,7 @@ GeoJSON file (``imported``, e.g. annotations edited in QuPath)."""
 REGION_KINDS: tuple[str, ...] = get_args(RegionKind)
 
 #: Region-table columns as stored in the HDF5 compound dataset (RegionRow's fields).
-TABLE_COLUMNS = ("region", "kind", *REGION_COLUMNS[1:])
+TABLE_COLUMNS = ("region", "kind", *REGION_COLUMNS[1:], "imaged_at_hires_fraction")
 
 #: Columns of the regions CSV (units in every numeric name) and what they come from.
 CSV_COLUMNS = (
@@ -127,6 +128,7 @@ CSV_COLUMNS = (
     "pct_axonal_area",
     "mean_tracer_intensity_adu",
     "imaged_pct",
+    "imaged_at_hires_pct",
 )
 CSV_DIGITS: dict[str, int] = {
     "area_um2": 1,
@@ -134,6 +136,7 @@ CSV_DIGITS: dict[str, int] = {
     "pct_axonal_area": 4,
     "mean_tracer_intensity_adu": 2,
     "imaged_pct": 2,
+    "imaged_at_hires_pct": 2,
 }
 """Decimal places of each numeric CSV column (values are rounded, not truncated)."""
 
@@ -436,7 +439,7 @@ def _table_with_kinds(table: Sequence[RegionRow], records: Mapping[str, RegionRe
 
 
 def _write_table(group: h5py.Group, table: Sequence[RegionRow]) -> None:
-    dt = np.dtype([("region", _STR), ("kind", _STR)] + [(k, np.float64) for k in REGION_COLUMNS[1:]])
+    dt = np.dtype([("region", _STR), ("kind", _STR)] + [(k, np.float64) for k in TABLE_COLUMNS[2:]])
     rec = np.array([tuple(getattr(r, k) for k in TABLE_COLUMNS) for r in table], dtype=dt)
     replace_dataset(group, "regions_table", rec)
     replace_dataset(group, "regions_table_csv", region_table_csv(table), dtype=_STR)
@@ -701,7 +704,9 @@ def _table_row(record: np.void, names: Sequence[str], records: Mapping[str, Regi
     # version 1 tables have no kind column: the masks' records say it
     kind = _text(record["kind"]) if "kind" in names else records.get(region, RegionRecord()).kind
     values = {k: float(record[k]) for k in REGION_COLUMNS[1:]}
-    return RegionRow(region=region, kind=kind, **values)
+    # tables written before adaptive passes have no hires column: nothing was imaged at a higher resolution
+    hires = float(record["imaged_at_hires_fraction"]) if "imaged_at_hires_fraction" in names else 0.0
+    return RegionRow(region=region, kind=kind, imaged_at_hires_fraction=hires, **values)
 
 
 def read_region_table(h5_group: h5py.Group) -> list[RegionRow]:
@@ -855,6 +860,7 @@ def _csv_values(row: RegionRow) -> dict[str, float]:
         "pct_axonal_area": row.pct_axonal_area,
         "mean_tracer_intensity_adu": row.mean_tracer_intensity,
         "imaged_pct": 100.0 * row.imaged_fraction,
+        "imaged_at_hires_pct": 100.0 * row.imaged_at_hires_fraction,
     }
 
 

@@ -40,18 +40,29 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import h5py
 import numpy as np
+import yaml
 
-from acquisition.storage import ScanFile, SectionReader, TileStatus, tile_name
+from acquisition.storage import (
+    ScanFile,
+    SectionReader,
+    StorageError,
+    TileStatus,
+    in_use,
+    split_pass_key,
+    tile_name,
+)
+from analysis import adaptive
 from analysis.maps import RegionRow
 from analysis.regions import SectionRegions
 from analysis.results_format import region_csv_path, write_scan_region_csv
 from analysis.section_analysis import LiveSnapshot, SectionAnalysis, SectionResults, saved_snapshot
-from analysis.settings import AnalysisSettings, load_flat_fields, settings_of_scan
+from analysis.settings import AnalysisSettings, load_flat_fields, segmentation_settings, settings_of_scan
+from analysis.tile import AxonSegmentationSettings
 
 __all__ = [
     "REGIONS_REFRESH_S",
@@ -95,6 +106,19 @@ def _done_tile_reader(scan: ScanFile, section_id: str) -> Callable[[int], np.nda
         return sec.read_tile(tile_index)
 
     return read
+
+
+def _stoppable(
+    read: Callable[[int], np.ndarray | None], should_continue: Callable[[], bool]
+) -> Callable[[int], np.ndarray | None]:
+    """``read``, asking ``should_continue`` before each tile (a rebuild reads every tile again)."""
+
+    def checked(tile_index: int) -> np.ndarray | None:
+        if not should_continue():
+            raise InterruptedError("the final analysis was stopped")
+        return read(tile_index)
+
+    return checked
 
 
 def _new_section(
@@ -188,6 +212,9 @@ class ScanAnalysis:
         self._dirty: dict[str, None] = {}  # ordered set of sections with changes not yet published
         # live region masks per section: (regions, when computed, how long it took)
         self._live_regions: dict[str, tuple[SectionRegions, float, float]] = {}
+        # further passes (e.g. an adaptive pass at 20x) by pass key, and each section's grid
+        self._passes: dict[str, adaptive.HiresSection] = {}
+        self._grids: dict[str, tuple[tuple[float, float], float, tuple[int, int]]] = {}
 
     # ------------------------------------------------------------- feeding
 
@@ -203,11 +230,17 @@ class ScanAnalysis:
         if key in self.analysis_counts:
             return False
         try:
+            is_pass = split_pass_key(section_id)[1] is not None
+            if is_pass:
+                self._see_pass(section_id)
             if images is None:
                 images = _done_tile_reader(self._open_scan(), section_id)(key[1])
                 if images is None:
                     return False  # not done: nothing to analyse
-            self._section(section_id).add_tile(images, tile_index=key[1])
+            if is_pass:
+                self._pass(section_id).add_tile(images, tile_index=key[1])
+            else:
+                self._section(section_id).add_tile(images, tile_index=key[1])
         except Exception as e:  # an analysis fault never stops the scan; the tile is not retried
             logger.exception("analysis of tile %s failed", tile_name(*key))
             self.faults.append(AnalysisFault(section_id, key[1], f"{type(e).__name__}: {e}"))
@@ -236,6 +269,83 @@ class ScanAnalysis:
         """
         with self._lock:
             return self._sections[section_id]
+
+    # -------------------------------------------------------- adaptive pass
+
+    def adaptive_targets(
+        self, section_id: str, *, region: str, min_pct_axonal_area: float
+    ) -> list[list[tuple[float, float]]]:
+        """What an adaptive pass should image in a section: polygons, stage µm (:mod:`analysis.adaptive`).
+
+        First analyses any done tile of the section not analysed yet (read
+        from the file), then computes the region masks afresh.
+
+        Returns
+        -------
+        list of vertex lists; empty when the region is missing or shows nothing above the threshold
+        """
+        scan = self._open_scan()
+        for t in scan.section(section_id).done_indices():
+            self.add_tile(section_id, int(t))
+        section = self._section(section_id)
+        masks = section.regions().masks
+        if region not in masks:
+            logger.warning("section %s has no region %r: nothing for the adaptive pass", section_id, region)
+            return []
+        with section._lock:
+            mask = adaptive.target_mask(
+                section.accumulator,
+                masks[region],
+                min_pct_axonal_area=min_pct_axonal_area,
+                bin_um=section.settings.heatmap_bin_um,
+            )
+        return adaptive.target_polygons(
+            mask, origin_um=section.mosaic.origin_um, cell_um=section.mosaic.pixel_size_um
+        )
+
+    def _grid(self, section_id: str) -> tuple[tuple[float, float], float, tuple[int, int]]:
+        """A section's analysis grid (origin, cell, shape), as its SectionAnalysis lays it out."""
+        if section_id not in self._grids:
+            with self._lock:
+                section = self._sections.get(section_id)
+            if section is None:
+                assert self.settings is not None
+                section = _new_section(
+                    self._open_scan(), section_id, self.settings, plan_dir=self.scan_path.parent
+                )
+            mosaic = section.mosaic
+            origin = (float(mosaic.origin_um[0]), float(mosaic.origin_um[1]))
+            self._grids[section_id] = (origin, float(mosaic.pixel_size_um), tuple(mosaic.shape))  # type: ignore[assignment]
+        return self._grids[section_id]
+
+    def _see_pass(self, key: str) -> None:
+        """Reopen a file read beside its writer when a pass was added after it was opened."""
+        scan = self._open_scan()
+        if scan.live and key not in scan.pass_keys():
+            scan.refresh(beside_writer=self.beside_writer)
+
+    def _pass(self, key: str) -> adaptive.HiresSection:
+        """The running analysis of a section's further pass (its tiles on the section's grid)."""
+        if key not in self._passes:
+            scan = self._open_scan()
+            if self.settings is None:
+                self.settings = settings_of_scan(scan.plan_yaml, source=f"{self.scan_path.name}:/plan")
+            reader = scan.section(key)
+            section_id, _ = split_pass_key(key)
+            origin, cell, shape = self._grid(section_id)
+            self._passes[key] = adaptive.HiresSection(
+                origin_um=origin,
+                cell_um=cell,
+                shape=shape,
+                tile_xy_um=reader.tile_xy_um,
+                tile_shape_px=reader.tile_shape_px,
+                pixel_size_um=reader.pixel_size_um,
+                pixel_affine_um=reader.pixel_affine_um,
+                tracer_channel=_tracer_index(scan.plan_yaml, reader.channel_names),
+                dark_offset_adu=self.settings.dark_offset_adu,
+                segmentation=_pass_segmentation(scan.plan_yaml, self.settings),
+            )
+        return self._passes[key]
 
     # ---------------------------------------------------------- live results
 
@@ -301,8 +411,10 @@ class ScanAnalysis:
         Parameters
         ----------
         should_continue : callable
-            Asked between tiles; when it returns False the work stops with
-            :class:`InterruptedError` (e.g. the scan's process was killed).
+            Asked between tiles (also while a section is rebuilt at its
+            registered positions) and between sections; when it returns False
+            the work stops with :class:`InterruptedError` (e.g. the scan's
+            process was killed).
         """
         self._close_scan()
         tables: dict[str, list[RegionRow]] = {}
@@ -313,13 +425,16 @@ class ScanAnalysis:
                 self._scan = scan
                 try:
                     for sid in scan.section_ids:
-                        for t in scan.section(sid).done_indices():
-                            if not should_continue():
-                                raise InterruptedError(f"final analysis of {self.scan_path.name} stopped")
-                            self.add_tile(sid, int(t))
+                        for key in (sid, *scan.pass_keys(sid)):
+                            for t in scan.section(key).done_indices():
+                                if not should_continue():
+                                    raise InterruptedError(f"final analysis of {self.scan_path.name} stopped")
+                                self.add_tile(key, int(t))
                         section = self._section(sid)
-                        section.read_tile = _done_tile_reader(scan, sid)
-                        results = _final_results(section)
+                        section.read_tile = _stoppable(_done_tile_reader(scan, sid), should_continue)
+                        results = self._final_results(scan, section)
+                        if not should_continue():
+                            raise InterruptedError(f"final analysis of {self.scan_path.name} stopped")
                         if results is not None:
                             section.write(f["sections"][sid].require_group("analysis"), results)
                             tables[sid] = results.table
@@ -333,6 +448,36 @@ class ScanAnalysis:
         finally:
             self.close()
         return tables
+
+    def _final_results(self, scan: ScanFile, section: SectionAnalysis) -> SectionResults | None:
+        """A section's final results, with its further passes' numbers where they imaged whole cells."""
+        keys = [k for k in scan.pass_keys(section.section_id) if k in self._passes]
+        if not keys:
+            return _final_results(section)
+        try:
+            source, registration = section.final()
+            parameters = []
+            cells = np.zeros(source.accumulator.shape, dtype=bool)
+            with source._lock:
+                for key in keys:
+                    hires = self._passes[key]
+                    folded = adaptive.fold_hires(source.accumulator, hires)
+                    cells |= folded
+                    parameters.append(adaptive.pass_parameters(hires, folded, scan.section(key).attrs))
+            results = source.results(final=False)
+        except ValueError as e:  # e.g. no tissue in the tiles imaged so far
+            logger.warning("section %s: no analysis (%s)", section.section_id, e)
+            return None
+        table = adaptive.hires_fractions(results.table, source.accumulator, results.regions.masks, cells)
+        logger.info(
+            "section %s: %d cells from further passes %s", section.section_id, int(cells.sum()), parameters
+        )
+        return dataclasses.replace(
+            results,
+            table=table,
+            registration=registration,
+            rebuilt_at_registered_positions=source is not section,
+        )
 
     def close(self) -> None:
         """Close the scan file and the temporary file of set-aside sections (idempotent)."""
@@ -410,6 +555,25 @@ class ScanAnalysis:
 # ---------------------------------------------------------------- offline
 
 
+def _pass_segmentation(plan_yaml: str, settings: AnalysisSettings) -> AxonSegmentationSettings:
+    """Segmentation of a pass's tiles: the plan's, with the adaptive pass's edge fraction if it sets one."""
+    segmentation = segmentation_settings(settings)
+    adaptive_settings = (yaml.safe_load(plan_yaml) or {}).get("adaptive") or {}
+    edge = adaptive_settings.get("edge_fraction")
+    return segmentation if edge is None else dataclasses.replace(segmentation, edge_fraction=float(edge))
+
+
+def _tracer_index(plan_yaml: str, channel_names: Sequence[str]) -> int:
+    """Index of the plan's tracer channel among a pass's channels."""
+    plan = yaml.safe_load(plan_yaml) or {}
+    tracer = next((c.get("preset") for c in plan.get("channels", []) if c.get("role") == "tracer"), None)
+    if not isinstance(tracer, str) or tracer not in channel_names:
+        raise ValueError(
+            f"the plan's tracer channel {tracer!r} is not among the pass's {list(channel_names)}"
+        )
+    return list(channel_names).index(tracer)
+
+
 def feed_done_tiles(analysis: ScanAnalysis, scan: ScanFile, section_ids: Iterable[str] | None = None) -> None:
     """Feed every done tile of a file's sections to an analysis, in tile-index order."""
     for sid in scan.section_ids if section_ids is None else section_ids:
@@ -435,7 +599,14 @@ def analyze_scan(path: str | Path, *, settings: AnalysisSettings | None = None) 
     dict of section id → list of RegionRow
     """
     path = Path(path)
-    ScanFile.open(path).close()  # checks the format and says what is wrong
+    if path.is_file() and in_use(path):
+        raise StorageError(
+            f"{path} is in use (a running scan writes it, or a program has it open); analyse it once "
+            "that scan has ended or the program has closed it"
+        )
+    with ScanFile.open(path) as scan:  # checks the format and says what is wrong
+        if settings is None:  # a bad plan is one error, not one per tile
+            settings = settings_of_scan(scan.plan_yaml, source=f"{path.name}:/plan")
     return ScanAnalysis(path, settings=settings).finalize()
 
 
@@ -456,9 +627,10 @@ def analyze_section_into(
     """
     analysis = ScanAnalysis(path, settings=settings)
     try:
-        feed_done_tiles(analysis, analysis._open_scan(), [section_id])
+        scan = analysis._open_scan()
+        feed_done_tiles(analysis, scan, [section_id, *scan.pass_keys(section_id)])
         section = analysis.section(section_id) if section_id in analysis.section_ids else None
-        results = None if section is None else _final_results(section)
+        results = None if section is None else analysis._final_results(scan, section)
         if results is None or section is None:
             return None
         with h5py.File(out_path, "w") as out:

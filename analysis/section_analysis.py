@@ -49,7 +49,7 @@ and back, so the live worker keeps only the sections being scanned in memory.
 Memory per section is the grid (≈ 56 bytes per cell with two channels), the
 reduced tiles (with registration on) and the raw overlap strips of tiles
 whose neighbours are still to come; nothing grows with the square of the
-tile count (:func:`estimated_state_bytes` gives it before a scan).
+tile count (``acquisition.plan.checks.section_analysis_bytes`` gives it before a scan).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ import logging
 import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import h5py
 import numpy as np
@@ -89,7 +89,6 @@ from analysis.mosaic import (
     SectionMosaic,
     edge_neighbour_pairs,
     measure_strip_shift,
-    mosaic_reduction_factor,
     overlap_regions,
     registration_from_pairs,
 )
@@ -106,7 +105,6 @@ __all__ = [
     "SectionResults",
     "TileReader",
     "channel_roles",
-    "estimated_state_bytes",
     "regions_from_json",
     "regions_to_json",
 ]
@@ -332,49 +330,6 @@ def _grid_bbox_um(
     return x0 - margin_um, y0 - margin_um, x1 + margin_um, y1 + margin_um
 
 
-def estimated_state_bytes(
-    *,
-    tile_xy_um: ArrayLike,
-    tile_shape_px: tuple[int, int],
-    pixel_affine_um: ArrayLike,
-    n_channels: int,
-    settings: AnalysisSettings | None = None,
-) -> int:
-    """Memory (bytes) a section's analysis holds at most: grid, reduced tiles, pending strips.
-
-    For refusing, before a scan, a section the machine cannot analyse. The
-    grid is float64 sums (mosaic: one per channel plus a weight; accumulator:
-    three); reduced tiles are kept with registration on; the raw overlap
-    strips of tiles waiting for a neighbour are bounded by one row of tiles.
-
-    Parameters
-    ----------
-    tile_xy_um : (n_tiles, 2)
-        Planned tile centres (µm).
-    tile_shape_px : (H, W)
-    pixel_affine_um : (2, 2)
-    n_channels : int
-    settings : AnalysisSettings, optional
-    """
-    s = settings or AnalysisSettings()
-    xy = np.asarray(tile_xy_um, dtype=np.float64).reshape(-1, 2)
-    affine = validate_affine(pixel_affine_um)
-    p = pixel_size_from_affine(affine)
-    f = mosaic_reduction_factor(p, s.mosaic_pixel_um)
-    x0, y0, x1, y1 = _grid_bbox_um(xy, affine, tile_shape_px, _grid_margin_um(s, False))
-    cells = math.ceil((x1 - x0) / (f * p)) * math.ceil((y1 - y0) / (f * p))
-    total = cells * 8 * (n_channels + 1 + 3)
-    h, w = tile_shape_px
-    blocks = (h // f) * (w // f)
-    if s.register_tiles:
-        total += len(xy) * blocks * (4 * n_channels + 2)
-        # waiting strips: about one row of tiles, each with up to two strips of its overlap + margin
-        row = max(1, math.isqrt(len(xy)) + 1)
-        margin = 2 * math.ceil(2 * s.max_registration_correction_um / p) + 4
-        total += row * 2 * (max(h, w) * margin * 2)
-    return int(total)
-
-
 class SectionAnalysis:
     """Per-section analysis state: mosaic, accumulator, registration; fed tile by tile.
 
@@ -474,6 +429,7 @@ class SectionAnalysis:
         )
         self.lattice = self.mosaic.lattice(self.tile_shape_px)
         self.tiles_added: list[int] = []
+        self._warned_no_side = False
         self._added: set[int] = set()
         self._lock = threading.Lock()
         # registration: planned edge neighbours, measured pairs, raw anatomy strips awaiting a
@@ -774,6 +730,20 @@ class SectionAnalysis:
 
     # --------------------------------------------------------------- results
 
+    def _injection_side(self) -> Literal["left", "right"] | None:
+        """The section's injection side; None (said once) when the plan does not know it."""
+        value = self.attrs.get("injection_side")
+        if value in ("left", "right"):
+            return value  # type: ignore[no-any-return]
+        if not self._warned_no_side:
+            self._warned_no_side = True
+            logger.warning(
+                "section %s: injection side not given: no rubrospinal territory (the tract's side is "
+                "unknown); set injection_side in the plan, or draw the territory",
+                self.section_id,
+            )
+        return None
+
     def regions(self) -> SectionRegions:
         """Region masks from the anatomy mosaic of the tiles added so far (≈ 0.3 s for a Th7 section).
 
@@ -791,7 +761,7 @@ class SectionAnalysis:
             origin_um=self.mosaic.origin_um,
             pixel_size_um=self.mosaic.pixel_size_um,
             orientation=a.get("orientation") or "coronal",
-            injection_side=a.get("injection_side") or "left",
+            injection_side=self._injection_side(),
             rostral_direction_deg=float(a.get("rostral_direction_deg") or 180.0),
             epicenter_um=None if epicenter is None else (float(epicenter[0]), float(epicenter[1])),
             bin_length_um=self.settings.rc_bin_um,

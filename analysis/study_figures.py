@@ -259,7 +259,9 @@ def section_in_frame(
     assert axes.ventral_direction is not None
     dorsal = -np.asarray(axes.ventral_direction)
     # the labelled (contralateral) side goes to +u: mirror sections injected on the right
-    lateral = right if (record.injection_side or "left") == "left" else -right
+    if record.injection_side not in ("left", "right"):
+        raise ValueError(f"{record.file}: section {record.section_id} has no injection side to mirror by")
+    lateral = right if record.injection_side == "left" else -right
     centre = np.asarray(axes.midline_point_um)
     u, v = _frame_grid()
     x = centre[0] + u * lateral[0] + v * dorsal[0]
@@ -275,10 +277,14 @@ def section_in_frame(
 
 
 def common_frame_maps(study: Study, level: str) -> dict[str, CommonFrameMap]:
-    """Average % axonal area maps per group at one level, in the common frame (coronal sections only)."""
+    """Average % axonal area maps per group at one level, in the common frame.
+
+    Coronal sections whose injection side is known only (the side decides the mirroring).
+    """
     by_group: dict[str, dict[str, list[SectionRecord]]] = defaultdict(lambda: defaultdict(list))
     for rec in study.sections:
-        if rec.level == level and rec.orientation == "coronal":
+        # which side to mirror is the injection's: sections without it cannot be put in the common frame
+        if rec.level == level and rec.orientation == "coronal" and rec.injection_side in ("left", "right"):
             by_group[rec.group][rec.animal].append(rec)
     out: dict[str, CommonFrameMap] = {}
     hx, hy = FRAME_HALF_EXTENT_UM

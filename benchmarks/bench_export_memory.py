@@ -15,7 +15,11 @@ tiles is metadata, not pixels: the BDV XML tree (~15 elements per view)
 and HDF5's metadata cache (capped by HDF5, 32 MB by default). Prints one
 JSON line.
 
-Run: ``.venv/bin/python benchmarks/bench_export_memory.py``
+``--camera rot1.5`` (or ``rot90``) stores the tiles as taken through a camera
+turned by that much (the section's ``pixel_affine_um``), so OME-Zarr turns
+(resamples) every tile into the stage frame: its memory must stay bounded too.
+
+Run: ``.venv/bin/python benchmarks/bench_export_memory.py [--camera aligned|rot90|rot1.5]``
 """
 
 from __future__ import annotations
@@ -44,6 +48,13 @@ PIXEL_UM = 0.65
 CHANNELS = ("DAPI", "tdTomato")
 BOUND_MB = 50.0
 FORMATS = ("bdv", "ome-zarr", "csv")
+_T = np.radians(1.5)
+#: Pixel-size affine of the tiles (µm per pixel step along columns, rows) per ``--camera``.
+CAMERAS = {
+    "aligned": PIXEL_UM * np.eye(2),
+    "rot90": PIXEL_UM * np.array([[0.0, -1.0], [1.0, 0.0]]),
+    "rot1.5": PIXEL_UM * np.array([[np.cos(_T), -np.sin(_T)], [np.sin(_T), np.cos(_T)]]),
+}
 
 
 def _grid(n_tiles: int, x0: float) -> np.ndarray:
@@ -52,8 +63,8 @@ def _grid(n_tiles: int, x0: float) -> np.ndarray:
     return np.array([[x0 + (i % cols) * step, 1000.0 + (i // cols) * step] for i in range(n_tiles)])
 
 
-def make_scan(path: Path, tiles_per_section: int) -> None:
-    """Write a synthetic finished, analysed scan of 2 sections."""
+def make_scan(path: Path, tiles_per_section: int, camera: str = "aligned") -> None:
+    """Write a synthetic finished, analysed scan of 2 sections (tiles through ``CAMERAS[camera]``)."""
     layouts = [
         SectionLayout(
             f"S{s + 1}",
@@ -63,6 +74,7 @@ def make_scan(path: Path, tiles_per_section: int) -> None:
             (TILE_PX, TILE_PX),
             PIXEL_UM,
             (TILE_PX * PIXEL_UM, TILE_PX * PIXEL_UM),
+            pixel_affine_um=CAMERAS[camera],
         )
         for s in range(2)
     ]
@@ -128,14 +140,19 @@ def _run_child(fmt: str, scan: Path, out: Path) -> dict[str, float]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def main() -> dict[str, object]:
+def main(camera: str = "aligned") -> dict[str, object]:
     """Build both scans, export each in every format in a fresh process, compare."""
-    result: dict[str, object] = {"benchmark": "export_memory", "tile_px": TILE_PX, "channels": len(CHANNELS)}
+    result: dict[str, object] = {
+        "benchmark": "export_memory",
+        "camera": camera,
+        "tile_px": TILE_PX,
+        "channels": len(CHANNELS),
+    }
     with tempfile.TemporaryDirectory(prefix="cordscope-bench-export-") as tmp:
         scans = {}
         for n_tiles in (100, 1000):
             path = Path(tmp) / f"scan{n_tiles}.h5"
-            make_scan(path, n_tiles // 2)
+            make_scan(path, n_tiles // 2, camera)
             scans[n_tiles] = path
         tile_mb = 1000 * len(CHANNELS) * TILE_PX * TILE_PX * 2 / 2**20
         result["large_scan_pixels_mb"] = round(tile_mb, 1)
@@ -161,4 +178,8 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         print(json.dumps(child(sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]))))
     else:
-        print(json.dumps(main()))
+        args = sys.argv[1:]
+        chosen = args[args.index("--camera") + 1] if "--camera" in args else "aligned"
+        if chosen not in CAMERAS:
+            sys.exit(f"unknown --camera {chosen!r}: choose from {', '.join(CAMERAS)}")
+        print(json.dumps(main(chosen)))

@@ -1,6 +1,6 @@
 """Scan throughput: CordScope's controller and writer against a bare pymmcore-plus MDA run.
 
-The same demo acquisition runs in one process, on one demo core, three ways:
+The same demo acquisition runs in one process, on one demo core, four ways:
 
 (a) ``ScanController(core, plan, overwrite=True).run()``: validation, file
     layout, the watchdog/retry ``ScanEngine`` and the crash-safe
@@ -17,6 +17,9 @@ The same demo acquisition runs in one process, on one demo core, three ways:
     acquisition: what it has not analysed when the scan ends it finishes in
     ``finalize()``, timed apart (``analysis_finalize_s_median``; its start-up
     is part of the timed run).
+(d) as (a) with ``reliability.fsync: per_tile`` (every tile made durable
+    with ``os.fsync`` before and after its status): ``fsync_per_tile_vs_off``
+    is its tiles/s over (a)'s, the cost of power-cut safety on this disk.
 
 Workload: 2048 × 2048 tiles (10x, 1331 µm field of view) of six coronal
 sections of two rats (46 tiles × 2 channels, ~1.5 GB a run), a 0.001 ms
@@ -28,8 +31,8 @@ run, including the output thread draining) is reported too, as
 ``scan_only_ratio``.
 
 The machine is small and shared, so the arms are compared within one run:
-one warm-up of each on one section, then ``repeats`` pairs in ABBA order
-(a b, b a, a b, ...; fewer if the machine is so loaded that the run would
+one warm-up of each on one section, then ``repeats`` rounds in ABBA order
+(a b c d, d c b a, ...; fewer if the machine is so loaded that the run would
 pass ~2.5 minutes) and medians. Process CPU time per tile (all threads) is
 reported as well: less sensitive than wall time to other jobs sharing the
 machine. Files go to a temporary directory and are
@@ -131,12 +134,13 @@ class _Bench:
         self.n_runs += 1
         return self.tmp / f"{arm}-{self.n_runs}.h5"
 
-    def cordscope(self) -> dict[str, float]:
+    def cordscope(self, *, fsync: str = "off") -> dict[str, float]:
         """One controller run; seconds of the whole run, its preparation and its scan phase."""
         from acquisition.controller import ScanController
 
-        path = self._path("cordscope")
-        plan = self.plan.model_copy(update={"output": path})
+        path = self._path("cordscope" if fsync == "off" else "fsync")
+        reliability = self.plan.reliability.model_copy(update={"fsync": fsync})
+        plan = self.plan.model_copy(update={"output": path, "reliability": reliability})
         marks: dict[str, float] = {}
         c0, t0 = time.process_time(), time.perf_counter()
         controller = ScanController(self.core, plan, overwrite=True)
@@ -155,6 +159,10 @@ class _Bench:
             "scan_s": marks["finished"] - marks["scanning"],
             "cpu_s": c1 - c0,
         }
+
+    def fsync(self) -> dict[str, float]:
+        """As :meth:`cordscope` with ``reliability.fsync: per_tile`` (power-cut safety)."""
+        return self.cordscope(fsync="per_tile")
 
     def analysis(self) -> dict[str, float]:
         """One scan session with the live analysis process, as ``cordscope scan`` runs it.
@@ -294,9 +302,10 @@ def main(repeats: int = DEFAULT_REPEATS) -> dict[str, Any]:
             warmup.cordscope()
             warmup.bare()
             warmup.analysis()
+            warmup.fsync()
             bench = _Bench(core, _plan(section_ids, tmp / "scan.h5"), tmp)
-            runs: dict[str, list[dict[str, float]]] = {"cordscope": [], "bare": [], "analysis": []}
-            arms = ("cordscope", "bare", "analysis")
+            arms = ("cordscope", "bare", "analysis", "fsync")
+            runs: dict[str, list[dict[str, float]]] = {arm: [] for arm in arms}
             for i in range(repeats):
                 t_pair = time.perf_counter()
                 order = arms if i % 2 == 0 else arms[::-1]
@@ -327,6 +336,7 @@ def main(repeats: int = DEFAULT_REPEATS) -> dict[str, Any]:
 
     ratio = cs_rate / bare_rate
     an_rate = _rate(n, col("analysis", "total_s"))
+    fsync_rate = _rate(n, col("fsync", "total_s"))
     cs_cpu_ms = statistics.median(col("cordscope", "cpu_s")) / n * 1e3
     bare_cpu_ms = statistics.median(col("bare", "cpu_s")) / n * 1e3
     return {
@@ -344,6 +354,9 @@ def main(repeats: int = DEFAULT_REPEATS) -> dict[str, Any]:
         "ratio_with_analysis": round(an_rate / bare_rate, 3),
         "meets_target_with_analysis": bool(an_rate / bare_rate >= TARGET_RATIO),
         "analysis_finalize_s_median": round(statistics.median(col("analysis", "finalize_s")), 2),
+        "fsync_per_tile_tiles_per_s": round(fsync_rate, 3),
+        "fsync_per_tile_vs_off": round(fsync_rate / cs_rate, 3),
+        "fsync_runs_s": rounded(col("fsync", "total_s")),
         "tiles_analysed_live_median": statistics.median(col("analysis", "analysed_live")),
         "pair_ratios": rounded(pair_ratios),
         "pair_ratio_median": round(statistics.median(pair_ratios), 3),

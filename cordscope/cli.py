@@ -1,27 +1,95 @@
 """The ``cordscope`` command: parses arguments and calls the packages.
 
-Every user-facing error (a bad config, plan or file; a device fault) is
-printed as one red line naming what is wrong, with exit code 2; a traceback
-never reaches the user unless ``CORDSCOPE_DEBUG=1`` is set.
+Every user-facing error (a bad config, plan or file; a bad option or a
+usage error; a device fault) is printed as one red line naming what is
+wrong, with exit code 2; an error that is a bug in CordScope is one line
+too, with exit code 3; a traceback never reaches the user unless
+``CORDSCOPE_DEBUG=1`` is set. Outputs are checked against the inputs and
+options against their ranges before any work (:mod:`cordscope.paths_cli`).
+The process never waits at exit for a device call the watchdog gave up on.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape as rich_escape
 from rich.table import Column, Table
+from typer._click import exceptions as click_errors  # typer's own click (typer >= 0.24 vendors it)
+from typer.core import TyperGroup
 
 from acquisition.errors import CordScopeError
+from cordscope.paths_cli import check_not_an_input, check_output_file, check_output_folder
 
-app = typer.Typer(
+
+class _Command(typer.Typer):
+    """The typer app; as a process it never waits on a device that stopped answering when it exits."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except SystemExit as e:
+            _leave(e)
+            raise
+
+
+def _leave(e: SystemExit) -> None:
+    """End the process at once when a device call or a scan is still running (a hung device)."""
+    from acquisition.engine import unanswered_device_calls
+    from cordscope.scanning import _exit_now, scans_running
+
+    if unanswered_device_calls() or scans_running():
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        _exit_now(code)
+
+
+class _OneLineErrors(TyperGroup):
+    """Usage errors (a missing argument, an unknown option, a value of the wrong type) in one line."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
+        except click_errors.NoArgsIsHelpError as e:
+            console.print(e.format_message(), highlight=False, markup=False)
+            sys.exit(e.exit_code)
+        except click_errors.UsageError as e:
+            where = e.ctx.command_path if e.ctx is not None else "cordscope"
+            message = " ".join(e.format_message().split())
+            err_console.print(
+                f"[bold red]error:[/] {rich_escape(message)} (see: {where} --help)", highlight=False
+            )
+            sys.exit(e.exit_code)
+        except click_errors.ClickException as e:
+            err_console.print(f"[bold red]error:[/] {rich_escape(e.format_message())}", highlight=False)
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            err_console.print("aborted", highlight=False)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+app = _Command(
     name="cordscope",
+    cls=_OneLineErrors,
     help="Microscope acquisition and live analysis for spinal cord tract tracing.",
     no_args_is_help=True,
     add_completion=False,
@@ -53,19 +121,70 @@ TrustOpt = Annotated[
 
 
 def _user_errors(func: F) -> F:
-    """Turn CordScope's typed errors into one red line and exit code 2."""
+    """Turn errors into one red line: exit code 2 for what a user can act on, 3 for a bug.
+
+    CordScope's typed errors, bad values (``ValueError``, pydantic's in one
+    line) and failed file operations (``OSError``) are the user's to fix; any
+    other exception is a bug in CordScope, still shown in one line.
+    ``CORDSCOPE_DEBUG=1`` shows the traceback instead.
+    """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except (CordScopeError, FileNotFoundError, ValueError) as e:
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as e:
             if os.environ.get("CORDSCOPE_DEBUG") == "1":
                 raise
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+            text, code = _error_text(e)
+            err_console.print(f"[bold red]error:[/] {text}", highlight=False, soft_wrap=True, markup=True)
+            raise typer.Exit(code) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _error_text(e: Exception) -> tuple[str, int]:
+    """The message of an error as the user sees it, and the exit code."""
+    from pydantic import ValidationError
+
+    from acquisition.plan import PlanError
+
+    if isinstance(e, PlanError):
+        return rich_escape(str(e)), 2  # one line per problem in the plan
+    if isinstance(e, ValidationError):
+        text = one_line_validation_error(e)
+    elif isinstance(e, (CordScopeError, ValueError)):
+        text = str(e)
+    elif isinstance(e, OSError):
+        where = f": {e.filename}" if e.filename else ""
+        text = f"{e.strerror}{where}" if e.strerror else (str(e) or type(e).__name__)
+    else:
+        return (
+            rich_escape(
+                f"internal error (a bug in CordScope; CORDSCOPE_DEBUG=1 shows where): {type(e).__name__}: "
+                + " ".join(str(e).split())
+            ),
+            3,
+        )
+    return rich_escape(" ".join(text.split()) or type(e).__name__), 2
+
+
+def one_line_validation_error(e: Any, *, option_names: dict[str, str] | None = None) -> str:
+    """A pydantic ``ValidationError`` in one line: ``field: problem (got value)``, problems joined by ``;``.
+
+    ``option_names`` maps a field to the command-line option that set it
+    (``{"heatmap_bin_um": "--bin-um"}``), which is then named instead.
+    """
+    from acquisition.plan.yaml_io import _describe_error
+
+    parts = []
+    for err in e.errors():
+        field = ".".join(str(p) for p in err["loc"])
+        name = (option_names or {}).get(field, field)
+        parts.append(f"{name}: {_describe_error(err)}" if name else _describe_error(err))
+    return "; ".join(parts)
 
 
 @app.callback()
@@ -79,6 +198,20 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log mor
     # pymmcore-plus logs every MDA start/cancel with the whole sequence; its
     # warnings repeat what CordScope reports in one line, so show only errors.
     logging.getLogger("pymmcore-plus").setLevel(logging.INFO if verbose else logging.ERROR)
+
+
+def _check_number(
+    option: str, value: float | None, *, gt: float | None = None, lt: float | None = None
+) -> None:
+    """Refuse a non-finite number (typer reads ``inf`` and ``nan``) or one out of range, naming the option."""
+    if value is None:
+        return
+    if not math.isfinite(value):
+        raise ValueError(f"{option} must be a finite number (got {value})")
+    if gt is not None and not value > gt:
+        raise ValueError(f"{option} must be > {gt:g} (got {value:g})")
+    if lt is not None and not value < lt:
+        raise ValueError(f"{option} must be < {lt:g} (got {value:g})")
 
 
 def _core(config: Path | None, trust_config: bool) -> Any:
@@ -147,17 +280,26 @@ def snap(
         raise ValueError("--demo uses the demo microscope; do not combine it with --config")
     if out.suffix.lower() not in (".tif", ".tiff", ".png"):
         raise ValueError(f"--out {out}: use a .tif or .png file name")
+    check_output_file(out, "--out", suffixes=(".tif", ".tiff", ".png"))
+    _check_number("--exposure-ms", exposure_ms, gt=0)
+    _check_number("--x-um", x_um)
+    _check_number("--y-um", y_um)
+    if (x_um is None) != (y_um is None):
+        raise ValueError("give both --x-um and --y-um, or neither")
     core = _core(config, trust_config)
+    channels_of = decide_channel_group(core, channel_group).group
+    core.setChannelGroup(channels_of)  # snap_channels switches presets of the core's channel group
+    channels = channel or list(core.getAvailableConfigs(channels_of))
+    group = decide_objective_group(core, objective_group).group if objective else ""
+    _check_snap_request(
+        core, objective=objective, objective_group=group, channels=channels, x_um=x_um, y_um=y_um
+    )
     if objective:
-        group = decide_objective_group(core, objective_group).group
         core.setConfig(group, objective)
         core.waitForConfig(group, objective)
     xy = (x_um, y_um) if x_um is not None and y_um is not None else None
     if xy is None and demo:
         xy = _demo_snap_position(core)
-    channels_of = decide_channel_group(core, channel_group).group
-    core.setChannelGroup(channels_of)  # snap_channels switches presets of the core's channel group
-    channels = channel or list(core.getAvailableConfigs(channels_of))
     exposures = [exposure_ms] * len(channels) if exposure_ms is not None else None
     result = snap_channels(core, channels, exposures_ms=exposures, xy_um=xy)
     path = save_channel_image(out, result.images, result.channel_names, pixel_size_um=result.pixel_size_um)
@@ -167,6 +309,51 @@ def snap(
         f"{result.images.shape[2]}×{result.images.shape[1]} px at {result.pixel_size_um:g} µm/px; "
         f"stage {x:.0f}, {y:.0f} µm)"
     )
+
+
+def _demo_objectives() -> list[str]:
+    """Objective presets of the demo config, read from its text (no core needed)."""
+    from acquisition.hardware import DEMO_CONFIG
+
+    names = []
+    for line in DEMO_CONFIG.read_text().splitlines():
+        fields = line.removeprefix("#py ").split(",")
+        if len(fields) >= 3 and fields[0] == "ConfigGroup" and fields[1] == "Objective":
+            names.append(fields[2])
+    return sorted(set(names), key=names.index)
+
+
+def _check_snap_request(
+    core: Any,
+    *,
+    objective: str | None,
+    objective_group: str,
+    channels: list[str],
+    x_um: float | None,
+    y_um: float | None,
+) -> None:
+    """Refuse an unknown objective or channel, or a position off the stage, before anything moves."""
+    from acquisition.hardware import config_presets
+    from acquisition.rig_profile import rig_profile_for
+
+    if objective:
+        group = objective_group
+        if objective not in config_presets(core, group):
+            raise ValueError(
+                f"--objective {objective}: not a preset of {group} ({', '.join(config_presets(core, group))})"
+            )
+    group = core.getChannelGroup()  # decided from the config by the caller
+    known = list(core.getAvailableConfigs(group))
+    unknown = [c for c in channels if c not in known]
+    if unknown:
+        raise ValueError(f"--channel {unknown[0]}: not a preset of {group} ({', '.join(known)})")
+    if x_um is not None and y_um is not None:
+        travel, where = rig_profile_for(core).xy_limits_um()
+        if not travel.contains(x_um, y_um):
+            raise ValueError(
+                f"--x-um {x_um:g} --y-um {y_um:g} is outside {where}: X {travel.x_min_um:g}.."
+                f"{travel.x_max_um:g}, Y {travel.y_min_um:g}..{travel.y_max_um:g} µm"
+            )
 
 
 def _demo_snap_position(core: Any) -> tuple[float, float]:
@@ -205,7 +392,12 @@ def plan(
 
     if not demo:
         raise ValueError("only --demo plans are written directly; use `cordscope overview` for a real slide")
+    check_output_file(out, "--out", suffixes=(".yaml", ".yml"))
     output = scan_file or out.with_suffix(".h5")
+    check_not_an_input(output, {"the plan file written": out})
+    objectives = _demo_objectives()
+    if objective not in objectives:
+        raise ValueError(f"--objective {objective}: the demo microscope has {', '.join(objectives)}")
     the_plan = demo_plan(output=output, objective=objective)
     save_plan(the_plan, out)
     n = len(the_plan.sections)
@@ -235,6 +427,17 @@ def overview(
 ) -> None:
     """Survey the slide at low magnification, find the sections, write a plan for them."""
     from cordscope.overview_plan import overview_to_plan
+
+    check_output_file(out, "--out", suffixes=(".yaml", ".yml"))
+    _check_number("--exposure-ms", exposure_ms, gt=0)
+    if region_um is not None:
+        x0, y0, x1, y1 = region_um
+        for v in region_um:
+            _check_number("--region-um", v)
+        if not (x0 < x1 and y0 < y1):
+            raise ValueError(
+                f"--region-um x0 y0 x1 y1 needs x0 < x1 and y0 < y1 (got {x0:g} {y0:g} {x1:g} {y1:g})"
+            )
 
     the_plan, tif, found = overview_to_plan(
         console,
@@ -273,11 +476,16 @@ def validate(
 ) -> None:
     """Check a plan against its hardware config without moving anything."""
     from acquisition.plan import load_plan, validate_plan
+    from cordscope.scanning import check_analysis_settings, check_plan_paths
 
     the_plan = load_plan(plan_file)  # names a bad key (analysis: included) before the hardware loads
     the_plan = _with_groups(the_plan, channel_group, objective_group)
-    core = _core(config or the_plan.hardware_config, trust_config)
+    if config is not None:
+        the_plan = the_plan.model_copy(update={"hardware_config": config.expanduser().absolute()})
+    check_plan_paths(the_plan, plan_file)
+    core = _core(the_plan.hardware_config, trust_config)
     summary = validate_plan(the_plan, core, overwrite=overwrite)
+    check_analysis_settings(the_plan, core)
     console.print(f"[green]ok[/]: {plan_file}")
     _print_plan_summary(summary)
 
@@ -289,9 +497,11 @@ def _with_groups(the_plan: Any, channel_group: str | None, objective_group: str 
 
 
 def _print_plan_summary(summary: Any) -> None:
-    table = Table("section", "tiles", title="Plan")
+    table = Table("section", "tiles", "minimum", "tiles ÷ minimum", title="Plan")
+    minimum = getattr(summary, "min_tiles_per_section", {}) or {}
     for sid, n in summary.tiles_per_section.items():
-        table.add_row(sid, str(n))
+        least = minimum.get(sid)
+        table.add_row(sid, str(n), str(least or ""), f"{n / least:.2f}" if least else "")
     console.print(table)
     w, h = summary.tile_size_um
     console.print(
@@ -354,14 +564,26 @@ def scan(
 
 @app.command()
 @_user_errors
-def info(scan_file: Annotated[Path, typer.Argument(help="Scan file (.h5).")]) -> None:
+def info(
+    scan_file: Annotated[Path, typer.Argument(help="Scan file (.h5).")],
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify",
+            help="Read every done tile and check it against its stored checksum; exit 1 if one is damaged.",
+        ),
+    ] = False,
+) -> None:
     """Summarise a scan file: sections, tiles done/failed/pending, size, duration."""
-    from acquisition.storage import ScanFile
+    from acquisition.storage import ScanFile, TileCheck
 
+    checks: dict[str, TileCheck] = {}
     with ScanFile.open(scan_file) as scan_data:
         summary = scan_data.summary()
         attrs = {sid: scan_data.section(sid).attrs for sid in scan_data.section_ids}
         being_written = scan_data.live
+        if verify:
+            checks = {sid: scan_data.section(sid).check_done_tiles() for sid in scan_data.section_ids}
     console.print(f"[bold]{summary.path}[/]  format v{summary.format_version}, created {summary.created}")
     width = max((len(sid) for sid in summary.sections), default=7)
     table = Table("animal", "group", "level", "orientation", "done", "failed", "pending", "tiles")
@@ -390,6 +612,28 @@ def info(scan_file: Annotated[Path, typer.Argument(help="Scan file (.h5).")]) ->
     console.print(
         f"{summary.done}/{summary.n_tiles} tiles, {summary.file_size_bytes / 1e6:.1f} MB, {duration}; {state}"
     )
+    if verify:
+        _print_verification(scan_file, checks)
+
+
+def _print_verification(scan_file: Path, checks: dict[str, Any]) -> None:
+    """The outcome of ``info --verify``; exit code 1 when a done tile is damaged."""
+    from acquisition.storage import tile_name
+
+    verified = sum(c.verified for c in checks.values())
+    unverified = sum(c.unverified for c in checks.values())
+    damaged = [tile_name(sid, t) for sid, c in checks.items() for t in c.damaged]
+    note = f"; {unverified} done tiles have no checksum (written before checksums)" if unverified else ""
+    if not damaged:
+        console.print(f"verified: {verified} done tiles match their checksums{note}")
+        return
+    shown = ", ".join(damaged[:5]) + (f" and {len(damaged) - 5} more" if len(damaged) > 5 else "")
+    console.print(
+        f"[red]damaged: {len(damaged)} done tiles no longer match their checksums ({shown})[/]; "
+        f"{verified} verified{note}. Resuming acquires them again: cordscope scan --resume {scan_file}",
+        highlight=False,
+    )
+    raise typer.Exit(1)
 
 
 @app.command()
@@ -444,6 +688,8 @@ def regions(
     """Write a scan's regions (stage µm, with kind, who and when) to GeoJSON; edit, then analyze --regions."""
     from analysis.qupath import export_regions_geojson
 
+    check_not_an_input(export_path, {"the scan file": scan_file})
+    check_output_file(export_path, "--export", suffixes=(".geojson", ".json"))
     out = export_regions_geojson(scan_file, export_path)
     console.print(f"wrote {out}")
 
@@ -503,6 +749,10 @@ def analyze(
     overrides = {
         k: v for k, v in (("dark_offset_adu", dark_offset_adu), ("heatmap_bin_um", bin_um)) if v is not None
     }
+    if overrides:
+        _check_analysis_overrides(overrides)
+    if workers is not None and workers < 1:
+        raise ValueError(f"--workers must be at least 1 (got {workers})")
     if workers is None and scheduler is None:
         for path in scan_files:
             settings = None
@@ -514,7 +764,7 @@ def analyze(
                     stored = settings_of_scan(scan.plan_yaml).model_dump()
                 settings = AnalysisSettings.model_validate({**stored, **overrides})
             tables, kept, problems = analyze_keeping_regions(path, settings=settings)
-            print_region_tables(console, path.name, tables)
+            print_region_tables(console, path.name, tables, sections=_section_ids(path))
             console.print(f"wrote the analysis into {path} and {region_csv_path(path)}")
             if kept:
                 console.print(f"kept {kept} region(s) edited, drawn or imported by hand")
@@ -543,6 +793,29 @@ def analyze(
         console.print(f"wrote the analysis into {path} and {region_csv_path(path)}")
 
 
+def _section_ids(path: Path) -> tuple[str, ...]:
+    from acquisition.storage import ScanFile
+
+    with ScanFile.open(path) as scan:
+        return scan.section_ids
+
+
+#: The plan's analysis settings that ``cordscope analyze`` options override.
+_ANALYZE_OPTIONS = {"dark_offset_adu": "--dark-offset-adu", "heatmap_bin_um": "--bin-um"}
+
+
+def _check_analysis_overrides(overrides: dict[str, float]) -> None:
+    """Refuse override values the plan's analysis settings would refuse, naming the option."""
+    from pydantic import ValidationError
+
+    from acquisition.plan import AnalysisSettings
+
+    try:
+        AnalysisSettings.model_validate(overrides)
+    except ValidationError as e:
+        raise ValueError(one_line_validation_error(e, option_names=_ANALYZE_OPTIONS)) from None
+
+
 @app.command()
 @_user_errors
 def study(
@@ -558,6 +831,10 @@ def study(
     cannot be used (no analysis, no group or level) and groups with fewer than
     two animals are left out and listed.
     """
+    check_output_folder(out, "--out")
+    for path in scan_files:
+        check_not_an_input(out, {"a scan file of the study": path})
+    _check_number("--alpha", alpha, gt=0, lt=1)
     from cordscope.study_cli import print_study_summary, run_study
 
     print_study_summary(console, run_study(scan_files, out, alpha=alpha))
@@ -589,6 +866,14 @@ def demo_cohort(
     (the slides' true numbers per animal, level and region).
     """
     from cordscope.cohort import scan_demo_cohort
+
+    check_output_folder(out, "--out")
+    if animals_per_group < 1:  # before the folder is made
+        raise ValueError(
+            f"--animals-per-group: animals_per_group must be at least 1, got {animals_per_group}"
+        )
+    if not 16 <= sensor_px <= 8192:
+        raise ValueError(f"--sensor-px must be 16..8192 (got {sensor_px})")
 
     def done(slide: Any, path: Path, tiles: int, seconds: float) -> None:
         console.print(f"{slide.animal} ({slide.group}): {tiles} tiles in {seconds:.1f} s → {path}")

@@ -57,7 +57,10 @@ def overview_to_plan(
             progress=lambda i, n: bar.update(task, completed=i, total=n),
         )
     tif = save_overview(out.with_name(out.stem + "-overview.tif"), ov)
-    found = find_sections(ov.image, origin_um=ov.origin_um, pixel_size_um=ov.pixel_size_um)
+    margin_um = float(ScanPlan.model_fields["outline_margin_um"].default)
+    found = find_sections(
+        ov.image, origin_um=ov.origin_um, pixel_size_um=ov.pixel_size_um, dilation_um=margin_um
+    )
     width = max(2, len(str(len(found))))
     sections: list[dict[str, Any]] = [
         {
@@ -80,6 +83,7 @@ def overview_to_plan(
                 {"preset": anatomy_channel, "exposure_ms": exposure_ms, "role": "anatomy"},
                 {"preset": tracer_channel, "exposure_ms": 50.0, "role": "tracer"},
             ],
+            "outline_margin_um": margin_um,
             "sections": sections,
         },
         source=str(out),

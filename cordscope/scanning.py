@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import signal
+import sys
 import tempfile
 import threading
+import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +36,12 @@ from analysis.live import AnalysisProcess
 from analysis.results import load_scan_results
 from analysis.scan_analysis import region_csv_path
 from analysis.settings import load_flat_fields
+from cordscope.paths_cli import check_not_an_input, check_output_folder
 from cordscope.tables import print_region_tables
 
 DEMO_SENSOR_PX = 512
+#: Sensor sizes ``--sensor-px`` accepts (the demo camera's limits).
+MIN_SENSOR_PX, MAX_SENSOR_PX = 16, 8192
 #: What ``cordscope scan --demo`` scans: one animal of each group at C5, Th7 and
 #: L2, and one lesion section (about 1,000 tiles at 10x with a 512² sensor).
 DEMO_SCAN_SECTIONS = (
@@ -79,10 +87,22 @@ def run_scan_cli(
     file's ``analysis/`` groups and a CSV beside it, and (with ``figures``) a
     PNG per section. ``groups`` (channel, objective) name the configuration
     groups when the plan's (or the config's) would not do.
+
+    Returns 1 when tiles failed or the scan was stopped (Ctrl-C); raises a
+    :class:`CordScopeError` (exit code 2) when the scan cannot start or stops
+    on its own (a device not answering, a full disk).
     """
     chosen = sum(x is not None and x is not False for x in (plan_file, resume)) + int(demo)
     if chosen != 1:
         raise ValueError("give exactly one of: a PLAN.yaml, --demo, or --resume FILE.h5")
+    if resume is not None and (out is not None or overwrite):
+        raise ValueError("--resume continues the file it names: do not combine it with --out or --overwrite")
+    if demo and config is not None:
+        raise ValueError("--demo uses the demo microscope; do not combine it with --config")
+    if sensor_px is not None and not MIN_SENSOR_PX <= sensor_px <= MAX_SENSOR_PX:
+        raise ValueError(f"--sensor-px must be {MIN_SENSOR_PX}..{MAX_SENSOR_PX} (got {sensor_px})")
+    if figures is not None:
+        check_output_folder(figures, "--figures")
     live = AnalysisProcess if analysis else None
     if demo:
         core = _demo_core(sensor_px or DEMO_SENSOR_PX)
@@ -93,35 +113,61 @@ def run_scan_cli(
         stored = read_stored_plan(resume)
         core = build_core(config or stored.hardware_config, trust_config=trust_config)
         _set_sensor(core, sensor_px)
+        _check_resume_camera(resume, core)
         session = ScanSession.resume(resume, core, analysis=live)
     else:
         assert plan_file is not None
         the_plan = load_plan(plan_file)
         if out is not None:
-            the_plan = the_plan.model_copy(update={"output": out})
+            the_plan = the_plan.model_copy(update={"output": out.expanduser().absolute()})
         if config is not None:  # stored with the plan, so --resume uses the same microscope
-            the_plan = the_plan.model_copy(update={"hardware_config": config})
+            the_plan = the_plan.model_copy(update={"hardware_config": config.expanduser().absolute()})
         named = {k: v for k, v in zip(("channel_group", "objective_group"), groups, strict=True) if v}
         if named:  # stored with the plan too
             the_plan = the_plan.model_copy(update=named)
+        check_plan_paths(the_plan, plan_file)
         core = build_core(config or the_plan.hardware_config, trust_config=trust_config)
         _set_sensor(core, sensor_px)
         session = ScanSession(core, the_plan, overwrite=overwrite, analysis=live)
+    if figures is not None:
+        check_not_an_input(figures, {"the scan file": session.output_path})
     # bad input is reported before a progress bar appears (the session checks again)
     if analysis:
         check_analysis_settings(session.plan, session.core)
     validate_plan(session.plan, session.core, overwrite=overwrite, resume=session.resuming)
     result = _run_with_progress(console, session)
-    if result.scan.state == "failed" and result.scan.tiles_total == 0:
-        # nothing was scanned: the plan or file could not be used (already reported)
-        raise CordScopeError(result.scan.message)
-    _print_summary(console, result.scan)
+    scan = result.scan
+    if scan.tiles_total == 0:
+        if scan.state == "failed":  # nothing was scanned: the plan or file could not be used
+            raise CordScopeError(scan.message)
+        console.print(f"[yellow]{scan.message}", highlight=False)
+        return 1
+    _print_summary(console, scan)
     if result.tables is not None:
-        print_region_tables(console, result.path.name, dict(result.tables))
+        print_region_tables(console, result.path.name, dict(result.tables), sections=tuple(scan.sections))
         console.print(f"region tables: {region_csv_path(result.path)} and the file's analysis groups")
         if figures is not None:
             _save_figures(console, result.path, figures)
+    elif figures is not None and analysis:
+        console.print(f"[yellow]no figures written to {figures}: the final analysis did not finish")
+    if scan.state == "failed":  # stopped on its own: a dead device, a full disk (resumable)
+        raise CordScopeError(scan.message)
     return 0 if result.complete else 1
+
+
+def _check_resume_camera(path: Path, core: CordScopeCore) -> None:
+    """A scan resumes only with the camera image size its tiles have (read-only, before anything moves)."""
+    from acquisition.storage import ScanFile
+
+    width, height = int(core.getImageWidth()), int(core.getImageHeight())
+    with ScanFile.open(path) as scan:
+        for sid in scan.section_ids:
+            h, w = scan.section(sid).tile_shape_px
+            if (h, w) != (height, width):
+                raise CordScopeError(
+                    f"cannot resume {path.name}: its tiles are {w}×{h} px but the camera now gives "
+                    f"{width}×{height} px; set the same camera size (--sensor-px, or the camera's ROI)"
+                )
 
 
 def _set_sensor(core: CordScopeCore, sensor_px: int | None) -> None:
@@ -155,6 +201,15 @@ def _save_figures(console: Console, scan_path: Path, figures: Path) -> None:
             title=title,
         )
         console.print(f"figure: {png}")
+
+
+def check_plan_paths(plan: ScanPlan, plan_file: Path) -> None:
+    """The scan file a plan writes must not be one of its inputs (the plan, its config, flat fields)."""
+    check_not_an_input(
+        plan.output,
+        {"the plan": plan_file, "the hardware config": plan.hardware_config}
+        | {f"the flat field of {ch}": p for ch, p in plan.analysis.flat_fields.items()},
+    )
 
 
 def check_analysis_settings(plan: ScanPlan, core: Any) -> None:
@@ -203,26 +258,77 @@ def _run_with_progress(console: Console, session: ScanSession) -> SessionResult:
                 console.print(f"[yellow]{text}", highlight=False)
 
         session.events.message.connect(on_message)
+
+        def on_state(state: str) -> None:
+            if state == "finalizing":
+                console.print(f"final analysis of {session.output_path.name}…", highlight=False)
+
+        session.events.state_changed.connect(on_state)
         previous = signal.getsignal(signal.SIGINT)
 
         def on_interrupt(signum: int, frame: Any) -> None:
             console.print("[yellow]interrupted: stopping after the current image (Ctrl-C again to force)")
             session.abort("interrupted from the keyboard")
-            signal.signal(signal.SIGINT, previous)
+            signal.signal(signal.SIGINT, _forced_exit(console, session))
 
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, on_interrupt)
-        # the controller's log lines repeat its messages: keep the terminal to one of each
-        controller_logger = logging.getLogger("acquisition.controller")
-        previous_level = controller_logger.level
-        controller_logger.setLevel(logging.CRITICAL)
+        # these log lines repeat the session's messages (retries, failed tiles, storage and
+        # device faults, the demo's injected faults): keep the terminal to one of each
+        quiet = {name: logging.getLogger(name) for name in _REPORTED_BY_THE_SESSION}
+        previous_levels = {name: logger.level for name, logger in quiet.items()}
+        for logger in quiet.values():
+            logger.setLevel(logging.CRITICAL)
         try:
+            _RUNNING.add(session)
             session.start()
             return session.wait()
         finally:
-            controller_logger.setLevel(previous_level)
+            _RUNNING.discard(session)
+            for name, logger in quiet.items():
+                logger.setLevel(previous_levels[name])
             if threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGINT, previous)
+
+
+#: Loggers whose warnings the session reports as its own messages while a scan runs.
+_REPORTED_BY_THE_SESSION = (
+    "acquisition.controller",
+    "acquisition.engine",
+    "acquisition.storage",
+    "acquisition.focus",
+    "acquisition.demo.devices",
+)
+
+#: Sessions this process is running (the command's exit must not wait for them once forced).
+_RUNNING: weakref.WeakSet[ScanSession] = weakref.WeakSet()
+
+
+def scans_running() -> bool:
+    """Whether a scan session started by :func:`run_scan_cli` is still running in this process."""
+    return any(s.result is None for s in _RUNNING)
+
+
+def _forced_exit(console: Console, session: ScanSession) -> Callable[[int, Any], None]:
+    """The handler of a second Ctrl-C: end the process now (the file is left as a crash would)."""
+
+    def handler(signum: int, frame: Any) -> None:
+        console.print(
+            f"[yellow]interrupted again: exiting now; {session.output_path} is resumable: "
+            f"cordscope scan --resume {session.output_path}",
+            highlight=False,
+        )
+        _exit_now(130)
+
+    return handler
+
+
+def _exit_now(code: int) -> None:
+    """Leave the process at once (no device shutdown: a hung device would block it)."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def _print_summary(console: Console, result: ScanResult) -> None:
@@ -234,5 +340,13 @@ def _print_summary(console: Console, result: ScanResult) -> None:
         f"{result.path}: {result.tiles_done}/{result.tiles_total} tiles done, {result.tiles_failed} failed, "
         f"{result.file_size_bytes / 1e6:.1f} MB, {result.elapsed_s:.1f} s"
     )
-    if result.message:
-        console.print(f"[yellow]{result.message}")
+    retaken, retake_s = result.tiles_retaken, result.retake_time_s
+    if retaken or retake_s:  # the sharpness checks ran (focus-map plans)
+        console.print(
+            f"sharpness checks: {retaken} tile{'s' if retaken != 1 else ''} refocused and retaken, "
+            f"{retake_s:.1f} s on probes and retakes"
+        )
+    if result.retried_calls:
+        console.print(f"{result.retried_calls} device calls retried (see the warnings above)")
+    if result.message and result.state != "failed":  # a failure is the error line, printed once
+        console.print(f"[yellow]{result.message}", highlight=False)

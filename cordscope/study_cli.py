@@ -49,7 +49,7 @@ def run_study(scan_files: Sequence[Path], out_dir: Path, *, alpha: float = ALPHA
     study = load_study(scan_files)
     out_dir.mkdir(parents=True, exist_ok=True)
     comparisons, group_problems = study_comparisons(study, alpha=alpha)
-    problems = (*study.problems, *group_problems)
+    problems = [*study.problems, *group_problems]
     tidy = write_tidy_csv(out_dir / TIDY_CSV, study.rows)
     stats_csv = write_statistics_csv(out_dir / STATS_CSV, comparisons)
     figures: dict[str, list[Path]] = {}
@@ -60,9 +60,20 @@ def run_study(scan_files: Sequence[Path], out_dir: Path, *, alpha: float = ALPHA
         if regions:
             fig = group_bar_figure(study, level, comparisons, regions=regions)
             pngs.append(save_figure(fig, out_dir / f"study-{level}-bars")[0])
-        if any(s.level == level and s.orientation == "coronal" for s in study.sections):
+        coronal = [s for s in study.sections if s.level == level and s.orientation == "coronal"]
+        # the heatmaps mirror each section by its injection side: without it there is no common frame
+        if any(s.injection_side in ("left", "right") for s in coronal):
             fig = heatmap_figure(study, level)
             pngs.append(save_figure(fig, out_dir / f"study-{level}-heatmaps")[0])
+        elif coronal:
+            problems.append(
+                StudyProblem(
+                    ", ".join(sorted({s.file for s in coronal})),
+                    ", ".join(s.section_id for s in coronal),
+                    f"level {level}: no heatmap: no coronal section has a known injection side "
+                    "(the plan's section metadata)",
+                )
+            )
         figures[level] = pngs
     report = write_report(
         out_dir / REPORT_HTML,

@@ -164,6 +164,16 @@ class ScanForm(QGroupBox):
             "off: tiles stay where the stage put them"
         )
         self.analysis_error = _error_label()
+        self.adaptive_check = QCheckBox("Image again at a higher magnification where the tract has signal")
+        self.adaptive_objective_combo = QComboBox()
+        self.adaptive_objective_combo.setToolTip("Objective of the second pass (e.g. 20x)")
+        self.adaptive_check.setToolTip(
+            "After the scan, a second pass images the rubrospinal territory's tiles whose live "
+            "% axonal area map shows signal, with the objective chosen here; the analysis uses "
+            "those images where it has them"
+        )
+        self.adaptive_error = _error_label()
+        self._adaptive_extra: dict[str, Any] = {}  # a loaded plan's other adaptive settings
         self.output_edit = QLineEdit(str(default_output_path()))
         self.output_browse = QPushButton("Browse…")
         self.overwrite_check = QCheckBox("Overwrite an existing file")
@@ -190,6 +200,12 @@ class ScanForm(QGroupBox):
         form.addRow("Focus", self._stack(focus_row, self.focus_error))
         form.addRow("Retries", self._stack(self.retries_spin, self.retries_error))
         form.addRow("Analysis", self._stack(self.register_check, self.analysis_error))
+        adaptive_row = QWidget()
+        al = QHBoxLayout(adaptive_row)
+        al.setContentsMargins(0, 0, 0, 0)
+        al.addWidget(self.adaptive_check, 1)
+        al.addWidget(self.adaptive_objective_combo)
+        form.addRow("Second pass", self._stack(adaptive_row, self.adaptive_error))
         out_row = QWidget()
         ol = QHBoxLayout(out_row)
         ol.setContentsMargins(0, 0, 0, 0)
@@ -214,6 +230,10 @@ class ScanForm(QGroupBox):
             ispin.valueChanged.connect(self._changed)
         self.overwrite_check.toggled.connect(self._changed)
         self.register_check.toggled.connect(self._changed)
+        self.adaptive_check.toggled.connect(self._changed)
+        self.adaptive_check.toggled.connect(self.adaptive_objective_combo.setEnabled)
+        self.adaptive_objective_combo.currentIndexChanged.connect(self._changed)
+        self.adaptive_objective_combo.setEnabled(False)
         self.focus_combo.currentIndexChanged.connect(self._focus_strategy_changed)
         self.output_browse.clicked.connect(self._browse_output)
         self._focus_strategy_changed()
@@ -308,6 +328,11 @@ class ScanForm(QGroupBox):
             mode="json", exclude={"register_tiles"}, exclude_defaults=True
         )
         self.register_check.setChecked(plan.analysis.register_tiles)
+        self.adaptive_check.setChecked(plan.adaptive is not None)
+        if plan.adaptive is not None:
+            self._adaptive_extra = plan.adaptive.model_dump(mode="json", exclude={"objective"})
+            if (i := self.adaptive_objective_combo.findText(plan.adaptive.objective)) >= 0:
+                self.adaptive_objective_combo.setCurrentIndex(i)
         self.output_edit.setText(str(plan.output))
         self.set_sections([s.model_dump(mode="json") for s in plan.sections])
 
@@ -323,6 +348,16 @@ class ScanForm(QGroupBox):
             if (i := self.objective_combo.findText(wanted)) >= 0:
                 self.objective_combo.setCurrentIndex(i)
         self.objective_combo.blockSignals(False)
+        current_pass = self.adaptive_objective_combo.currentText()
+        self.adaptive_objective_combo.blockSignals(True)
+        self.adaptive_objective_combo.clear()
+        self.adaptive_objective_combo.addItems(
+            [self.objective_combo.itemText(i) for i in range(self.objective_combo.count())]
+        )
+        wanted_pass = current_pass or "20x"
+        if (i := self.adaptive_objective_combo.findText(wanted_pass)) >= 0:
+            self.adaptive_objective_combo.setCurrentIndex(i)
+        self.adaptive_objective_combo.blockSignals(False)
         previous = {
             r.preset: (r.use.isChecked(), r.exposure_ms.value(), r.role.currentText())
             for r in self._channel_rows
@@ -405,6 +440,11 @@ class ScanForm(QGroupBox):
             "sections": self._sections,
             "analysis": {**self._analysis_extra, "register_tiles": self.register_check.isChecked()},
         }
+        if self.adaptive_check.isChecked():
+            data["adaptive"] = {
+                **self._adaptive_extra,
+                "objective": self.adaptive_objective_combo.currentText(),
+            }
         if core is not None and (group := objective_group(core)):
             data["objective_group"] = group
         return data
@@ -450,7 +490,7 @@ class ScanForm(QGroupBox):
         """The message shown next to a field ("" if none).
 
         ``field`` is one of name, objective, channels, overlap, focus, retries,
-        analysis, output, sections, general, or a channel preset (e.g. ``"tdTomato"``).
+        analysis, adaptive, output, sections, general, or a channel preset (e.g. ``"tdTomato"``).
         """
         labels = {
             "name": self.name_error,
@@ -460,6 +500,7 @@ class ScanForm(QGroupBox):
             "focus": self.focus_error,
             "retries": self.retries_error,
             "analysis": self.analysis_error,
+            "adaptive": self.adaptive_error,
             "output": self.output_error,
             "sections": self.sections_error,
             "general": self.general_error,
@@ -489,6 +530,7 @@ class ScanForm(QGroupBox):
             "focus": self.focus_error,
             "reliability": self.retries_error,
             "analysis": self.analysis_error,
+            "adaptive": self.adaptive_error,
             "output": self.output_error,
         }
         if head in simple:

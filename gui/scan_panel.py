@@ -373,6 +373,11 @@ class ScanPanel(QWidget):
         summary = (
             f"scan {result.state}: {result.tiles_done} of {result.tiles_total} tiles done"
             + (f", {result.tiles_failed} failed" if result.tiles_failed else "")
+            + (
+                f", {result.tiles_retaken} retaken out of focus ({result.retake_time_s:.0f} s)"
+                if result.tiles_retaken
+                else ""
+            )
             + f" in {clock(result.elapsed_s)}"
         )
         self.progress_label.setText(summary[0].upper() + summary[1:])

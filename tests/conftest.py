@@ -72,7 +72,7 @@ def _quiet_vispy() -> None:
 
 # ----------------------------------------------------------------- shared scans
 
-TH7 = "rat01-Th7"  # 66 tiles at 10x with a 512² sensor
+TH7 = "rat01-Th7"  # 60 tiles at 10x with a 512² sensor (the minimal cover of its demo polygon)
 
 
 @dataclasses.dataclass

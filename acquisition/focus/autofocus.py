@@ -7,11 +7,12 @@ import logging
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from ..engine import AbortRequested, DeviceTimeoutError
 from ..errors import CordScopeError
 from .sharpness import _grid_um, _refine_peak_um, sharpness
 from .surface import MIN_POINTS_SECTION_SURFACE, FocusSurface, focus_points_in_polygon
@@ -24,6 +25,28 @@ FloatArray = NDArray[np.float64]
 #: usable focus. Over tissue at 10x the demo gives ratios of 10-40, over bare
 #: glass 1.00-1.02.
 DEFAULT_MIN_CONTRAST = 1.5
+
+
+T = TypeVar("T")
+
+
+class DeviceCall(Protocol):
+    """Runs one device call: ``call(description, func)`` returns ``func()``.
+
+    The scan passes :meth:`acquisition.engine.DeviceCalls.call` (a watchdog,
+    retries and abort); the default calls ``func`` directly.
+    """
+
+    def __call__(self, description: str, func: Callable[[], T], /) -> T:
+        """Run ``func``, a device call that ``description`` names for messages."""
+
+
+def _direct(description: str, func: Callable[[], T], /) -> T:
+    return func()
+
+
+#: Errors that end an autofocus at once: the device stopped answering, or the scan is being stopped.
+_NOT_RETRIED = (DeviceTimeoutError, AbortRequested)
 
 
 # ====================================================================== errors
@@ -84,23 +107,39 @@ class AutofocusResult:
 class _Sweep:
     """Samples of one autofocus: moves the focus drive, snaps, scores."""
 
-    def __init__(self, core: Any, focus_label: str, camera_label: str, safe_z_um: float) -> None:
+    def __init__(
+        self,
+        core: Any,
+        focus_label: str,
+        camera_label: str,
+        safe_z_um: float,
+        call: DeviceCall = _direct,
+    ) -> None:
         self.core = core
         self.focus = focus_label
         self.camera = camera_label
         self.safe_z_um = safe_z_um  # a z the drive is known to reach
+        self.call = call
         self.samples: dict[float, float] = {}
         self.refused: set[float] = set()
 
     def _move(self, z_um: float) -> None:
-        self.core.setPosition(self.focus, z_um)
-        self.core.waitForDevice(self.focus)
+        def move() -> None:
+            self.core.setPosition(self.focus, z_um)
+            self.core.waitForDevice(self.focus)
+
+        self.call(f"{self.focus}: focus to {z_um:.2f} µm", move)
 
     def _snap(self) -> np.ndarray:
+        def snap() -> np.ndarray:
+            self.core.snapImage()
+            return np.asarray(self.core.getImage())
+
         for attempt in (1, 2):
             try:
-                self.core.snapImage()
-                return np.asarray(self.core.getImage())
+                return self.call(f"{self.camera}: snap", snap)
+            except _NOT_RETRIED:
+                raise
             except Exception as e:
                 if attempt == 2:
                     raise FocusHardwareError(
@@ -127,11 +166,15 @@ class _Sweep:
                 self._move(z_um)
                 error = None
                 break
+            except _NOT_RETRIED:
+                raise
             except Exception as e:
                 error = e
         if error is not None:
             try:
                 self._move(self.safe_z_um)
+            except _NOT_RETRIED:
+                raise
             except Exception as e:
                 raise FocusHardwareError(
                     self.focus,
@@ -166,43 +209,75 @@ def _one_line(e: BaseException) -> str:
     return text[0] if text else type(e).__name__
 
 
+def _set_config(core: Any, group: str, preset: str) -> None:
+    core.setConfig(group, preset)
+    core.waitForConfig(group, preset)
+
+
 @contextlib.contextmanager
-def _restored(core: Any, channel_group: str, camera_label: str) -> Iterator[None]:
+def _restored(core: Any, channel_group: str, camera_label: str, call: DeviceCall = _direct) -> Iterator[None]:
     """Put the channel preset and exposure back as they were on exit."""
     try:
-        channel_before = str(core.getCurrentConfig(channel_group))
+        channel_before = str(
+            call(f"{channel_group}: read preset", lambda: core.getCurrentConfig(channel_group))
+        )
+    except _NOT_RETRIED:
+        raise
     except Exception:  # the group's settings match no preset now: nothing to restore
         channel_before = ""
-    exposure_before = float(core.getExposure())
-    failed = False
+    exposure_before = float(call(f"{camera_label}: read exposure", core.getExposure))
     try:
         yield
+    except _NOT_RETRIED:
+        raise  # a device that does not answer, or a stop: restoring would only wait on it again
     except BaseException:
-        failed = True
+        _restore(core, channel_group, channel_before, camera_label, exposure_before, call, failed=True)
         raise
-    finally:
-        problem: FocusHardwareError | None = None
-        try:
-            if channel_before and str(core.getCurrentConfig(channel_group)) != channel_before:
-                core.setConfig(channel_group, channel_before)
-                core.waitForConfig(channel_group, channel_before)
-        except Exception as e:
-            problem = FocusHardwareError(
-                _preset_devices(core, channel_group, channel_before),
-                f"could not restore channel {channel_group}/{channel_before} after autofocus: {_one_line(e)}",
+    _restore(core, channel_group, channel_before, camera_label, exposure_before, call, failed=False)
+
+
+def _restore(
+    core: Any,
+    channel_group: str,
+    channel_before: str,
+    camera_label: str,
+    exposure_before: float,
+    call: DeviceCall,
+    *,
+    failed: bool,
+) -> None:
+    problem: FocusHardwareError | None = None
+    try:
+        if channel_before and str(core.getCurrentConfig(channel_group)) != channel_before:
+            call(
+                f"{channel_group}: restore {channel_before}",
+                lambda: _set_config(core, channel_group, channel_before),
             )
-        try:
-            if float(core.getExposure()) != exposure_before:
-                core.setExposure(exposure_before)
-        except Exception as e:
-            problem = problem or FocusHardwareError(
-                camera_label,
-                f"could not restore exposure {exposure_before:g} ms after autofocus: {_one_line(e)}",
+    except _NOT_RETRIED:
+        if not failed:
+            raise
+    except Exception as e:
+        problem = FocusHardwareError(
+            _preset_devices(core, channel_group, channel_before),
+            f"could not restore channel {channel_group}/{channel_before} after autofocus: {_one_line(e)}",
+        )
+    try:
+        if float(call(f"{camera_label}: read exposure", core.getExposure)) != exposure_before:
+            call(
+                f"{camera_label}: exposure {exposure_before:g} ms", lambda: core.setExposure(exposure_before)
             )
-        if problem is not None:
-            if not failed:  # never hide the error that is already on its way up
-                raise problem
-            logger.error("%s", problem)
+    except _NOT_RETRIED:
+        if not failed:
+            raise
+    except Exception as e:
+        problem = problem or FocusHardwareError(
+            camera_label,
+            f"could not restore exposure {exposure_before:g} ms after autofocus: {_one_line(e)}",
+        )
+    if problem is not None:
+        if not failed:  # never hide the error that is already on its way up
+            raise problem
+        logger.error("%s", problem)
 
 
 def _check_sweep_settings(**settings: float) -> None:
@@ -234,6 +309,7 @@ def software_autofocus(
     fine_range_um: float = 8.0,
     fine_step_um: float = 1.0,
     min_contrast: float = DEFAULT_MIN_CONTRAST,
+    device_call: DeviceCall = _direct,
 ) -> AutofocusResult:
     """Find focus by a coarse-then-fine z sweep maximising :func:`sharpness`.
 
@@ -276,6 +352,10 @@ def software_autofocus(
     min_contrast : float
         Minimal max/median sharpness ratio of the coarse sweep (see
         :data:`DEFAULT_MIN_CONTRAST`).
+    device_call : callable, optional
+        Runs each device call (:class:`DeviceCall`); a scan passes
+        :meth:`acquisition.engine.DeviceCalls.call` (watchdog, retries, abort).
+        Default: direct calls.
 
     Returns
     -------
@@ -287,6 +367,8 @@ def software_autofocus(
     ------
     AutofocusError
         Bad sweep settings, unknown channel preset, no camera or focus role.
+    DeviceTimeoutError, AbortRequested
+        From ``device_call``: a device stopped answering, or the scan is being stopped.
     FocusHardwareError
         Naming the device: the XY stage cannot move, the camera fails twice
         in a row, the channel cannot be set, or the focus drive refuses a z
@@ -322,9 +404,15 @@ def software_autofocus(
         xy_label = str(core.getXYStageDevice())
         if not xy_label:
             raise AutofocusError("autofocus at a stage position needs an XY stage (Core 'XYStage' role)")
-        try:
+
+        def move_xy() -> None:
             core.setXYPosition(float(xy_um[0]), float(xy_um[1]))
             core.waitForDevice(xy_label)
+
+        try:
+            device_call(f"{xy_label}: move to ({xy_um[0]:.1f}, {xy_um[1]:.1f}) µm", move_xy)
+        except _NOT_RETRIED:
+            raise
         except Exception as e:
             raise FocusHardwareError(
                 xy_label, f"move to ({xy_um[0]:.1f}, {xy_um[1]:.1f}) µm for autofocus failed: {_one_line(e)}"
@@ -334,28 +422,35 @@ def software_autofocus(
         xy = None
 
     try:
-        z_now = float(core.getPosition(focus_label))
+        z_now = float(device_call(f"{focus_label}: read position", lambda: core.getPosition(focus_label)))
+    except _NOT_RETRIED:
+        raise
     except Exception as e:
         raise FocusHardwareError(focus_label, f"cannot read the focus position: {_one_line(e)}") from e
     z_center = z_now if z_center_um is None else float(z_center_um)
 
-    with _restored(core, channel_group, camera_label):
+    with _restored(core, channel_group, camera_label, device_call):
         try:
-            core.setConfig(channel_group, channel)
-            core.waitForConfig(channel_group, channel)
+            device_call(f"channel {channel}", lambda: _set_config(core, channel_group, channel))
+        except _NOT_RETRIED:
+            raise
         except Exception as e:
             raise FocusHardwareError(
                 _preset_devices(core, channel_group, channel),
                 f"cannot set channel {channel_group}/{channel}: {_one_line(e)}",
             ) from e
         try:
-            core.setExposure(float(exposure_ms))
+            device_call(
+                f"{camera_label}: exposure {exposure_ms:g} ms", lambda: core.setExposure(float(exposure_ms))
+            )
+        except _NOT_RETRIED:
+            raise
         except Exception as e:
             raise FocusHardwareError(
                 camera_label, f"cannot set exposure {exposure_ms:g} ms: {_one_line(e)}"
             ) from e
 
-        sweep = _Sweep(core, focus_label, camera_label, safe_z_um=z_now)
+        sweep = _Sweep(core, focus_label, camera_label, safe_z_um=z_now, call=device_call)
         result = _sweep_for_focus(
             sweep,
             z_center=z_center,
@@ -373,6 +468,8 @@ def software_autofocus(
 def _park(sweep: _Sweep, z_um: float) -> None:
     try:
         sweep._move(z_um)
+    except _NOT_RETRIED:
+        raise
     except Exception as e:
         raise FocusHardwareError(
             sweep.focus, f"cannot move to {z_um:.2f} µm after autofocus: {_one_line(e)}"
@@ -512,6 +609,7 @@ def build_focus_map(
     tracking_range_um: float | None = None,
     min_contrast: float = DEFAULT_MIN_CONTRAST,
     progress: Callable[[str, int, int], None] | None = None,
+    device_call: DeviceCall = _direct,
 ) -> FocusMap:
     """Autofocus at a few points per section and fit a focus surface to each.
 
@@ -547,6 +645,9 @@ def build_focus_map(
     progress : callable, optional
         ``progress(section_id, points_done, points_total)`` after every focus
         point (counts over all sections), e.g. for a progress bar.
+    device_call : callable, optional
+        Runs each device call (see :func:`software_autofocus`); a scan's
+        watchdog, retries and abort.
 
     Returns
     -------
@@ -556,8 +657,8 @@ def build_focus_map(
     ------
     FocusMapError
         If not a single focus point succeeded (nothing to fit).
-    AutofocusError, FocusHardwareError
-        From :func:`software_autofocus`; a device failure stops the map.
+    AutofocusError, FocusHardwareError, DeviceTimeoutError, AbortRequested
+        From :func:`software_autofocus`; a device failure (or a stop) ends the map.
     ValueError
         Bad polygons or ``points_per_section < 1``.
     """
@@ -578,6 +679,7 @@ def build_focus_map(
         "fine_range_um": fine_range_um,
         "fine_step_um": fine_step_um,
         "min_contrast": min_contrast,
+        "device_call": device_call,
     }
 
     last_z: float | None = None

@@ -23,9 +23,9 @@ at the boundary:
 Tile size is never a constant: it is the camera's current ROI times the
 pixel size of the plan's objective (:func:`tile_size_um`).
 
-Relative paths in a plan (``hardware_config``, ``output``) are kept as
-written and resolved by whoever opens them (relative to the working
-directory).
+Relative paths in a plan file (``hardware_config``, ``output``, flat-field
+images) mean files beside the plan: :func:`load_plan` makes them absolute
+against the plan's folder (:func:`resolve_plan_paths`), wherever the command runs.
 """
 
 from .analysis_settings import AnalysisSettings
@@ -44,21 +44,24 @@ from .model import (
     DEFAULT_HARDWARE_CONFIG,
     PLAN_FORMAT,
     PLAN_VERSION,
+    AdaptiveSettings,
     ChannelSetting,
     FocusSettings,
     PlanError,
     PlanProblem,
     ReliabilitySettings,
+    RetakeSettings,
     ScanPlan,
     SectionPlan,
     ZStack,
 )
-from .yaml_io import load_plan, plan_from_dict, plan_from_yaml, save_plan
+from .yaml_io import load_plan, plan_from_dict, plan_from_yaml, resolve_plan_paths, save_plan
 
 __all__ = [
     "DEFAULT_HARDWARE_CONFIG",
     "PLAN_FORMAT",
     "PLAN_VERSION",
+    "AdaptiveSettings",
     "AnalysisSettings",
     "ChannelSetting",
     "FocusSettings",
@@ -67,6 +70,7 @@ __all__ = [
     "PlanSummary",
     "PlannedTile",
     "ReliabilitySettings",
+    "RetakeSettings",
     "ScanPlan",
     "SectionPlan",
     "ZStack",
@@ -79,6 +83,7 @@ __all__ = [
     "plan_from_yaml",
     "plan_tiles",
     "resolve_plan_groups",
+    "resolve_plan_paths",
     "save_plan",
     "section_tiles",
     "sequence_for_tiles",

@@ -26,7 +26,7 @@ __all__ = ["AnalysisSettings"]
 
 
 class _SettingsModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class AnalysisSettings(_SettingsModel):
@@ -55,7 +55,10 @@ class AnalysisSettings(_SettingsModel):
         default=2.0, ge=0, description="Connected axon pieces smaller than this (µm²) are removed."
     )
     dark_offset_adu: float = Field(
-        default=100.0, ge=0, description="Camera dark offset subtracted from every pixel (ADU)."
+        default=100.0,
+        ge=0,
+        lt=65536,
+        description="Camera dark offset subtracted from every pixel (ADU; below 65536, the 16-bit range).",
     )
     flat_fields: dict[str, Path] = Field(
         default_factory=dict,

@@ -6,16 +6,17 @@ import math
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..pixel_geometry import covered_extent_um
+from ..pixel_geometry import covered_extent_um, footprint_bbox_um, pixel_size_from_affine
 from ..rig_profile import rig_profile_for
 from ..roles import RoleError, camera_binning, decide_roles, pixel_affine_for_config_um
-from .compile import section_tiles
+from ..storage.format import FREE_SPACE_RESERVE_BYTES, in_use, required_free_bytes
+from .compile import minimum_tile_count, section_tiles
 from .model import (
     _STORED_BYTES_PER_PIXEL,
     DISK_MARGIN,
@@ -218,6 +219,10 @@ class PlanSummary:
         Camera ROI (width, height), pixels.
     estimated_bytes : int
         Size of the tile data in the scan file (uint16).
+    min_tiles_per_section : dict of str to int
+        The fewest tiles covering each section's polygon at the plan's overlap
+        (:func:`acquisition.plan.compile.minimum_tile_count`), to compare with
+        ``tiles_per_section``.
     """
 
     tiles_per_section: dict[str, int]
@@ -227,6 +232,7 @@ class PlanSummary:
     pixel_size_um: float
     image_size_px: tuple[int, int]
     estimated_bytes: int
+    min_tiles_per_section: dict[str, int] = field(default_factory=dict)
 
 
 def _format_bytes(n: float) -> str:
@@ -274,8 +280,17 @@ def _output_problems(
             )
         elif not os.access(out, os.W_OK):
             problems.append(PlanProblem("output", f"{shown} exists and is not writable"))
-        if resume:
-            existing_bytes = out.stat().st_size
+        elif in_use(out):
+            problems.append(
+                PlanProblem(
+                    "output",
+                    f"{shown} is in use (a running scan writes it, or a program has it open); "
+                    "wait for that scan to end or choose another file",
+                )
+            )
+        if resume:  # tiles already on disk (the file is sparse until they arrive)
+            blocks = getattr(out.stat(), "st_blocks", None)
+            existing_bytes = 512 * blocks if blocks is not None else out.stat().st_size
     folder = out.parent
     anchor = _nearest_existing(folder)
     if not anchor.is_dir():
@@ -302,7 +317,7 @@ def _output_problems(
             )
         return problems
     if estimated_bytes is not None:
-        needed = max(estimated_bytes * DISK_MARGIN - existing_bytes, 0.0)
+        needed = required_free_bytes(estimated_bytes - existing_bytes)
         try:
             free = int(disk_free_bytes(anchor))
         except OSError as e:
@@ -317,11 +332,133 @@ def _output_problems(
                     PlanProblem(
                         "output",
                         f"not enough free disk for {shown}: the scan needs about {_format_bytes(needed)} "
-                        f"(estimated {_format_bytes(estimated_bytes)} + {round((DISK_MARGIN - 1) * 100)} %), "
+                        f"(estimated {_format_bytes(estimated_bytes)} + {round((DISK_MARGIN - 1) * 100)} % "
+                        f"+ the writer's {_format_bytes(FREE_SPACE_RESERVE_BYTES)} reserve), "
                         f"{_format_bytes(free)} free at {_show(str(anchor))}",
                     )
                 )
     return problems
+
+
+#: Share of the machine's memory one section's live analysis may take (the scan, the
+#: system and other programs need the rest).
+ANALYSIS_MEMORY_FRACTION = 0.5
+#: Bytes per cell of a section's analysis grid (``analysis.mosaic_pixel_um``) per channel, and
+#: for the channel-independent grids, as held while the section is analysed (the grids' float64
+#: sums and their working copies); the estimate bounds ``SectionAnalysis.memory_bytes()``
+#: (``tests/analysis/test_section_analysis.py``).
+ANALYSIS_BYTES_PER_CELL_CHANNEL = 16
+ANALYSIS_BYTES_PER_CELL = 120
+#: Bytes per block of a reduced tile kept for registration (float32 per channel, and a weight).
+REDUCED_BLOCK_BYTES_PER_CHANNEL = 4
+REDUCED_BLOCK_BYTES = 2
+
+
+def section_analysis_bytes(
+    plan: ScanPlan,
+    tile_xy_um: np.ndarray,
+    *,
+    tile_shape_px: tuple[int, int],
+    pixel_affine_um: NDArray[np.float64],
+) -> int:
+    """Memory (bytes) the live analysis holds at most for one section of ``plan`` with these tiles.
+
+    The section's grids at ``analysis.mosaic_pixel_um`` over the tiles'
+    footprints (plus the registration margin), per channel and shared; with
+    registration, every tile reduced to its blocks (kept so tiles can be
+    placed again at registered positions) and the overlap strips of about one
+    row of tiles waiting for a neighbour. Linear in the number of tiles: the
+    registration's solve is sparse (``analysis.mosaic``).
+    """
+    a = plan.analysis
+    xy = np.asarray(tile_xy_um, dtype=np.float64).reshape(-1, 2)
+    if xy.size == 0:
+        return 0
+    p = pixel_size_from_affine(pixel_affine_um)
+    f = max(1, round(a.mosaic_pixel_um / p))  # the analysis grid's block (analysis.mosaic)
+    margin = a.max_registration_correction_um if a.register_tiles else 0.0
+    x0, y0, x1, y1 = footprint_bbox_um(xy, pixel_affine_um, tile_shape_px)
+    cells = math.ceil((x1 - x0 + 2 * margin) / (f * p)) * math.ceil((y1 - y0 + 2 * margin) / (f * p))
+    n_c = len(plan.channels)
+    total = cells * (ANALYSIS_BYTES_PER_CELL + ANALYSIS_BYTES_PER_CELL_CHANNEL * n_c)
+    if a.register_tiles:
+        h, w = (int(v) for v in tile_shape_px)
+        blocks = (h // f) * (w // f)
+        total += len(xy) * blocks * (REDUCED_BLOCK_BYTES_PER_CHANNEL * n_c + REDUCED_BLOCK_BYTES)
+        row = max(1, math.isqrt(len(xy)) + 1)
+        strip_px = 2 * math.ceil(2 * margin / p) + 4
+        total += row * 2 * (max(h, w) * strip_px * 2)
+    return int(total)
+
+
+def _physical_memory_bytes() -> int | None:
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().total)
+    except (ImportError, OSError):
+        return None
+
+
+def _memory_problems(
+    plan: ScanPlan,
+    tiles: dict[str, np.ndarray],
+    *,
+    tile_shape_px: tuple[int, int],
+    pixel_affine_um: NDArray[np.float64],
+    memory_bytes: int | None,
+) -> list[PlanProblem]:
+    """A section whose live analysis would not fit in the machine's memory is refused up front."""
+    total = memory_bytes if memory_bytes is not None else _physical_memory_bytes()
+    if total is None:
+        return []
+    limit = total * ANALYSIS_MEMORY_FRACTION
+    problems = []
+    for i, section in enumerate(plan.sections):
+        xy = tiles.get(section.id)
+        if xy is None:
+            continue
+        needed = section_analysis_bytes(
+            plan, xy, tile_shape_px=tile_shape_px, pixel_affine_um=pixel_affine_um
+        )
+        if needed > limit:
+            problems.append(
+                PlanProblem(
+                    f"sections[{i}]",
+                    f"section {section.id!r} has {len(xy):,} tiles; its live analysis would need about "
+                    f"{_format_bytes(needed)} of memory, more than {ANALYSIS_MEMORY_FRACTION:.0%} of this "
+                    f"machine's {_format_bytes(total)}: split it into smaller sections, or raise "
+                    "analysis.mosaic_pixel_um",
+                )
+            )
+    return problems
+
+
+def _focus_problems(plan: ScanPlan, core: CMMCorePlus) -> list[PlanProblem]:
+    """A focus position the plan fixes (``focus.z_um``) must lie in the focus drive's travel."""
+    z = plan.focus.z_um
+    if z is None:
+        return []
+    from acquisition.rig_profile import rig_profile_for
+
+    rig = rig_profile_for(core)
+    travel = rig.focus_travel
+    if travel is None:
+        return []
+    half_stack = (
+        plan.z_stack.range_um / 2 if plan.z_stack is not None and plan.focus.strategy == "fixed" else 0.0
+    )
+    lo, hi = z - half_stack, z + half_stack
+    if travel.z_min_um <= lo and hi <= travel.z_max_um:
+        return []
+    what = f"{z:g} µm" if not half_stack else f"{z:g} µm ± {half_stack:g} µm of z-stack"
+    return [
+        PlanProblem(
+            "focus.z_um",
+            f"{what} is outside the focus travel ({travel.z_min_um:g}..{travel.z_max_um:g} µm; "
+            f"{rig.focus_travel_source})",
+        )
+    ]
 
 
 def _disk_free(path: Path) -> int:
@@ -341,6 +478,7 @@ def validate_plan(
     overwrite: bool = False,
     resume: bool = False,
     disk_free_bytes: Callable[[Path], int] | None = None,
+    memory_bytes: int | None = None,
 ) -> PlanSummary:
     """Check a plan against the loaded hardware and the disk, before anything moves.
 
@@ -360,6 +498,9 @@ def validate_plan(
         Whether an existing output file may be replaced / continued.
     disk_free_bytes : callable, optional
         ``f(folder) -> free bytes``; default ``shutil.disk_usage(folder).free``.
+    memory_bytes : int, optional
+        Memory of the machine (bytes) a section's live analysis must fit in
+        (:data:`ANALYSIS_MEMORY_FRACTION` of it); default: the physical memory.
 
     Returns
     -------
@@ -373,15 +514,18 @@ def validate_plan(
         unknown or cannot be decided, an unknown channel preset, unknown
         objective or objective without pixel size, section polygons (or tile
         centres) outside the stage travel, output file that exists, output
-        folder not writable or not creatable, not enough free disk
-        (estimated size × 1.1).
+        folder not writable or not creatable, output file in use by a running
+        scan, not enough free disk (the writer's rule,
+        :func:`acquisition.storage.required_free_bytes`).
     """
     problems: list[PlanProblem] = []
+    unresolved: set[str] = set()  # a group already reported is not checked again
     try:
         plan = resolve_plan_groups(plan, core)
     except PlanError as e:
         problems.extend(e.problems)
-    if plan.channel_group is not None:
+        unresolved = {p.field for p in e.problems}
+    if plan.channel_group is not None and "channel_group" not in unresolved:
         presets = list(core.getAvailableConfigs(plan.channel_group))
         for i, ch in enumerate(plan.channels):
             if ch.preset not in presets:
@@ -394,11 +538,19 @@ def validate_plan(
                 )
 
     affine: NDArray[np.float64] | None = None
-    if plan.objective_group is not None:
+    objective_group = plan.objective_group if "objective_group" not in unresolved else None
+    if objective_group is not None:
         try:
-            affine = pixel_affine_for_objective(core, plan.objective_group, plan.objective)
+            affine = pixel_affine_for_objective(core, objective_group, plan.objective)
         except PlanError as e:
             problems.extend(e.problems)
+    if plan.adaptive is not None and objective_group is not None:
+        try:
+            pixel_affine_for_objective(core, objective_group, plan.adaptive.objective)
+        except PlanError as e:
+            problems.extend(
+                replace(p, field="adaptive.objective") for p in e.problems if p.field == "objective"
+            )
 
     if stage_limits_um is not None:
         limits, source = stage_limits_um, "stage travel (given)"
@@ -421,6 +573,7 @@ def validate_plan(
             )
 
     summary: PlanSummary | None = None
+    tiles: dict[str, np.ndarray] | None = None
     if affine is not None:
         _, _, width_px, height_px = (int(v) for v in core.getROI())
         pixel_size = math.sqrt(abs(float(np.linalg.det(affine))))
@@ -443,6 +596,12 @@ def validate_plan(
                     )
                 )
         per_section = {sid: len(c) for sid, c in tiles.items()}
+        minimum = {
+            s.id: per_section[s.id]
+            if plan.tiling == "minimal"  # the tiles are the minimal cover already
+            else minimum_tile_count(s.polygon_um, tile_size_um=tile, overlap_pct=plan.overlap_pct)
+            for s in plan.sections
+        }
         total = sum(per_section.values())
         n_images = total * len(plan.channels) * plan.n_z_slices
         bytes_per_pixel = max(_STORED_BYTES_PER_PIXEL, int(core.getBytesPerPixel()))
@@ -454,8 +613,17 @@ def validate_plan(
             pixel_size_um=pixel_size,
             image_size_px=(width_px, height_px),
             estimated_bytes=n_images * width_px * height_px * bytes_per_pixel,
+            min_tiles_per_section=minimum,
         )
 
+    problems.extend(_focus_problems(plan, core))
+    if summary is not None and tiles is not None and affine is not None:
+        h_w = (summary.image_size_px[1], summary.image_size_px[0])
+        problems.extend(
+            _memory_problems(
+                plan, tiles, tile_shape_px=h_w, pixel_affine_um=affine, memory_bytes=memory_bytes
+            )
+        )
     problems.extend(
         _output_problems(
             plan.output,

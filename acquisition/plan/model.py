@@ -19,6 +19,7 @@ from shapely import Polygon
 from shapely.validation import explain_validity
 
 from ..errors import CordScopeError
+from ..storage.format import HDF5_OVERHEAD
 from .analysis_settings import AnalysisSettings
 
 PLAN_FORMAT: Final = "cordscope-plan"
@@ -26,8 +27,9 @@ PLAN_VERSION: Final = 1
 DEFAULT_HARDWARE_CONFIG = Path("hardware_configs/demo.cfg")
 
 #: Free disk needed, as a multiple of the estimated file size (HDF5 overhead,
-#: analysis results written next to the tiles).
-DISK_MARGIN = 1.1
+#: analysis results written next to the tiles), plus the writer's reserve:
+#: :func:`acquisition.storage.required_free_bytes`.
+DISK_MARGIN = HDF5_OVERHEAD
 #: Tiles are stored as uint16 (see DESIGN.md, HDF5 scan file).
 _STORED_BYTES_PER_PIXEL = 2
 
@@ -242,7 +244,163 @@ class ReliabilitySettings(_PlanModel):
         default=2, ge=0, le=10, description="Retries of a failed tile before it is marked failed."
     )
     tile_timeout_s: float = Field(
-        default=30.0, gt=0, description="Time allowed for one tile (move, focus, all images) (s)."
+        default=30.0, gt=0, le=3600, description="Time allowed for one device call (move, focus, snap) (s)."
+    )
+    fsync: Literal["off", "per_tile"] = Field(
+        default="off",
+        description="'per_tile': make every tile durable on the disk before and after its status "
+        "(os.fsync), so a power cut never leaves a tile marked done without its pixels; slower "
+        "(see benchmarks/bench_scan_throughput.py). 'off': the operating system writes when it likes; "
+        "a killed scan is still safe.",
+    )
+
+    @field_validator("fsync", mode="before")
+    @classmethod
+    def _off_is_off(cls, value: Any) -> Any:
+        # YAML reads a bare `off` as false
+        return "off" if value is False else value
+
+
+#: Region names the analysis computes on every section (horizontal sections add ``rc_<a>_<b>`` bins).
+ANALYSIS_REGIONS: Final = (
+    "section",
+    "white_matter",
+    "gray_matter",
+    "rubrospinal_territory",
+    "left",
+    "right",
+    "dorsal",
+    "ventral",
+)
+
+
+class RetakeSettings(_PlanModel):
+    """Sharpness check of every tile, with local refocus and retake of blurred tiles.
+
+    Each tile's anatomy image is scored (:func:`acquisition.focus.sharpness`)
+    where it overlaps tiles already acquired: the same piece of tissue, so a
+    lower score means blur, not other content (see :mod:`acquisition.retake`).
+    A tile with no neighbour to compare with, estimated below
+    ``probe_below_ratio`` of its best focus, or blurred in its middle, is
+    probed ``probe_step_um`` above and below its focus; if either is sharper it
+    is refocused locally and retaken, at most ``max_retakes`` times. Applies
+    to plans with a focus map and one plane per tile (a fixed plane is imaged
+    as asked; a z-stack samples focus already).
+    """
+
+    enabled: bool = Field(default=True, description="Check every tile's sharpness and retake blurred ones.")
+    max_retakes: int = Field(default=2, ge=0, le=5, description="Retakes of one tile, at most.")
+    min_sharpness_ratio: float = Field(
+        default=0.9,
+        gt=0,
+        lt=1,
+        description="A tile whose sharpness estimate (from its overlaps with acquired neighbours, as "
+        "a fraction of best focus) stays below this is blurred: retaken again, or flagged.",
+    )
+    probe_below_ratio: float = Field(
+        default=0.95,
+        gt=0,
+        le=1,
+        description="A tile estimated below this (or with no neighbour to compare with) is first "
+        "probed above and below its focus.",
+    )
+    min_texture_ratio: float = Field(
+        default=0.95,
+        gt=0,
+        le=1,
+        description="A tile whose middle has less fine detail (sharpness over that after a slight "
+        "blur) than this fraction of the tiles found in focus so far is probed.",
+    )
+    refocus_range_um: float = Field(
+        default=12.0, gt=0, description="Full range of the local focus search before a retake (µm)."
+    )
+    refocus_step_um: float = Field(default=1.5, gt=0, description="Step of the local focus search (µm).")
+    probe_step_um: float = Field(
+        default=1.5,
+        gt=0,
+        description="A tile with no acquired neighbour to compare with is also imaged this far "
+        "above and below its focus (µm); if either is sharper, it is refocused.",
+    )
+    min_probe_gain: float = Field(
+        default=0.05,
+        ge=0,
+        description="Relative sharpness gain above or below the focus that counts as out of focus.",
+    )
+    min_tissue_fraction: float = Field(
+        default=0.2,
+        gt=0,
+        le=1,
+        description="Overlaps (and probed tiles) with less tissue than this fraction are not compared.",
+    )
+    tissue_min_adu: float = Field(
+        default=10.0,
+        gt=0,
+        description="Anatomy signal above the dark offset (ADU, 4×4-pixel mean) that counts as tissue.",
+    )
+
+    @model_validator(mode="after")
+    def _step_fits_range(self) -> RetakeSettings:
+        if self.probe_below_ratio < self.min_sharpness_ratio:
+            raise _FieldProblems(
+                [
+                    (
+                        ("probe_below_ratio",),
+                        f"must be >= min_sharpness_ratio ({self.min_sharpness_ratio:g}) "
+                        f"(got {self.probe_below_ratio:g})",
+                    )
+                ]
+            )
+        if self.refocus_step_um > self.refocus_range_um:
+            raise _FieldProblems(
+                [
+                    (
+                        ("refocus_step_um",),
+                        f"must be <= refocus_range_um ({self.refocus_range_um:g}) "
+                        f"(got {self.refocus_step_um:g})",
+                    )
+                ]
+            )
+        return self
+
+
+class AdaptiveSettings(_PlanModel):
+    """A second pass at a higher magnification where the first pass shows signal in a region.
+
+    After the scan, the tiles' live analysis gives each section's region
+    masks and % axonal area map; the pass images, with ``objective``, the
+    part of ``region`` whose 50 µm bins show at least
+    ``min_pct_axonal_area``. The file keeps both resolutions; the analysis
+    uses the higher one where it has it (see ``imaged_at_hires_fraction`` in
+    the region tables).
+    """
+
+    objective: str = Field(default="20x", min_length=1, description="Preset of objective_group for the pass.")
+    region: str = Field(
+        default="rubrospinal_territory",
+        min_length=1,
+        description="Region imaged again (an analysis region, or a region of region_polygons_um).",
+    )
+    min_pct_axonal_area: float = Field(
+        default=0.5,
+        ge=0,
+        le=100,
+        description="Only bins of the first pass's % axonal area map at or above this are imaged (%).",
+    )
+    channels: Literal["tracer", "all"] = Field(
+        default="tracer",
+        description="'tracer': only the tracer channel (regions come from the first pass's anatomy); "
+        "'all': every channel of the plan.",
+    )
+    z_offset_um: float = Field(
+        default=0.0, description="Focus of the pass's objective minus that of the scan objective (µm)."
+    )
+    edge_fraction: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="Axon edge at this fraction of the object's peak in the pass's images (null: "
+        "analysis.edge_fraction). Less blur at a higher magnification puts the true edge at a "
+        "lower fraction: 0.55 at 20x on the demo slide, against 0.6 at 10x.",
     )
 
 
@@ -360,6 +518,27 @@ class ScanPlan(_PlanModel):
     reliability: ReliabilitySettings = Field(
         default=ReliabilitySettings(), description="Retries and timeouts."
     )
+    tiling: Literal["minimal", "grid"] = Field(
+        default="minimal",
+        description="'minimal': per section the fewest tiles that cover the polygon at overlap_pct "
+        "(rows of tiles, each row covering its band of the polygon); 'grid': useq's polygon grid.",
+    )
+    outline_margin_um: float = Field(
+        default=30.0,
+        ge=0,
+        description="Margin between the tissue and the section outlines found on the overview (µm).",
+    )
+    channel_order: Literal["fixed", "alternate"] = Field(
+        default="alternate",
+        description="'alternate': each tile starts with the channel the filter is in (one switch per "
+        "tile instead of one per channel); 'fixed': the channels' order at every tile.",
+    )
+    retake: RetakeSettings = Field(
+        default=RetakeSettings(), description="Sharpness check and retake of blurred tiles."
+    )
+    adaptive: AdaptiveSettings | None = Field(
+        default=None, description="Optional second pass at a higher magnification (null: none)."
+    )
     sections: list[SectionPlan] = Field(min_length=1, description="Sections to tile, in scan order.")
     analysis: AnalysisSettings = Field(
         default_factory=AnalysisSettings,
@@ -397,6 +576,17 @@ class ScanPlan(_PlanModel):
         if problems:
             raise _FieldProblems(problems)
         return value
+
+    @model_validator(mode="after")
+    def _adaptive_region_exists(self) -> ScanPlan:
+        if self.adaptive is None:
+            return self
+        region = self.adaptive.region
+        drawn = {name for s in self.sections for name in s.region_polygons_um}
+        if region in ANALYSIS_REGIONS or region in drawn or re.fullmatch(r"rc_-?\d+_-?\d+", region):
+            return self
+        known = ", ".join([*ANALYSIS_REGIONS, *sorted(drawn)])
+        raise _FieldProblems([(("adaptive", "region"), f"unknown region {region!r} (regions: {known})")])
 
     @field_validator("sections")
     @classmethod

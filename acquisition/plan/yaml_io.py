@@ -14,12 +14,14 @@ from pydantic import BaseModel, ValidationError
 from .analysis_settings import AnalysisSettings
 from .model import (
     _SECTION_ID_PATTERN,
+    AdaptiveSettings,
     ChannelSetting,
     FocusSettings,
     Loc,
     PlanError,
     PlanProblem,
     ReliabilitySettings,
+    RetakeSettings,
     ScanPlan,
     SectionPlan,
     ZStack,
@@ -38,6 +40,8 @@ _MODEL_AT: dict[tuple[str, ...], type[BaseModel]] = {
     ("focus",): FocusSettings,
     ("z_stack",): ZStack,
     ("reliability",): ReliabilitySettings,
+    ("retake",): RetakeSettings,
+    ("adaptive",): AdaptiveSettings,
     ("sections",): SectionPlan,
     ("analysis",): AnalysisSettings,
 }
@@ -201,6 +205,61 @@ def _duplicate_keys(node: yaml.Node | None, source: str) -> list[PlanProblem]:
     return sorted(problems, key=lambda p: p.line or 0)
 
 
+#: Most values a plan's YAML may expand to once its aliases are followed (a plan of 100
+#: sections with 1,000-vertex outlines has about 700,000): more is refused as an alias bomb.
+MAX_YAML_VALUES = 2_000_000
+
+
+def _expanded_size(root: yaml.Node, source: str) -> int:
+    """Values the node graph holds once aliases are followed, counted without building them.
+
+    Raises
+    ------
+    PlanError
+        If the count passes :data:`MAX_YAML_VALUES` or an alias refers to a node that contains it.
+    """
+    sizes: dict[int, int] = {}
+    in_progress: set[int] = set()
+    # iterative post-order walk: a deep document must not exhaust Python's stack
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if key in sizes:
+            continue
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        if not children_done:
+            if key in in_progress:
+                line = node.start_mark.line + 1
+                raise PlanError(
+                    [PlanProblem("", "a YAML alias refers to a node that contains it", source, line)]
+                )
+            in_progress.add(key)
+            stack.append((node, True))
+            stack.extend((c, False) for c in children if id(c) not in sizes)
+            continue
+        in_progress.discard(key)
+        size = 1 + sum(sizes.get(id(c), 0) for c in children)
+        if size > MAX_YAML_VALUES:
+            raise PlanError(
+                [
+                    PlanProblem(
+                        "",
+                        f"the YAML's aliases expand to more than {MAX_YAML_VALUES:,} values (an alias "
+                        "bomb?); write the plan without such nested aliases",
+                        source,
+                        node.start_mark.line + 1,
+                    )
+                ]
+            )
+        sizes[key] = size
+    return sizes.get(id(root), 0)
+
+
 def plan_from_yaml(text: str, source: str = "<string>") -> ScanPlan:
     """Read a plan from YAML text.
 
@@ -221,6 +280,8 @@ def plan_from_yaml(text: str, source: str = "<string>") -> ScanPlan:
     loader = yaml.SafeLoader(text)
     try:
         root = loader.get_single_node()
+        if root is not None:
+            _expanded_size(root, source)
         data = loader.construct_document(root) if root is not None else None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
@@ -254,13 +315,51 @@ def load_plan(path: str | Path) -> ScanPlan:
     """
     p = Path(path)
     try:
+        if p.is_dir():
+            raise PlanError([PlanProblem("", "is a folder, not a plan file", str(p))])
+        if p.stat().st_size > MAX_PLAN_FILE_BYTES:
+            raise PlanError(
+                [
+                    PlanProblem(
+                        "",
+                        f"is {p.stat().st_size:,} bytes; a plan is at most {MAX_PLAN_FILE_BYTES:,}",
+                        str(p),
+                    )
+                ]
+            )
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise PlanError([PlanProblem("", "plan file not found", str(p))]) from None
     except (OSError, UnicodeDecodeError) as e:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         raise PlanError([PlanProblem("", f"cannot read plan file: {reason}", str(p))]) from None
-    return plan_from_yaml(text, source=str(p))
+    return resolve_plan_paths(plan_from_yaml(text, source=str(p)), p.parent)
+
+
+#: Largest plan file read (bytes): far more than any slide's sections need.
+MAX_PLAN_FILE_BYTES = 64 * 1024**2
+
+
+def resolve_plan_paths(plan: ScanPlan, base_dir: str | Path) -> ScanPlan:
+    """The plan with its relative paths made absolute against ``base_dir`` (the plan file's folder).
+
+    ``output``, ``hardware_config`` (when the plan names one) and the
+    analysis' ``flat_fields`` written relative to the plan mean the files
+    beside the plan, wherever the command runs; ``~`` is expanded.
+    """
+    base = Path(base_dir).expanduser().absolute()
+
+    def resolve(p: Path) -> Path:
+        p = Path(p).expanduser()
+        return p if p.is_absolute() else base / p
+
+    update: dict[str, Any] = {"output": resolve(plan.output)}
+    if "hardware_config" in plan.model_fields_set:
+        update["hardware_config"] = resolve(plan.hardware_config)
+    if plan.analysis.flat_fields:
+        flats = {ch: resolve(f) for ch, f in plan.analysis.flat_fields.items()}
+        update["analysis"] = plan.analysis.model_copy(update={"flat_fields": flats})
+    return plan.model_copy(update=update)
 
 
 def save_plan(plan: ScanPlan, path: str | Path) -> None:

@@ -16,8 +16,21 @@ metadata, plus a log of events (start, pause, retry, fault, finish)::
         tile_z_um       float64 (n_tiles,), focus used (NaN until known)
         tile_status     uint8 (n_tiles,), 0 pending, 1 done, 2 failed
         tile_meta       UTF-8 strings (n_tiles,), per-tile JSON; "" until written
+        tile_crc32      int64 (n_tiles, n_channels, n_z), CRC-32 of each image's pixels
+                        (little-endian uint16 bytes, zlib), written with the tile's metadata
+                        before its status; -1 where none (files written before it have no
+                        such dataset: their tiles read as unverified)
         analysis/       reserved for the analysis
+        passes/<name>/  optional further passes over the section (e.g. ``20x``, an adaptive
+                        pass at another objective): the datasets above but ``analysis``,
+                        attrs section_id, pass_name, objective, kind, pass_complete
     /events             resizable UTF-8 strings, one JSON object per event
+
+A pass is added during the scan (:meth:`ScanWriter.add_pass`), once it is
+known which tiles it takes; it is addressed everywhere by the key
+``<section>@<pass>`` (``@`` cannot occur in a section id), e.g. tile names
+``rat01-C5@20x/0003``. Readers that know no passes (format 1 as first
+written) read the sections as before and never see the passes.
 
 Everything is plain datasets and JSON / YAML text, so a reader needs nothing
 but h5py. The file uses HDF5's default (oldest compatible) format, not SWMR:
@@ -59,6 +72,14 @@ Crash safety in detail:
   error it detaches from the file and stops, leaving the file as a crash
   would.
 
+Integrity: every image's CRC-32 is stored before its tile is marked done;
+:meth:`SectionReader.check_done_tiles` (``cordscope info --verify``) reads the
+done tiles back and names those whose pixels changed since, and resuming makes
+them pending so they are acquired again. With ``fsync_per_tile`` (the plan's
+``reliability.fsync: per_tile``) the writer also asks the operating system to
+put each tile on the disk before its status and again after it, so a power
+cut cannot leave a tile marked done whose pixels were still in memory.
+
 - :class:`ScanWriter` writes (and resumes) a scan; one thread at a time.
 - :class:`MDAWriterOutput` plugs a writer into pymmcore-plus' MDA runner as
   an ordinary output (``core.mda.run(seq, output=MDAWriterOutput(writer))``).
@@ -69,12 +90,21 @@ from .format import (
     FORMAT_NAME,
     FORMAT_VERSION,
     FREE_SPACE_RESERVE_BYTES,
+    PASSES_GROUP,
     STANDARD_SECTION_ATTRS,
     EventKind,
+    NeedsRepair,
     StorageError,
+    TileCheck,
     TileStatus,
+    image_crc32,
+    in_use,
     parse_tile_name,
+    pass_key,
+    required_free_bytes,
+    split_pass_key,
     tile_name,
+    touches_file,
 )
 from .mda_output import MDAWriterOutput, TileStored, WriterEvents
 from .reader import ScanFile, ScanSummary, SectionReader, SectionSummary
@@ -84,9 +114,11 @@ __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "FREE_SPACE_RESERVE_BYTES",
+    "PASSES_GROUP",
     "STANDARD_SECTION_ATTRS",
     "EventKind",
     "MDAWriterOutput",
+    "NeedsRepair",
     "ScanFile",
     "ScanSummary",
     "ScanWriter",
@@ -94,9 +126,16 @@ __all__ = [
     "SectionReader",
     "SectionSummary",
     "StorageError",
+    "TileCheck",
     "TileStatus",
     "TileStored",
     "WriterEvents",
+    "image_crc32",
+    "in_use",
     "parse_tile_name",
+    "pass_key",
+    "required_free_bytes",
+    "split_pass_key",
     "tile_name",
+    "touches_file",
 ]

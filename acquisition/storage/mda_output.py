@@ -63,6 +63,7 @@ class _TileInProgress:
     frames: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)
     images: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
     retries: list[dict[str, Any]] = field(default_factory=list)
+    retake: dict[str, Any] | None = None
 
 
 class MDAWriterOutput:
@@ -81,11 +82,14 @@ class MDAWriterOutput:
       metadata's ``position["z"]`` if present, else ``event.z_pos``;
     - ``tile_meta``: planned and actual XY, exposure per channel, the device
       calls that needed a retry (``retries``: count, ``retried_calls``: what
-      failed and how, from the frames' ``cordscope_retries`` metadata), and per
-      frame its channel, plane, z, exposure, runner time and write time.
+      failed and how, from the frames' ``cordscope_retries`` metadata), the
+      sharpness check (``retake``: decision, scores, focus and time, from the
+      frames' ``cordscope_retake`` metadata, see :mod:`acquisition.retake`),
+      and per frame its channel, plane, z, exposure, runner time and write time.
 
     Then ``events.tile_stored`` is emitted with a :class:`TileStored` (and a
-    ``tile_retried`` event is logged for a tile that needed retries).
+    ``tile_retried`` event is logged for a tile that needed retries, a
+    ``tile_retaken`` event for a tile that was refocused and imaged again).
 
     Frames of tiles that are already done are skipped (resume). Storage
     errors cannot propagate out of the runner's relay thread; they are
@@ -166,7 +170,8 @@ class MDAWriterOutput:
             self._report(e)
 
     def _report(self, error: StorageError) -> None:
-        logger.error("%s", error)
+        # whoever passed on_error reports it to the user; a log line would say it twice
+        logger.log(logging.INFO if self._on_error is not None else logging.ERROR, "%s", error)
         self.errors.append(error)
         if self._on_error is not None:
             self._on_error(error)
@@ -230,6 +235,8 @@ class MDAWriterOutput:
         progress = self._in_progress.setdefault(key, _TileInProgress())
         progress.images[(c, z)] = img
         progress.retries.extend(meta.get("cordscope_retries") or ())
+        if (retake := meta.get("cordscope_retake")) is not None:
+            progress.retake = dict(retake)
         progress.frames[(c, z)] = {
             "channel": channels[c],
             "c": c,
@@ -257,8 +264,12 @@ class MDAWriterOutput:
             "mda_sequence_uid": self._sequence_uid,
             "frames": frames,
         }
+        if progress.retake is not None:
+            tile_meta["retake"] = progress.retake
         self._writer.complete_tile(sid, tile, z_um=float(np.mean(first_z)), meta=tile_meta)
         if progress.retries:
             self._log(EventKind.TILE_RETRIED, tile=tile_name(sid, tile), retried_calls=progress.retries)
+        if progress.retake is not None and progress.retake.get("decision") == "retaken":
+            self._log(EventKind.TILE_RETAKEN, tile=tile_name(sid, tile), retake=progress.retake)
         images = np.stack([np.stack([progress.images[(ci, zi)] for zi in range(n_z)]) for ci in range(n_c)])
         self.events.tile_stored.emit(TileStored(sid, tile, images, tile_meta))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -15,16 +15,23 @@ import h5py
 import numpy as np
 
 from .format import (
+    PASSES_GROUP,
     STANDARD_SECTION_ATTRS,
+    TILE_CRC_DATASET,
     StorageError,
+    TileCheck,
     TileStatus,
     _check_format,
     _check_live_readable,
+    _check_structure,
     _FileLocked,
     _first_line,
     _open_h5,
     _open_live,
     _planned_z,
+    _tile_groups,
+    check_done_tiles,
+    split_pass_key,
 )
 from .repair import _read_strings
 
@@ -86,10 +93,11 @@ def _decode_attr(value: Any) -> Any:
 class SectionReader:
     """Read access to one section of a scan file."""
 
-    def __init__(self, group: h5py.Group, *, live: bool = False) -> None:
+    def __init__(self, group: h5py.Group, *, live: bool = False, key: str | None = None) -> None:
         self._group = group
         self._live = live
-        self.section_id: str = group.name.rsplit("/", 1)[-1]
+        self.section_id: str = key or group.name.rsplit("/", 1)[-1]
+        """The section's id, or for a pass its key ``<section>@<pass>``."""
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -177,7 +185,8 @@ class SectionReader:
             if self._group["tile_status"][tile_index] == TileStatus.DONE:
                 raise StorageError(
                     f"{self._group.file.filename}: metadata of done tile {self.section_id}/{tile_index} "
-                    f"is unreadable ({_first_line(e)}); ScanWriter.open_for_resume repairs the file"
+                    f"is unreadable ({_first_line(e)}); resuming the scan repairs the file: "
+                    f"cordscope scan --resume {self._group.file.filename}"
                 ) from e
             return {}
         return json.loads(text) if text else {}
@@ -197,6 +206,16 @@ class SectionReader:
         """The section's ``analysis`` group (read-only h5py group), ``None`` if absent."""
         group = self._group.get("analysis")
         return group if isinstance(group, h5py.Group) else None
+
+    @property
+    def tile_crc32(self) -> np.ndarray | None:
+        """Stored CRC-32 per image, ``(n_tiles, n_channels, n_z)`` int64 (-1: none); None in older files."""
+        ds = self._group.get(TILE_CRC_DATASET)
+        return None if ds is None else np.asarray(ds[()])
+
+    def check_done_tiles(self, *, progress: Callable[[int], None] | None = None) -> TileCheck:
+        """Read every done tile and compare it with its stored checksums (see :class:`TileCheck`)."""
+        return check_done_tiles(self._group, progress=progress)
 
     def done_indices(self) -> np.ndarray:
         """Return the indices of done tiles."""
@@ -261,6 +280,7 @@ class ScanFile:
                 f, live = _open_live(path), True
         try:
             version = _check_format(f, path)
+            _check_structure(f, path)
             if live:
                 _check_live_readable(f, path)
         except BaseException:
@@ -268,10 +288,13 @@ class ScanFile:
             raise
         return cls(f, path, version, live=live)
 
-    def refresh(self) -> None:
-        """Reopen the file to see what a running scan wrote since (metadata and events included)."""
+    def refresh(self, *, beside_writer: bool = False) -> None:
+        """Reopen the file to see what a running scan wrote since (metadata, events and passes included).
+
+        ``beside_writer``: reopen it as :meth:`open` does with it (never taking a lock).
+        """
         self.close()  # first: HDF5 would hand back the same open file, with its cached metadata
-        reopened = ScanFile.open(self.path)
+        reopened = ScanFile.open(self.path, beside_writer=beside_writer)
         self._file, self.format_version, self.live = reopened._file, reopened.format_version, reopened.live
 
     @property
@@ -309,10 +332,23 @@ class ScanFile:
         """Section ids in file order."""
         return tuple(self._file["sections"].keys())
 
+    def pass_keys(self, section_id: str | None = None) -> tuple[str, ...]:
+        """Keys ``<section>@<pass>`` of the further passes (all, or one section's), in file order.
+
+        A pass (e.g. an adaptive pass at 20x, ``/sections/<id>/passes/20x``)
+        has the datasets of a section; :meth:`section` opens it by its key.
+        """
+        keys = [k for k, _ in _tile_groups(self._file) if split_pass_key(k)[1] is not None]
+        return tuple(k for k in keys if section_id is None or split_pass_key(k)[0] == section_id)
+
     def section(self, section_id: str) -> SectionReader:
-        """One section."""
+        """One section, or one pass by its key ``<section>@<pass>``."""
+        sid, name = split_pass_key(section_id)
         try:
-            return SectionReader(self._file["sections"][section_id], live=self.live)
+            group = self._file["sections"][sid]
+            if name is not None:
+                group = group[PASSES_GROUP][name]
+            return SectionReader(group, live=self.live, key=section_id)
         except KeyError:
             raise StorageError(
                 f"{self.path} has no section {section_id!r} (sections: {', '.join(self.section_ids)})"
@@ -324,7 +360,20 @@ class ScanFile:
         Entries the writer was writing when it stopped (empty or unreadable)
         are left out.
         """
-        return [json.loads(text) for text in _read_strings(self._file["events"])[0] if text]
+        events = []
+        for i, text in enumerate(_read_strings(self._file["events"])[0]):
+            if not text:
+                continue
+            try:
+                event = json.loads(text)
+            except ValueError:
+                event = None
+            if not isinstance(event, dict):
+                raise StorageError(
+                    f"{self.path}: event {i} is not JSON of an event; the file is damaged or was edited"
+                )
+            events.append(event)
+        return events
 
     def summary(self) -> ScanSummary:
         """Return counts per section, file size, creation time and duration."""

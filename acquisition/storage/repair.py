@@ -13,12 +13,20 @@ import numpy as np
 
 from .format import (
     _HDF5_SIGNATURE,
+    _PASS_COMPLETE_ATTR,
     _STR,
+    PASSES_GROUP,
     StorageError,
     TileStatus,
+    _bad_statuses,
     _check_format,
+    _check_structure,
     _open_h5,
     _superblock_eof,
+    _tile_groups,
+    check_done_tiles,
+    split_pass_key,
+    tile_name,
 )
 
 logger = logging.getLogger(__name__)
@@ -163,7 +171,8 @@ def _repair_file_ends(path: Path) -> dict[str, int]:
     Returns
     -------
     dict
-        ``padded_bytes`` and ``end_of_file_bytes`` if changed.
+        ``padded_bytes`` (and ``lost_from_byte``, where the zeros start) and
+        ``end_of_file_bytes`` if changed.
     """
     if not path.is_file():
         raise StorageError(f"scan file not found: {path}")
@@ -175,15 +184,21 @@ def _repair_file_ends(path: Path) -> dict[str, int]:
     try:
         with _open_h5(path, "r") as f:
             _check_format(f, path)
+            _check_structure(f, path, statuses=False)
             highest_chunk_end = max(
-                [0, *(end for g in f["sections"].values() for end in _chunk_ends(g["tiles"]).values())]
+                [0, *(end for _, g in _tile_groups(f) for end in _chunk_ends(g["tiles"]).values())]
             )
-    except BaseException:
+    except BaseException as e:
         if padded:  # not ours to repair: leave it as it was
             os.truncate(path, size)
+            if isinstance(e, StorageError):
+                raise StorageError(
+                    f"cannot repair {path}: it is {padded} bytes short and what remains cannot be read ({e})"
+                ) from e
         raise
     if padded:
         repairs["padded_bytes"] = padded
+        repairs["lost_from_byte"] = size
     if size != stored_eof or highest_chunk_end > stored_eof:
         end = max(size, stored_eof, highest_chunk_end) + _REPAIR_MARGIN_BYTES
         if _extend_allocation(path, end) is not None:
@@ -191,7 +206,32 @@ def _repair_file_ends(path: Path) -> dict[str, int]:
     return repairs
 
 
-def _recover(f: h5py.File) -> dict[str, Any]:
+def _complete_pass(key: str, g: h5py.Group) -> bool:
+    return split_pass_key(key)[1] is None or bool(g.attrs.get(_PASS_COMPLETE_ATTR, 0))
+
+
+def _storage_ranges(ds: h5py.Dataset) -> list[tuple[int, int]]:
+    """Byte ranges ``[start, end)`` of a dataset's raw data in the file (empty if not allocated)."""
+    if ds.chunks is None:
+        offset = ds.id.get_offset()
+        return [] if offset is None else [(int(offset), int(offset) + int(ds.id.get_storage_size()))]
+    ranges: list[tuple[int, int]] = []
+
+    def visit(info: Any) -> None:
+        if info.byte_offset is not None:
+            ranges.append((int(info.byte_offset), int(info.byte_offset + info.size)))
+
+    ds.id.chunk_iter(visit)
+    return ranges
+
+
+def _datasets_in(group: h5py.Group) -> list[h5py.Dataset]:
+    found: list[h5py.Dataset] = []
+    group.visititems(lambda _name, obj: found.append(obj) if isinstance(obj, h5py.Dataset) else None)
+    return found
+
+
+def _recover(f: h5py.File, *, lost_from_byte: int | None = None) -> dict[str, Any]:
     """Rebuild what a crash or failed write left unreadable, so the scan can resume.
 
     The write order keeps done tiles whole; what can be broken is the state
@@ -202,7 +242,16 @@ def _recover(f: h5py.File) -> dict[str, Any]:
       see :func:`_rebuild_strings`); such a tile that was done (not
       expected) is made pending again, as is a done tile with a missing
       image chunk;
-    - unreadable ``/events`` entries are dropped.
+    - unreadable ``/events`` entries are dropped;
+    - a pass whose creation was interrupted is removed (it is made again).
+    - a ``tile_status`` byte that is not 0, 1 or 2 (a damaged or edited
+      file) is made pending;
+    - a done tile whose pixels no longer match their stored CRC-32 (a
+      damaged disk or copy) is made pending, so resuming acquires it again;
+    - when the file had lost its end (``lost_from_byte``: it was shorter
+      than HDF5 recorded and was padded with zeros), done tiles with pixels
+      there are made pending and a section's analysis results with data
+      there are removed (``cordscope analyze`` computes them again).
 
     Returns
     -------
@@ -212,9 +261,27 @@ def _recover(f: h5py.File) -> dict[str, Any]:
     repairs: dict[str, Any] = {}
     demoted: list[str] = []
     cleared: list[str] = []
-    for sid, g in f["sections"].items():
+    bad_status: list[str] = []
+    lost_tiles: list[str] = []
+    lost_analysis: list[str] = []
+    checksum_failed: list[str] = []
+
+    def in_lost_tail(ranges: list[tuple[int, int]]) -> bool:
+        return lost_from_byte is not None and any(end > lost_from_byte for _, end in ranges)
+
+    dropped = [key for key, g in _tile_groups(f, incomplete=True) if not _complete_pass(key, g)]
+    for key in dropped:  # interrupted while being made: made again when the scan resumes
+        section_id, name = split_pass_key(key)
+        del f["sections"][section_id][PASSES_GROUP][str(name)]
+    if dropped:
+        repairs["passes_dropped"] = dropped
+    for sid, g in _tile_groups(f):
         _finish_rebuild(g, "tile_meta")
         status = g["tile_status"]
+        values = np.asarray(status[()])
+        for t in _bad_statuses(values):
+            bad_status.append(f"{tile_name(sid, int(t))} (status {int(values[t])})")
+            status[int(t)] = np.uint8(TileStatus.PENDING)
         metas, readable = _read_strings(g["tile_meta"])
         bad = {i for i, m in enumerate(metas) if m is None}
         if not readable:
@@ -224,9 +291,22 @@ def _recover(f: h5py.File) -> dict[str, Any]:
         n_c, n_z = g["tiles"].shape[1:3]
         for t in np.flatnonzero(status[()] == TileStatus.DONE):
             whole = all((int(t), c, z) in ends for c in range(n_c) for z in range(n_z))
-            if int(t) in bad or not whole:
+            lost = lost_from_byte is not None and any(
+                ends.get((int(t), c, z), 0) > lost_from_byte for c in range(n_c) for z in range(n_z)
+            )
+            if int(t) in bad or not whole or lost:
                 status[t] = np.uint8(TileStatus.PENDING)
-                demoted.append(f"{sid}/{t}")
+                (lost_tiles if lost else demoted).append(tile_name(sid, int(t)))
+        for t in check_done_tiles(g).damaged:  # pixels changed since they were stored
+            status[t] = np.uint8(TileStatus.PENDING)
+            checksum_failed.append(tile_name(sid, t))
+        analysis = g.get("analysis")
+        if isinstance(analysis, h5py.Group) and in_lost_tail(
+            [r for ds in _datasets_in(analysis) for r in _storage_ranges(ds)]
+        ):
+            del g["analysis"]
+            g.create_group("analysis")
+            lost_analysis.append(sid)
     _finish_rebuild(f, "events")
     events, readable = _read_strings(f["events"])
     if not readable:
@@ -237,5 +317,47 @@ def _recover(f: h5py.File) -> dict[str, Any]:
         repairs["tile_meta_cleared"] = cleared
     if demoted:
         repairs["tiles_made_pending"] = demoted
+    if bad_status:
+        repairs["bad_status_made_pending"] = bad_status
+    if lost_tiles:
+        repairs["tiles_lost"] = lost_tiles
+    if lost_analysis:
+        repairs["analysis_lost"] = lost_analysis
+    if checksum_failed:
+        repairs["tiles_failed_checksum"] = checksum_failed
     f.flush()
     return repairs
+
+
+def describe_repairs(path: Path, repairs: dict[str, Any]) -> str:
+    """One line saying what a repair did to ``path`` (for the user), from :func:`_recover`'s record."""
+    parts: list[str] = []
+    if (n := repairs.get("padded_bytes")) is not None:
+        parts.append(f"its last {n} bytes were missing (the file was cut short) and were lost")
+    if tiles := repairs.get("tiles_lost"):
+        parts.append(f"{len(tiles)} done tiles lay there and will be acquired again ({_few(tiles)})")
+    if sections := repairs.get("analysis_lost"):
+        parts.append(
+            f"the analysis of {_few(sections)} lay there and was removed (cordscope analyze redoes it)"
+        )
+    if tiles := repairs.get("tiles_failed_checksum"):
+        parts.append(
+            f"{len(tiles)} done tiles no longer match their checksums; they will be acquired again: "
+            + _few(tiles)
+        )
+    if bad := repairs.get("bad_status_made_pending"):
+        parts.append(f"{len(bad)} tiles had an invalid status and will be acquired again: {_few(bad)}")
+    if tiles := repairs.get("tiles_made_pending"):
+        parts.append(f"{len(tiles)} tiles left unfinished will be acquired again ({_few(tiles)})")
+    if tiles := repairs.get("tile_meta_cleared"):
+        parts.append(f"unreadable metadata of {len(tiles)} unfinished tiles cleared")
+    if n := repairs.get("events_dropped"):
+        parts.append(f"{n} unreadable events dropped")
+    if repairs.get("end_of_file_bytes") and not parts:
+        parts.append("its recorded end was restored after an interrupted write")
+    return f"repaired {path.name}: " + "; ".join(parts or ["nothing to report"])
+
+
+def _few(items: list[str], n: int = 3) -> str:
+    shown = ", ".join(items[:n])
+    return shown + (f" and {len(items) - n} more" if len(items) > n else "")

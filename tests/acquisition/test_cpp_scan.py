@@ -175,3 +175,52 @@ def test_killed_cpp_scan_resumes_to_the_same_tiles(beads, tmp_path):
         for t, pixels in before.items():
             np.testing.assert_array_equal(sec.read_tile(t), pixels)
     assert min(overlap_correlations(scan_path)) > 0.95
+
+
+def test_exports_of_a_cpp_scan_place_the_beads_where_the_stage_saw_them(beads, tmp_path):
+    """OME-Zarr and BDV placement checked against a fresh snap of the C++ camera at a known stage point."""
+    import json
+
+    import zarr
+
+    from analysis.exports import export_bdv, export_ome_zarr
+
+    core = beads.build()
+    try:
+        result = ScanSession(core, beads_plan(beads, tmp_path / "beads.h5")).run()
+        assert result.scan.complete
+        probe_xy = (5_730.0, 5_610.0)  # a stage point inside the section, off the tile grid
+        core.setXYPosition(*probe_xy)
+        core.setPosition(0.0)
+        core.waitForSystem()
+        core.snapImage()
+        probe = np.asarray(core.getImage(), dtype=float)[128:384, 128:384]  # stage probe ± 128 µm
+    finally:
+        core.close()
+    (zarr_image,) = [p for p in export_ome_zarr(result.path, tmp_path / "zarr") if p.name == "beads.ome.zarr"]
+    ome = json.loads((zarr_image / "zarr.json").read_text())["attributes"]["ome"]["multiscales"][0]
+    transforms = {t["type"]: t for t in ome["datasets"][0]["coordinateTransformations"]}
+    (sy, sx), (ty, tx) = transforms["scale"]["scale"][-2:], transforms["translation"]["translation"][-2:]
+    mosaic = np.asarray(zarr.open_group(str(zarr_image), mode="r")["0"][0], dtype=float)
+    # mosaic pixel (r, c) has its centre at stage (tx + c·sx, ty + r·sy)
+    c0 = round((probe_xy[0] - 128 + 0.5 - tx) / sx)
+    r0 = round((probe_xy[1] - 128 + 0.5 - ty) / sy)
+    crop = mosaic[r0 : r0 + 256, c0 : c0 + 256]
+    assert np.corrcoef(crop.ravel(), probe.ravel())[0, 1] > 0.95
+
+    import xml.etree.ElementTree as ET
+
+    xml = export_bdv(result.path, tmp_path / "bdv")
+    root = ET.parse(xml).getroot()
+    assert len(root.findall(".//ViewSetup")) == 9 * 2  # 9 tiles × 2 channels
+    with ScanFile.open(result.path) as scan:
+        sec = scan.section("beads")
+        p = sec.pixel_size_um
+        corners = sec.tile_xy_um / p + 0.5 - 512 / 2  # each tile's top-left pixel, in px (identity camera)
+    translations = []
+    for reg in root.iter("ViewRegistration"):
+        affines = [[float(v) for v in a.text.split()] for a in reg.iter("affine")]
+        # the composed registration of an identity camera is a pure translation in px
+        translations.append((sum(a[3] for a in affines), sum(a[7] for a in affines)))
+    for x, y in translations:
+        assert np.min(np.hypot(corners[:, 0] - x, corners[:, 1] - y)) < 1e-3

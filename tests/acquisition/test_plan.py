@@ -40,6 +40,7 @@ from acquisition.plan import (
     tile_size_um,
     validate_plan,
 )
+from acquisition.storage import required_free_bytes
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -172,7 +173,10 @@ def test_yaml_round_trip_is_exact(tmp_path: Path) -> None:
 
     path = tmp_path / "plan.yaml"
     save_plan(plan, path)
-    assert load_plan(path) == plan
+    # relative paths of a plan file mean files beside it
+    assert load_plan(path) == plan.model_copy(
+        update={"hardware_config": tmp_path / "hardware_configs/demo.cfg"}
+    )
     assert path.read_text(encoding="utf-8") == text
 
 
@@ -578,9 +582,10 @@ def test_default_travel_is_the_demo_stage(core: CordScopeCore, output: Path) -> 
 
 
 def test_tile_centres_outside_the_travel(core: CordScopeCore, output: Path) -> None:
-    # inside the travel, but one tile wider: the second column's centre lies beyond x = 75000
+    # inside the travel, but one tile wider: useq's grid, anchored at the left edge, centres the
+    # second column beyond x = 75000 (a minimal cover centres its tiles on the polygon)
     edge = [[75_000 - 340, 10_000], [75_000, 10_000], [75_000, 10_300], [75_000 - 340, 10_300]]
-    plan = make_plan(output, sections=[{"id": "edge", "polygon_um": edge}])
+    plan = make_plan(output, sections=[{"id": "edge", "polygon_um": edge}], tiling="grid")
     with pytest.raises(PlanError) as info:
         validate_plan(plan, core, disk_free_bytes=plenty_of_disk)
     (problem,) = info.value.problems
@@ -692,7 +697,7 @@ def test_not_enough_disk(core: CordScopeCore, output: Path) -> None:
     assert asked == [output.parent]
     (problem,) = info.value.problems
     summary = validate_plan(plan, core, disk_free_bytes=plenty_of_disk)
-    need_mb = summary.estimated_bytes * 1.1 / 1e6
+    need_mb = required_free_bytes(summary.estimated_bytes) / 1e6  # the writer's own rule
     assert problem.field == "output"
     assert "not enough free disk" in problem.message
     assert f"needs about {need_mb:.1f} MB" in problem.message
@@ -700,7 +705,10 @@ def test_not_enough_disk(core: CordScopeCore, output: Path) -> None:
     assert "5.0 MB free" in problem.message
 
     # exactly enough passes; the real disk is asked when nothing is injected
-    validate_plan(plan, core, disk_free_bytes=lambda folder: math.ceil(summary.estimated_bytes * 1.1))
+    exact = required_free_bytes(summary.estimated_bytes)
+    validate_plan(plan, core, disk_free_bytes=lambda folder: exact)
+    with pytest.raises(PlanError, match="not enough free disk"):
+        validate_plan(plan, core, disk_free_bytes=lambda folder: exact - 1)
     validate_plan(
         make_plan(
             output,
@@ -713,11 +721,14 @@ def test_not_enough_disk(core: CordScopeCore, output: Path) -> None:
 def test_resume_needs_only_the_missing_part(core: CordScopeCore, output: Path) -> None:
     plan = make_plan(output)
     estimated = validate_plan(plan, core, disk_free_bytes=plenty_of_disk).estimated_bytes
-    with output.open("wb") as f:  # sparse: a scan file that is almost complete
-        f.truncate(estimated)
-    validate_plan(plan, core, resume=True, disk_free_bytes=lambda folder: int(estimated * 0.2))
+    with output.open(
+        "wb"
+    ) as f:  # a scan file whose tiles are 90 % on disk (its blocks count, not its length)
+        f.write(bytes(int(estimated * 0.9)))
+    free = required_free_bytes(int(estimated * 0.2))
+    validate_plan(plan, core, resume=True, disk_free_bytes=lambda folder: free)
     with pytest.raises(PlanError, match="not enough free disk"):
-        validate_plan(plan, core, overwrite=True, disk_free_bytes=lambda folder: int(estimated * 0.2))
+        validate_plan(plan, core, overwrite=True, disk_free_bytes=lambda folder: free)
 
 
 # ================================================================ tile size
@@ -801,22 +812,27 @@ def test_fewer_tiles_than_the_bounding_box() -> None:
     assert len(tiles["cord-H"]) < 0.6 * bbox_tiles
 
 
-def test_tiles_run_serpentine_within_a_section() -> None:
-    plan = make_plan()
+@pytest.mark.parametrize("tiling", ["minimal", "grid"])
+def test_tiles_run_serpentine_within_a_section(tiling: str) -> None:
+    plan = make_plan(tiling=tiling)
     w = h = TILE_10X_UM
-    dy = h * (1 - plan.overlap_pct / 100)
+    pitch = h * (1 - plan.overlap_pct / 100)
     for section_id, centres in section_tiles(plan, tile_size_um=(w, h)).items():
-        top = centres[:, 1].max()
-        rows = np.rint((top - centres[:, 1]) / dy).astype(int)
-        assert np.all(np.diff(rows) >= 0), f"{section_id}: rows not visited top to bottom"
-        assert len(np.unique(rows)) > 3
-        for r in np.unique(rows):
-            xs = centres[rows == r, 0]
-            steps = np.diff(xs)
-            if r % 2 == 0:
-                assert np.all(steps > 0), f"{section_id} row {r} should run +x"
-            else:
-                assert np.all(steps < 0), f"{section_id} row {r} should run -x"
+        # rows top to bottom (each a band of y), or columns left to right (minimal cover, when fewer)
+        along_x = np.abs(np.diff(centres[:, 1])).sum() < np.abs(np.diff(centres[:, 0])).sum()
+        if along_x:
+            band = np.rint((centres[:, 1].max() - centres[:, 1]) / pitch).astype(int)
+            along, first_step = centres[:, 0], 1
+        else:
+            assert tiling == "minimal", "useq's grid runs in rows"
+            band = np.rint((centres[:, 0] - centres[:, 0].min()) / pitch).astype(int)
+            along, first_step = centres[:, 1], -1
+        assert np.all(np.diff(band) >= 0), f"{section_id}: rows/columns not visited in order"
+        assert len(np.unique(band)) > 3
+        for r in np.unique(band):
+            steps = np.diff(along[band == r])
+            direction = first_step if r % 2 == 0 else -first_step
+            assert np.all(steps * direction > 0), f"{section_id}: row/column {r} runs the wrong way"
 
 
 def _events(seq: useq.MDASequence) -> list[useq.MDAEvent]:

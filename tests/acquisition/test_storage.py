@@ -497,9 +497,9 @@ def test_a_file_cut_short_is_repaired_on_resume(tmp_path: Path) -> None:
         writer.log_event("start")
         for t in range(4):
             _complete(writer, 0, "S1", t, 1)
-            writer.log_event("tile_retried", tile=t)
+            writer.log_event(EventKind.TILE_RETRIED, tile=t)
     os.truncate(path, path.stat().st_size - 3000)  # lose the newest metadata
-    with pytest.raises(StorageError, match=r"short\.h5: it is 3000 bytes short.*open_for_resume repairs it"):
+    with pytest.raises(StorageError, match=r"short\.h5: it is 3000 bytes short.*cordscope scan --resume"):
         ScanFile.open(path)
 
     with ScanWriter.open_for_resume(path) as writer:
@@ -609,7 +609,7 @@ def test_opening_the_wrong_file_says_what_is_wrong(
 
 
 def test_creating_over_an_existing_file_is_refused(scan_path: Path) -> None:
-    with pytest.raises(StorageError, match=r"scan\.h5 already exists; resume it .* or pass overwrite=True"):
+    with pytest.raises(StorageError, match=r"scan\.h5 already exists; resume it .* or overwrite it"):
         _create(scan_path)
     with ScanFile.open(scan_path) as scan:
         assert scan.summary().done == 3  # untouched

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import json
+import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -13,6 +15,12 @@ import numpy as np
 import pytest
 import zarr
 
+from acquisition.pixel_geometry import (
+    covered_extent_um,
+    footprint_corners_um,
+    pixel_to_stage_um,
+    stage_to_pixel,
+)
 from acquisition.storage import ScanFile, ScanWriter, SectionLayout
 from analysis.exports import (
     DISPLAY_PERCENTILES,
@@ -21,6 +29,7 @@ from analysis.exports import (
     export_bdv,
     export_csv,
     export_ome_zarr,
+    mosaic_geometry,
     tile_positions_um,
 )
 from analysis.maps import Heatmaps, RegionRow, write_analysis, write_region_csv
@@ -396,6 +405,186 @@ def test_ome_zarr_heatmap_in_stage_coordinates(scan_path: Path, tmp_path: Path) 
     assert not (tmp_path / "S2_pct_axonal_area.ome.zarr").exists()  # S2 has no analysis
 
 
+# ------------------------------------------------- rotated and mirrored cameras
+
+AP = 0.5  # µm per pixel
+AH, AW = 40, 56  # not square: a transpose shows
+ROT_1_5 = math.radians(1.5)
+CAMERAS = {
+    "identity": [[1.0, 0.0], [0.0, 1.0]],
+    "rot90": [[0.0, -1.0], [1.0, 0.0]],
+    "mirror": [[-1.0, 0.0], [0.0, 1.0]],
+    "transpose": [[0.0, 1.0], [1.0, 0.0]],
+    "rot180": [[-1.0, 0.0], [0.0, -1.0]],
+    "rot1.5": [[math.cos(ROT_1_5), -math.sin(ROT_1_5)], [math.sin(ROT_1_5), math.cos(ROT_1_5)]],
+    "rot-2_mirror": [[-math.cos(-0.035), -math.sin(-0.035)], [-math.sin(-0.035), math.cos(-0.035)]],
+}
+EXACT_CAMERAS = ("identity", "rot90", "mirror", "transpose", "rot180")
+ORIGIN_UM = (3000.0, 1500.0)
+
+
+def _world(x_um: np.ndarray, y_um: np.ndarray, channel: int) -> np.ndarray:
+    """A stage image (counts): ramps tell every turn and mirror apart, the waves every shift."""
+    dx, dy = x_um - ORIGIN_UM[0], y_um - ORIGIN_UM[1]
+    waves = 300 * np.sin(2 * np.pi * dx / 31.0 + 0.3) * np.cos(2 * np.pi * dy / 23.0 + 1.1)
+    return 1000 + 500 * channel + 9 * dx + 4 * dy + waves
+
+
+def _camera(name: str) -> np.ndarray:
+    return AP * np.array(CAMERAS[name])
+
+
+def _rotated_centres(affine: np.ndarray) -> np.ndarray:
+    """2 × 2 tiles spaced by 85 % of the stage rectangle one image covers, on whole pixels."""
+    width, height = covered_extent_um(affine, (AW, AH))
+    sx, sy = round(0.85 * width / AP) * AP, round(0.85 * height / AP) * AP
+    return np.array([[ORIGIN_UM[0] + i * sx, ORIGIN_UM[1] + j * sy] for j in range(2) for i in range(2)])
+
+
+def _rotated_tile(center: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """(C, 1, H, W) uint16: the world at each camera pixel's stage position."""
+    r, c = np.mgrid[0:AH, 0:AW]
+    x, y = pixel_to_stage_um(r, c, center_um=center, affine_um=affine, tile_shape=(AH, AW))
+    return np.stack([np.rint(_world(x, y, ch)) for ch in range(2)]).astype(np.uint16)[:, None]
+
+
+@functools.cache
+def _rotated_scan(name: str, folder: str) -> Path:
+    path = Path(folder) / f"{name}.h5"
+    affine = _camera(name)
+    centres = _rotated_centres(affine)
+    layout = SectionLayout(
+        "R", centres, CHANNELS, 1, (AH, AW), AP, covered_extent_um(affine, (AW, AH)), pixel_affine_um=affine
+    )
+    with ScanWriter.create(
+        path, plan_yaml="name: t\n", sections=[layout], config_path="d.cfg", config_text="", core_state={}
+    ) as writer:
+        for t, centre in enumerate(centres):
+            pixels = _rotated_tile(centre, affine)
+            for c in range(len(CHANNELS)):
+                writer.write_image("R", t, c, 0, pixels[c, 0])
+            writer.complete_tile("R", t, z_um=0.0, meta={})
+    return path
+
+
+@pytest.fixture(scope="module")
+def rotated_folder(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(tmp_path_factory.mktemp("rotated"))
+
+
+@pytest.mark.parametrize(
+    ("name", "placed_shape"),
+    [("identity", (AH, AW)), ("rot90", (AW, AH)), ("mirror", (AH, AW)), ("transpose", (AW, AH))],
+    ids=["identity", "rot90", "mirror", "transpose"],
+)
+def test_mosaic_geometry_turns_tiles_of_exact_cameras(name: str, placed_shape: tuple[int, int]) -> None:
+    affine = _camera(name)
+    centres = _rotated_centres(affine)
+    geometry = mosaic_geometry(centres, (AH, AW), AP, affine_um=affine)
+    assert not geometry.resampled and geometry.placed_shape_px == placed_shape
+    # the turned tiles' stage extent, independent of the writer
+    corners = np.concatenate([footprint_corners_um(c, affine, (AH, AW)) for c in centres])
+    (x0, y0), (x1, y1) = corners.min(axis=0), corners.max(axis=0)
+    assert geometry.origin_um == pytest.approx((x0 + AP / 2, y0 + AP / 2))
+    assert geometry.shape_px == (round((y1 - y0) / AP), round((x1 - x0) / AP))
+
+
+def test_mosaic_geometry_resamples_other_affines_and_an_inconsistent_pixel_size() -> None:
+    affine = _camera("rot1.5")
+    geometry = mosaic_geometry(_rotated_centres(affine), (AH, AW), AP, affine_um=affine)
+    assert geometry.resampled and geometry.orientation is None
+    # a 90° affine whose scale is not the mosaic's pixel cannot be a plain transpose
+    assert mosaic_geometry(_rotated_centres(affine), (AH, AW), 0.4, affine_um=_camera("rot90")).resampled
+    assert not mosaic_geometry(_rotated_centres(affine), (AH, AW), AP).resampled  # default: p·I
+
+
+@pytest.mark.parametrize("name", list(CAMERAS))
+def test_bdv_views_carry_the_pixel_affine(name: str, rotated_folder: str, tmp_path: Path) -> None:
+    import npy2bdv
+
+    affine = _camera(name)
+    centres = _rotated_centres(affine)
+    xml_path = export_bdv(_rotated_scan(name, rotated_folder), tmp_path)
+    editor = npy2bdv.BdvEditor(str(xml_path), mode="r")
+    try:
+        r, c = np.mgrid[0:AH, 0:AW]
+        pixel = np.stack([c.ravel(), r.ravel(), np.zeros(r.size), np.ones(r.size)])  # (x, y, z, 1)
+        for t, centre in enumerate(centres):
+            view = editor.read_view(channel=1, tile=t)
+            np.testing.assert_array_equal(view, _rotated_tile(centre, affine)[1])  # as the camera took it
+            m = editor.read_affine(channel=1, tile=t, index=0)  # applied after the calibration
+            np.testing.assert_allclose(m[:2, :2], affine / AP, atol=1e-6)
+            world_um = (m @ pixel)[:2] * AP  # BigStitcher's world is in calibrated pixels
+            x, y = pixel_to_stage_um(r, c, center_um=centre, affine_um=affine, tile_shape=(AH, AW))
+            np.testing.assert_allclose(world_um[0], x.ravel(), atol=1e-4)
+            np.testing.assert_allclose(world_um[1], y.ravel(), atol=1e-4)
+    finally:
+        editor.finalize()
+
+
+def _last_cover(x: np.ndarray, y: np.ndarray, centres: np.ndarray, affine: np.ndarray) -> tuple:
+    """For pixel centres ``(x, y)`` (broadcast): in some tile's footprint; in the last such tile's
+    pixel-centre hull (not in its outer half-pixel band, where the edge pixels repeat)."""
+    shape = np.broadcast(x, y).shape
+    inside, between = np.zeros(shape, dtype=bool), np.zeros(shape, dtype=bool)
+    for centre in centres:  # later tiles over earlier ones
+        rows, cols = stage_to_pixel(x, y, center_um=centre, affine_um=affine, tile_shape=(AH, AW))
+        here = (rows >= -0.5) & (rows < AH - 0.5) & (cols >= -0.5) & (cols < AW - 0.5)
+        core = (rows >= 0) & (rows <= AH - 1) & (cols >= 0) & (cols <= AW - 1)
+        inside |= here
+        between = np.where(here, core, between)
+    return inside, between
+
+
+@pytest.mark.parametrize("name", list(CAMERAS))
+def test_ome_zarr_mosaic_of_a_turned_camera_is_the_stage_image(
+    name: str, rotated_folder: str, tmp_path: Path
+) -> None:
+    import yaozarrs
+
+    affine = _camera(name)
+    (path,) = export_ome_zarr(_rotated_scan(name, rotated_folder), tmp_path)
+    yaozarrs.validate_zarr_store(path)
+    multiscale, levels, _ = _read_image(path)
+    (_, sy, sx), (_, ty, tx) = _transforms(multiscale["datasets"][0])
+    assert (sy, sx) == (AP, AP)  # stage-aligned: scale and translation say it all
+    mosaic = levels[0][...]
+    y = (ty + np.arange(mosaic.shape[1]) * AP)[:, None]
+    x = (tx + np.arange(mosaic.shape[2]) * AP)[None, :]
+    inside, between = _last_cover(x, y, _rotated_centres(affine), affine)
+    # every pixel in some tile's footprint is imaged and no other: later tiles paint no zeros
+    np.testing.assert_array_equal(mosaic[0] > 0, inside)
+    for c in range(2):
+        error = np.abs(mosaic[c].astype(float) - np.rint(_world(x, y, c)))
+        if name in EXACT_CAMERAS:
+            assert error[inside].max() == 0, f"{name} channel {c}"
+        else:  # bilinear between pixel centres of a smooth image: within a few counts of ~2000
+            assert error[between].max() <= 3 and error[between].mean() < 0.5
+            assert error[inside].max() <= 25  # ≤ half a pixel of the steepest slope (~35 counts/px)
+    meta = json.loads((path / "zarr.json").read_text())["attributes"]
+    np.testing.assert_allclose(meta["cordscope"]["camera_pixel_affine_um"], affine)
+    assert meta["cordscope"]["tiles_resampled"] is (name not in EXACT_CAMERAS)
+    note = meta["ome"]["multiscales"][0]["metadata"]["orientation"]
+    assert ("resampled" in note) is (name not in EXACT_CAMERAS)
+
+
+def test_qupath_image_of_a_turned_camera_is_the_ome_zarr_mosaic(rotated_folder: str, tmp_path: Path) -> None:
+    import tifffile
+
+    from analysis.qupath import section_image_frame, write_section_ome_tiff
+
+    scan = _rotated_scan("rot90", rotated_folder)
+    (zarr_path,) = export_ome_zarr(scan, tmp_path / "zarr")
+    with ScanFile.open(scan) as f:
+        frame = write_section_ome_tiff(f.section("R"), tmp_path / "R.ome.tif")
+        assert np.array_equal(frame.corner_um, section_image_frame(f.section("R")).corner_um)
+    np.testing.assert_allclose(frame.affine_um, AP * np.eye(2))  # the image is stage-aligned
+    multiscale, levels, _ = _read_image(zarr_path)
+    _, (_, ty, tx) = _transforms(multiscale["datasets"][0])
+    assert tuple(frame.corner_um) == pytest.approx((tx - AP / 2, ty - AP / 2))
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "R.ome.tif"), levels[0][...])
+
+
 # ----------------------------------------------------------------------- CSV
 
 
@@ -406,7 +595,7 @@ def test_csv_has_the_numbers_labels_and_kinds_rounded(scan_path: Path, tmp_path:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == [
         "section_id", "animal", "group", "level", "region", "region_kind", "area_um2", "axon_area_um2",
-        "pct_axonal_area", "mean_tracer_intensity_adu", "imaged_pct",
+        "pct_axonal_area", "mean_tracer_intensity_adu", "imaged_pct", "imaged_at_hires_pct",
     ]  # fmt: skip
     assert rows[0] == {
         "section_id": "S1",
@@ -420,6 +609,7 @@ def test_csv_has_the_numbers_labels_and_kinds_rounded(scan_path: Path, tmp_path:
         "pct_axonal_area": "5.1235",  # 4 decimals
         "mean_tracer_intensity_adu": "321.51",  # 2 decimals, rounded
         "imaged_pct": "100.00",
+        "imaged_at_hires_pct": "0.00",
     }
     assert rows[1]["mean_tracer_intensity_adu"] == "" and rows[1]["imaged_pct"] == "75.12"
     # the same text as the CSV written from the results the file holds

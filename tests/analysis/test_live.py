@@ -39,11 +39,11 @@ def test_every_done_tile_is_analysed_exactly_once_in_the_process(th7_live_scan):
     analysis = live.session.analysis
     assert isinstance(analysis, AnalysisProcess)
     done = done_tiles(live.path)
-    assert len(done) == 66
+    assert len(done) == 60
     assert set(analysis.analysis_counts) == done and set(analysis.analysis_counts.values()) == {1}
     assert analysis.faults == []
     progress = analysis.progress()
-    assert progress.tiles_stored == 66 and progress.tiles_behind == 0 and progress.behind_s == 0
+    assert progress.tiles_stored == 60 and progress.tiles_behind == 0 and progress.behind_s == 0
 
 
 def test_maps_updated_is_emitted_at_most_ten_times_a_second(th7_live_scan):
@@ -106,11 +106,11 @@ def test_saved_results_read_back_with_mosaic_and_labels(th7_live_scan):
 def test_snapshots_while_scanning_and_after_the_end(th7_live_scan):
     live = th7_live_scan
     assert live.snapshots, "no snapshot answered while scanning"
-    assert all(0 < s.n_tiles_analysed <= s.n_tiles == 66 for s in live.snapshots)
-    growing = [s for s in live.snapshots if s.n_tiles_analysed < 66]
+    assert all(0 < s.n_tiles_analysed <= s.n_tiles == 60 for s in live.snapshots)
+    growing = [s for s in live.snapshots if s.n_tiles_analysed < 60]
     assert not growing or np.isnan(growing[0].anatomy_mosaic).any()
     final = live.session.snapshot(TH7)  # the process has ended: read from the file
-    assert final is not None and final.n_tiles_analysed == 66
+    assert final is not None and final.n_tiles_analysed == 60
     assert as_tuples(final.table) == as_tuples(live.result.tables[TH7])
     assert final.regions is not None and set(final.masks) == {r.region for r in final.table}
     assert live.session.snapshot("no-such-section") is None
@@ -156,7 +156,7 @@ def test_an_analysis_fault_is_logged_with_its_tile_and_the_scan_goes_on(tmp_path
     assert run.result.scan.state == "finished" and run.result.complete
     assert [(f.section_id, f.tile_index) for f in analysis.faults] == [(TH7, 5)]
     assert f"{TH7}/0005" in caplog.text and "segmentation exploded" in caplog.text
-    assert len(analysis.analysis_counts) == 66
+    assert len(analysis.analysis_counts) == 60
     assert run.result.tables[TH7]  # the other 65 tiles made a table
 
 
@@ -181,4 +181,4 @@ def test_a_failing_final_analysis_is_reported_and_the_tiles_are_kept(tmp_path):
     assert result.scan.complete  # the scan itself is not disturbed
     assert not result.complete and result.tables is None
     assert "flat_fields.tdTomato: cannot read" in result.analysis_error
-    assert len(done_tiles(run.path)) == 66
+    assert len(done_tiles(run.path)) == 60

@@ -9,7 +9,8 @@ import h5py
 import numpy as np
 import pytest
 
-from analysis.section_analysis import SectionAnalysis, estimated_state_bytes
+from acquisition.plan.checks import section_analysis_bytes
+from analysis.section_analysis import SectionAnalysis
 from analysis.settings import AnalysisSettings
 from tests.analysis.test_affine_tiles import AFFINES, TILE, P, add_all, section_for, world  # noqa: F401
 
@@ -129,8 +130,8 @@ def test_a_huge_section_needs_no_square_arrays():
     assert peak < 100e6
     n_edges = sum(len(v) for v in section._partners.values()) // 2
     assert n_edges == 2 * side * (side - 1)  # edge neighbours of a square grid, found by a k-d tree
-    need = estimated_state_bytes(
-        tile_xy_um=xy, tile_shape_px=(64, 64), pixel_affine_um=P * np.eye(2), n_channels=2, settings=settings
+    need = section_analysis_bytes(
+        _plan_with(settings), xy, tile_shape_px=(64, 64), pixel_affine_um=P * np.eye(2)
     )
     assert section.memory_bytes() < need < 10 * len(xy) * 64 * 64  # linear in the tiles
 
@@ -140,12 +141,8 @@ def test_memory_estimate_bounds_a_scanned_section(world):  # noqa: F811
     section, true = section_for(world, affine)
     add_all(section, world, affine, true, [0, 1, 2, 3])  # the row above still waits for neighbours
     held = section.memory_bytes()
-    need = estimated_state_bytes(
-        tile_xy_um=section.tile_xy_um,
-        tile_shape_px=TILE,
-        pixel_affine_um=affine,
-        n_channels=2,
-        settings=section.settings,
+    need = section_analysis_bytes(
+        _plan_with(section.settings), section.tile_xy_um, tile_shape_px=TILE, pixel_affine_um=affine
     )
     assert 0 < held <= need
 
@@ -187,3 +184,21 @@ def test_from_reader_takes_the_sections_pixel_affine(attr, expected):
 def test_from_reader_refuses_a_bad_affine_naming_the_section():
     with pytest.raises(ValueError, match=r"section s1: .*singular"):
         SectionAnalysis.from_reader(FakeSection({"pixel_affine_um": "[[1, 2], [2, 4]]"}), plan_yaml=PLAN)
+
+
+def _plan_with(settings):
+    """A two-channel plan whose analysis settings are ``settings`` (for the memory estimate)."""
+    from acquisition.plan import plan_from_dict
+
+    return plan_from_dict(
+        {
+            "name": "memory",
+            "output": "m.h5",
+            "channels": [
+                {"preset": "DAPI", "exposure_ms": 10, "role": "anatomy"},
+                {"preset": "tdTomato", "exposure_ms": 10, "role": "tracer"},
+            ],
+            "sections": [{"id": "s1", "polygon_um": [[0, 0], [10, 0], [10, 10]]}],
+            "analysis": settings.model_dump(mode="json"),
+        }
+    )

@@ -125,7 +125,7 @@ def test_fixing_the_setting_clears_the_message(qtbot, clean_core, tmp_path):
     panel.form.channel_row("tdTomato").exposure_ms.setValue(40.0)
     qtbot.waitUntil(panel.is_ready, timeout=10_000)
     assert panel.form.field_error("tdTomato") == ""
-    assert "66 tiles" in panel.form.summary_label.text()
+    assert "60 tiles" in panel.form.summary_label.text()
 
 
 # ------------------------------------------------------------------ scanning
@@ -153,14 +153,14 @@ def test_start_scans_to_the_end_with_live_heatmap_and_region_table(qtbot, clean_
     path = Path(finished.args[0])
     assert path == tmp_path / "scan.h5"
     assert panel.state == "finished"
-    assert panel.section_progress() == {"rat01-Th7": ("66 / 66", "0")}
-    assert panel.progress_bar.value() == panel.progress_bar.maximum() == 66
+    assert panel.section_progress() == {"rat01-Th7": ("60 / 60", "0")}
+    assert panel.progress_bar.value() == panel.progress_bar.maximum() == 60
     # the live view was drawn while the scan ran, the mosaic growing
     assert any(state == "scanning" for state, _ in live_captions)
     # the state line said how far the analysis was behind the camera, on the live timer
     scanning = [text for state, text in lag_texts if state == "scanning"]
     assert scanning and all(re.fullmatch(LAG_PATTERN, text) for text in scanning), scanning
-    assert panel.analysis_label.text() == "Analysis: all 66 tiles analysed and saved"
+    assert panel.analysis_label.text() == "Analysis: all 60 tiles analysed and saved"
     # once saved, the live view shows the final analysis from the file, and its regions can be corrected
     qtbot.waitUntil(lambda: "final analysis saved in scan.h5" in live_captions[-1][1], timeout=10_000)
     qtbot.waitUntil(lambda: panel.live.editable is not None, timeout=10_000)
@@ -182,7 +182,7 @@ def test_start_scans_to_the_end_with_live_heatmap_and_region_table(qtbot, clean_
     with ScanFile.open(path) as f:
         assert f.summary().complete
     assert path.with_name("scan.regions.csv").is_file()
-    assert any("scan finished: 66 of 66 tiles" in t for _, t in messages)
+    assert any("scan finished: 60 of 60 tiles" in t for _, t in messages)
     # the next scan gets a file name of its own
     assert Path(panel.form.output_edit.text()) == tmp_path / "scan-2.h5"
 
@@ -209,7 +209,7 @@ def test_pause_and_resume(qtbot, clean_core, tmp_path):
         qtbot.mouseClick(panel.resume_button, qtbot_left())
     assert "paused" in states and states.index("paused") < len(states) - 1
     assert panel.state == "finished"
-    assert panel.section_progress() == {"rat01-Th7": ("66 / 66", "0")}
+    assert panel.section_progress() == {"rat01-Th7": ("60 / 60", "0")}
 
 
 @pytest.mark.slow
@@ -224,14 +224,14 @@ def test_abort_leaves_a_resumable_file_that_the_panel_resumes(qtbot, clean_core,
     assert panel.resumable_path == path and panel.resume_last_button.isEnabled()
     with ScanFile.open(path) as f:
         summary = f.summary()
-    assert 5 <= summary.done < summary.n_tiles == 66
+    assert 5 <= summary.done < summary.n_tiles == 60
     with qtbot.waitSignal(panel.scan_finished, timeout=SCAN_TIMEOUT_MS) as finished:
         qtbot.mouseClick(panel.resume_last_button, qtbot_left())
     assert Path(finished.args[0]) == path
     assert panel.state == "finished" and panel.resumable_path is None
     with ScanFile.open(path) as f:
         assert f.summary().complete
-    assert panel.section_progress() == {"rat01-Th7": ("66 / 66", "0")}
+    assert panel.section_progress() == {"rat01-Th7": ("60 / 60", "0")}
     # the final analysis of the whole file, shown once the live view's last refresh is in
     qtbot.waitUntil(lambda: bool(panel.live.table.regions()), timeout=10_000)
 
@@ -249,7 +249,7 @@ def test_a_device_fault_is_a_message_not_a_crash(qtbot, clean_core, tmp_path):
     failed = [t for level, t in messages if level == "warning" and "failed after 0 retries" in t]
     assert len(failed) > 10 and all("XYStage" in t for t in failed)
     done, n_failed = panel.section_progress()["rat01-Th7"]
-    assert int(n_failed) == len(failed) and done != "66 / 66"
+    assert int(n_failed) == len(failed) and done != "60 / 60"
     assert panel.state == "finished"
     assert any(level == "warning" and f"{len(failed)} failed" in t for level, t in messages)
     # the failed tiles can be acquired again once the stage behaves
@@ -300,3 +300,26 @@ def test_the_state_line_says_how_far_the_analysis_is_behind(progress, state, tex
 
     given = None if progress is None else AnalysisProgress(*progress)
     assert describe_analysis_progress(given, state) == text
+
+
+def test_the_second_pass_checkbox_puts_an_adaptive_pass_in_the_plan(qtbot, clean_core, tmp_path):
+    panel = make_panel(qtbot, clean_core, tmp_path)
+    form = panel.form
+    qtbot.waitUntil(panel.is_ready, timeout=10_000)
+    assert form.plan().adaptive is None and not form.adaptive_objective_combo.isEnabled()
+    form.adaptive_check.setChecked(True)
+    assert form.adaptive_objective_combo.isEnabled() and form.adaptive_objective_combo.currentText() == "20x"
+    qtbot.waitUntil(panel.is_ready, timeout=10_000)
+    plan = form.plan()
+    assert plan.adaptive is not None and plan.adaptive.objective == "20x"
+    assert plan.adaptive.region == "rubrospinal_territory"
+    # a plan read back (e.g. to resume) fills the checkbox and keeps its other pass settings
+    custom = plan.model_copy(
+        update={"adaptive": plan.adaptive.model_copy(update={"objective": "4x", "min_pct_axonal_area": 2.0})}
+    )
+    form.adaptive_check.setChecked(False)
+    form.set_plan(custom)
+    assert form.adaptive_check.isChecked() and form.adaptive_objective_combo.currentText() == "4x"
+    qtbot.waitUntil(panel.is_ready, timeout=10_000)
+    again = form.plan()
+    assert again.adaptive is not None and again.adaptive.min_pct_axonal_area == 2.0
