@@ -110,7 +110,6 @@ from numpy.lib.stride_tricks import as_strided, sliding_window_view
 from numpy.typing import ArrayLike, NDArray
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
-from skimage.measure import label as label_components
 
 __all__ = [
     "AxonObjects",
@@ -137,7 +136,7 @@ _FLAT_MEAN_TOLERANCE = 0.1
 _BASE_FRACTION = 0.375
 """Candidate region: signal above this fraction of the local plateau (below any true edge)."""
 _LEVEL_BINS_PER_UNIT = 40  # 0.5 is a bin edge: (0.5 − 0.375) · 40 = 5
-_LEVEL_BINS = 100  # ratios up to 0.375 + 100 / 40 = 2.875; above, the top bin
+_LEVEL_BINS = 48  # ratios up to 0.375 + 48 / 40 = 1.575 (an object's level lies below); above, the top bin
 
 
 # ------------------------------------------------------------------ correction
@@ -318,7 +317,7 @@ class ObjectSizeModel(Protocol):
         ...
 
     def true_area_px(
-        self, apparent_area_px: F64, aspect: F64, moment_size_px2: F64, moment_aspect: F64
+        self, apparent_area_px: F64, elongation: F64, moment_size_px2: F64, moment_aspect: F64
     ) -> F64:
         """Physical area (pixels) from an object's measurements (moments NaN where not taken)."""
         ...
@@ -340,6 +339,15 @@ class AxonObjects:
     apparent_area_px : (n,) float64
         The object's candidate pixels, each weighted by its ratio to the
         local plateau (pixels): its area as the optics show it.
+    candidate_px : (n,) float64
+        The object's candidate pixels (above ``0.375`` of their local
+        plateau), unweighted.
+    elongation : (n,) float64
+        ``12 λ / apparent area``, ``λ`` the variance along the object's
+        major axis (pixels weighted as for the apparent area): its length
+        squared over its area, ``L / w`` for a bar, whether straight or
+        gently curved (the moments' aspect ratio is not: a bend widens the
+        minor axis).
     peak_signal : (n,) float64
         Brightest pixel (corrected ADU, background subtracted).
     moment_size_px2 : (n,) float64
@@ -358,6 +366,8 @@ class AxonObjects:
     area_px: NDArray[np.int64]
     target_area_px: F64
     apparent_area_px: F64
+    candidate_px: F64
+    elongation: F64
     peak_signal: F64
     aspect: F64
     moment_size_px2: F64
@@ -372,7 +382,7 @@ class AxonObjects:
         """No objects."""
         z = np.zeros(0)
         zi = np.zeros(0, dtype=np.int64)
-        return cls(np.zeros((0, 2)), zi, z, z.copy(), z.copy(), z.copy(), z.copy(), z.copy(), z.copy())
+        return cls(np.zeros((0, 2)), zi, *(z.copy() for _ in range(9)))
 
 
 @dataclass(frozen=True, eq=False)
@@ -722,15 +732,30 @@ def _counts(n: int, f: int) -> NDArray[np.int64]:
 def _block_sum(a: F32, f: int) -> F32:
     """Sum over ``f × f`` blocks of an array whose shape is a multiple of ``f``."""
     h, w = a.shape
-    # rows first: adds whole contiguous rows, the fast direction
-    rows = a.reshape(h // f, f, w).sum(axis=1, dtype=np.float32)
-    return rows.reshape(h // f, w // f, f).sum(axis=2, dtype=np.float32)
+    # rows first: adds whole contiguous rows, the fast direction; then the f columns of each
+    # block as f strided slices (a reduction over a short last axis is twice as slow)
+    rows = a.reshape(h // f, f, w).sum(axis=1, dtype=np.float32).reshape(h // f, w // f, f)
+    out = rows[:, :, 0].copy()
+    for k in range(1, f):
+        out += rows[:, :, k]
+    return out
 
 
 def _block_max(a: F32, f: int) -> F32:
+    """Maximum over ``f × f`` blocks of a float32 array whose shape is a multiple of ``f``.
+
+    Compared as the float's bits read as int32 (twice as fast as a float maximum): the same
+    order for values ≥ 0, and any block that holds one gets the right maximum; a block of
+    negative values only (the bits' order is reversed there) is recomputed as floats.
+    """
     h, w = a.shape
-    rows = np.maximum.reduce(a.reshape(h // f, f, w), axis=1)
-    return np.maximum.reduce(rows.reshape(h // f, w // f, f), axis=2)
+    bits = a.view(np.int32)
+    rows = np.maximum.reduce(bits.reshape(h // f, f, w), axis=1)
+    out = np.maximum.reduce(rows.reshape(h // f, w // f, f), axis=2).view(np.float32)
+    negative = np.argwhere(out < 0)
+    for i, j in negative:
+        out[i, j] = a[i * f : (i + 1) * f, j * f : (j + 1) * f].max()
+    return out
 
 
 def _background_lattice(work: F32, sub: int) -> F32:
@@ -948,10 +973,20 @@ def _segment_blocks(
     w = 2 * geo.plateau_px + 1
     plateau = _run_max(_run_max(eroded, w, 1), w, row)
     start = (geo.plateau_px + 1) * (row + 1)  # plateau[i] is centred on pixel i + start
-    full = np.empty(total, dtype=np.float32)
-    full[start : start + plateau.size] = plateau
     candidate, core_plateau, core_out = out
-    np.maximum(full.reshape(n, size, size)[core], level, out=core_plateau)
+    # the cores of the plateau, read in place: core pixel (k, i, j) is plateau[k·S² + i·S + j − start]
+    first = halo * (row + 1) - start
+    last = first + (n - 1) * size * size + (b - 1) * (row + 1)
+    if first >= 0 and last < plateau.size:
+        item = plateau.itemsize
+        cores = as_strided(
+            plateau[first:], shape=(n, b, b), strides=(size * size * item, size * item, item), writeable=False
+        )
+    else:  # a geometry whose halo does not cover the stencils' reach: place the plateau in a frame
+        full = np.empty(total, dtype=np.float32)
+        full[start : start + plateau.size] = plateau
+        cores = full.reshape(n, size, size)[core]
+    np.maximum(cores, level, out=core_plateau)
     core_out[...] = core_signal
     if base > 0.0:
         cut = core_plateau * np.float32(base)
@@ -984,56 +1019,82 @@ def _scatter(full: Bool, core_mask: Bool, blocks: NDArray[np.intp], block: int) 
     _block_view(full, block)[blocks[:, 0], blocks[:, 1]] = core_mask
 
 
-def _object_ids(labels: NDArray[np.int32], n_labels: int, blocks: NDArray[np.intp]) -> NDArray[np.int64]:
-    """Object id (0..m−1) of each block-local label (index 1..n_labels; entry 0 is −1).
+def _ragged_arange(lengths: NDArray[np.int64]) -> NDArray[np.int64]:
+    """``0 .. len − 1`` for each length, concatenated."""
+    ends = np.cumsum(lengths)
+    return np.arange(int(ends[-1]), dtype=np.int64) - np.repeat(ends - lengths, lengths)
 
-    Labels of blocks that touch (8-connected, across a block edge or
-    corner) are joined: the border pixels of every pair of neighbouring
-    blocks are compared, and the label graph's connected components are the
-    objects. Ids follow the order of each object's first label.
+
+def _label_runs(
+    candidate: Bool, blocks: NDArray[np.intp], width: int
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], int] | None:
+    """8-connected objects of the blocks' candidate pixels, across block edges; None if there are none.
+
+    The candidate pixels of each block row form runs; runs are placed in
+    the frame (``width``: the padded frame width) and joined when they
+    touch: side by side in one frame row (across a block edge), or
+    overlapping or diagonally adjacent in consecutive rows (found by binary
+    search among the next row's runs, which are sorted and disjoint). The
+    graph's connected components are the objects, numbered in the order of
+    their first pixel in the blocks' memory order.
+
+    Returns
+    -------
+    (idx, obj, rows, cols, n_obj)
+        Per candidate pixel, in the blocks' memory order: its flat index
+        in ``candidate``, its object, its frame row and column; and the
+        number of objects.
     """
-    n, b, _ = labels.shape
-    rows = blocks[:, 0] + 1
-    cols = blocks[:, 1] + 1
-    where = np.full((int(rows.max()) + 2, int(cols.max()) + 2), -1, dtype=np.int64)
-    where[rows, cols] = np.arange(n)
-    a_parts: list[NDArray[np.int32]] = []
-    b_parts: list[NDArray[np.int32]] = []
-
-    def join(first: NDArray[np.int32], second: NDArray[np.int32]) -> None:
-        both = (first > 0) & (second > 0)
-        if both.any():
-            a_parts.append(first[both])
-            b_parts.append(second[both])
-
-    for dr, dc in ((0, 1), (1, 0)):
-        other = where[rows + dr, cols + dc]
-        has = other >= 0
-        if not has.any():
-            continue
-        k, k2 = np.flatnonzero(has), other[has]
-        if dc:  # right neighbour: last column against first column
-            edge, edge2 = labels[k, :, b - 1], labels[k2, :, 0]
-        else:  # lower neighbour: last row against first row
-            edge, edge2 = labels[k, b - 1, :], labels[k2, 0, :]
-        join(edge, edge2)
-        join(edge[:, 1:], edge2[:, :-1])
-        join(edge[:, :-1], edge2[:, 1:])
-    for dc, corner, corner2 in ((1, (b - 1, b - 1), (0, 0)), (-1, (b - 1, 0), (0, b - 1))):
-        other = where[rows + 1, cols + dc]
-        has = other >= 0
-        if has.any():
-            k, k2 = np.flatnonzero(has), other[has]
-            join(labels[k, corner[0], corner[1]], labels[k2, corner2[0], corner2[1]])
-    if not a_parts:
-        return np.arange(-1, n_labels, dtype=np.int64)
-    a = np.concatenate(a_parts)
-    c = np.concatenate(b_parts)
-    graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, c)), shape=(n_labels + 1, n_labels + 1))
-    _, component = connected_components(graph, directed=False)
-    _, ids = np.unique(component[1:], return_inverse=True)
-    # unique() sorts by component number, which follows the first label of each component
-    return np.concatenate([[-1], ids.astype(np.int64)])
+    n, b, _ = candidate.shape
+    lines = candidate.reshape(n * b, b)
+    # a run starts where a pixel is set and its left neighbour (or the line's start) is not
+    first = np.empty_like(lines)
+    first[:, 0] = lines[:, 0]
+    np.greater(lines[:, 1:], lines[:, :-1], out=first[:, 1:])
+    starts = np.flatnonzero(first)
+    if len(starts) == 0:
+        return None
+    last = first  # reused: where the right neighbour (or the line's end) is not set
+    last[:, -1] = lines[:, -1]
+    np.greater(lines[:, :-1], lines[:, 1:], out=last[:, :-1])
+    ends = np.flatnonzero(last)  # inclusive, paired with starts (runs never cross a line)
+    lengths = (ends - starts + 1).astype(np.int64)
+    line, c0 = np.divmod(starts, b)
+    k, r = np.divmod(line, b)
+    gy = blocks[k, 0].astype(np.int64) * b + r
+    gx0 = blocks[k, 1].astype(np.int64) * b + c0
+    gx1 = gx0 + lengths - 1
+    stride = int(width) + 2
+    key0 = gy * stride + gx0
+    order = np.argsort(key0, kind="stable")
+    key0s = key0[order]
+    key1s = (gy * stride + gx1)[order]
+    gys, x0s, x1s = gy[order], gx0[order], gx1[order]
+    m = len(starts)
+    # side by side in one row (a run cut by a block edge)
+    beside = np.flatnonzero((gys[1:] == gys[:-1]) & (x0s[1:] == x1s[:-1] + 1))
+    pa = [beside]
+    pb = [beside + 1]
+    # the next row: runs ending at or after x0 − 1 and starting at or before x1 + 1
+    lo = np.searchsorted(key1s, (gys + 1) * stride + x0s - 1, side="left")
+    hi = np.searchsorted(key0s, (gys + 1) * stride + x1s + 1, side="right")
+    count = np.maximum(hi - lo, 0)
+    if count.any():
+        src = np.repeat(np.arange(m, dtype=np.int64), count)
+        pa.append(src)
+        pb.append(lo[src] + _ragged_arange(count[count > 0]))
+    # nodes are the runs in the blocks' memory order: components are then numbered in the order
+    # of their first run there (each new component takes the next label as the nodes are visited)
+    a = order[np.concatenate(pa)]
+    c = order[np.concatenate(pb)]
+    graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, c)), shape=(m, m))
+    n_obj, run_obj = connected_components(graph, directed=False)
+    within = _ragged_arange(lengths)
+    idx = np.repeat(starts.astype(np.int64), lengths) + within
+    obj = np.repeat(run_obj.astype(np.int64), lengths)
+    rows = np.repeat(gy, lengths)
+    cols = np.repeat(gx0, lengths) + within
+    return idx, obj, rows, cols, int(n_obj)
 
 
 def _objects(
@@ -1056,25 +1117,12 @@ def _objects(
     around compact objects for their moments. Returns the final mask of the
     cores and the kept objects.
     """
-    n, b, _ = candidate.shape
-    # blocks one under the other, a blank row between: one 2-D labelling keeps blocks apart
-    strip = np.zeros((n, b + 1, b), dtype=bool)
-    strip[:, :b] = candidate
-    strip_labels = label_components(strip.reshape(-1, b), connectivity=2).reshape(n, b + 1, b)
-    labels = strip_labels[:, :b]
-    n_labels = int(strip_labels.max())
-    if n_labels == 0:
+    labelled = _label_runs(candidate, blocks, geo.width)
+    if labelled is None:
         return candidate, AxonObjects.empty()
-    object_of = _object_ids(labels, n_labels, blocks)
-    idx = np.flatnonzero(candidate)
-    k, rest = np.divmod(idx, b * b)
-    r, c = np.divmod(rest, b)
-    obj = object_of[strip_labels.reshape(-1)[k * ((b + 1) * b) + rest]]
+    idx, obj, rows, cols, n_obj = labelled
     s = signal.reshape(-1)[idx]
     u = s / plateau.reshape(-1)[idx]  # the pixel's signal relative to its local plateau
-    n_obj = int(obj.max()) + 1
-    rows = blocks[k, 0] * b + r
-    cols = blocks[k, 1] * b + c
     n_cand = np.bincount(obj, minlength=n_obj)
 
     # apparent area: the pixels weighted by their ratio to the local plateau, continuous (a
@@ -1082,13 +1130,16 @@ def _objects(
     weight = np.clip(u, 0.0, 2.0).astype(np.float64)
     apparent = np.asarray(np.bincount(obj, weights=weight, minlength=n_obj), dtype=np.float64)
     safe = np.maximum(apparent, 1e-9)
-    mr = np.bincount(obj, weights=weight * rows, minlength=n_obj) / safe
-    mc = np.bincount(obj, weights=weight * cols, minlength=n_obj) / safe
-    aspect = _aspect(
-        np.bincount(obj, weights=weight * (rows - mr[obj]) ** 2, minlength=n_obj) / safe,
-        np.bincount(obj, weights=weight * (cols - mc[obj]) ** 2, minlength=n_obj) / safe,
-        np.bincount(obj, weights=weight * (rows - mr[obj]) * (cols - mc[obj]), minlength=n_obj) / safe,
-    )
+    # moments from raw sums (frame coordinates < 10⁴ px: float64 keeps the variances exact to 1e-8)
+    wr = weight * rows
+    wc = weight * cols
+    mr = np.bincount(obj, weights=wr, minlength=n_obj) / safe
+    mc = np.bincount(obj, weights=wc, minlength=n_obj) / safe
+    vrr = np.bincount(obj, weights=wr * rows, minlength=n_obj) / safe - mr * mr
+    vcc = np.bincount(obj, weights=wc * cols, minlength=n_obj) / safe - mc * mc
+    vrc = np.bincount(obj, weights=wr * cols, minlength=n_obj) / safe - mr * mc
+    aspect = _aspect(vrr, vcc, vrc)
+    elongation = 12.0 * _major_variance(vrr, vcc, vrc) / safe
     peak = np.full(n_obj, -np.inf, dtype=np.float32)
     np.maximum.at(peak, obj, s)
     moment_size = np.full(n_obj, np.nan)
@@ -1114,7 +1165,7 @@ def _objects(
                 moment_size[compact] = size
                 moment_aspect[compact] = m_aspect
             target = np.asarray(
-                size_model.true_area_px(apparent, aspect, moment_size, moment_aspect), dtype=np.float64
+                size_model.true_area_px(apparent, elongation, moment_size, moment_aspect), dtype=np.float64
             )
         keep = u > _levels(obj, u, target, n_obj)[obj]
     n_final = np.bincount(obj, weights=keep, minlength=n_obj)
@@ -1133,6 +1184,8 @@ def _objects(
         area_px=n_final[kept].astype(np.int64),
         target_area_px=target[kept],
         apparent_area_px=apparent[kept],
+        candidate_px=n_cand[kept].astype(np.float64),
+        elongation=elongation[kept],
         peak_signal=peak[kept].astype(np.float64),
         aspect=aspect[kept],
         moment_size_px2=moment_size[kept],
@@ -1140,6 +1193,12 @@ def _objects(
         signal_sum=signal_sum[kept],
     )
     return final, objects
+
+
+def _major_variance(vrr: F64, vcc: F64, vrc: F64) -> F64:
+    """Variance along the major principal axis (px², + 1/12 px²: a pixel's own spread)."""
+    mean_v = 0.5 * (np.maximum(vrr, 0.0) + np.maximum(vcc, 0.0)) + 1.0 / 12.0
+    return np.asarray(mean_v + np.sqrt(0.25 * (vrr - vcc) ** 2 + vrc * vrc), dtype=np.float64)
 
 
 def _aspect(vrr: F64, vcc: F64, vrc: F64) -> F64:
