@@ -10,6 +10,13 @@ is on the left) and rat04's horizontal lesion section; and two of them with an
 8-bit camera. Model A's own checks follow: its rubrospinal territory and
 rostro-caudal bins follow the slide's conventions, so their placement is
 checked too.
+
+Model A's gray matter misses the relative target (its fibres are not blurred
+by a convolution; :data:`FIBRES_ARE_NO_CONVOLUTION` has the measured numbers):
+there it is held to the absolute one, and the relative target is asserted as
+a strict xfail. Its 8-bit camera (8 e/ADU) puts the tissue 1.5-1.9 ADU above
+the offset with under an ADU of noise, where a flat field from the tiles is
+refused (the tests check the refusal).
 """
 
 from __future__ import annotations
