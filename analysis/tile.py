@@ -262,7 +262,10 @@ class AxonSegmentationSettings:
         How far (µm) an edge pixel looks for its object's plateau.
     min_area_um2 : float
         Objects whose final area is smaller than this (µm²) are removed as
-        specks.
+        specks. 1.0 keeps a punctum of 1.5 µm across (1.8 µm²) with room for
+        its size error; on model B's slide 2.0 dropped 11 % of the puncta
+        (gray matter 13-17 % low), while model A's (all ≥ 2 µm²) did not
+        change between 0.5 and 2.0.
     """
 
     background_scale_um: float = 15.0
@@ -272,7 +275,7 @@ class AxonSegmentationSettings:
     threshold_adu: float = 50.0
     edge_fraction: float | None = None
     plateau_radius_um: float = 1.3
-    min_area_um2: float = 2.0
+    min_area_um2: float = 1.0
 
     def __post_init__(self) -> None:
         if self.threshold_method not in ("auto", "fixed"):

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import logging
 import math
 from collections.abc import Iterator, Mapping
@@ -227,11 +226,19 @@ def calibrate(core: Any, microscope: Microscope, settings: AnalysisSettings, bit
 
 @contextlib.contextmanager
 def _interim_wiring(calibration: Calibration) -> Iterator[None]:
-    """Until ``calwire`` lands: the analysis segments with the calibration's object-size model."""
+    """Until ``calwire`` lands: the analysis segments with the calibration's object-size model.
+
+    Whatever model the caller passes (``calwire``'s analysis passes the
+    scan file's, or None) is replaced by the calibration's.
+    """
     import analysis.section_analysis as sa
 
     real = sa.segment_axons
-    sa.segment_axons = functools.partial(real, size_model=calibration.size_model)  # type: ignore[assignment]
+
+    def with_model(*args: Any, **kwargs: Any) -> AxonSegmentation:
+        return real(*args, **{**kwargs, "size_model": calibration.size_model})
+
+    sa.segment_axons = with_model  # type: ignore[assignment]
     try:
         yield
     finally:
