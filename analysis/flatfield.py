@@ -378,16 +378,16 @@ def flat_from_tiles(
             ok &= b < outlier_factor * float(np.median(b[ok]))
         usable[i] = ok if ok.sum() >= 4 else False
     count = usable.sum(axis=0)
+    seen = count > 0
     if np.mean(count >= min_tiles) < 0.9:
         raise FlatFieldError(
             f"only {int(np.sum(count >= min_tiles))} of {count.size} frame positions have tissue in "
             f"≥ {min_tiles} of the {len(stack)} tiles: scan more tissue or record a blank field"
         )
     # tile level × flat: each tile's level is taken from its blocks divided by the current flat,
-    # so where in the frame a tile's tissue lies does not bias its level (alternating medians);
-    # tiles without a usable block (glass) carry no level
+    # so where in the frame a tile's tissue lies does not bias its level (alternating medians)
+    # tiles without a usable block (glass, or empty) carry no level: left out (an all-NaN median)
     with_tissue = usable.any(axis=(1, 2))
-    seen = count > 0
     values = np.where(usable, stack, np.nan)[with_tissue]
     flat_blocks = np.ones(stack.shape[1:])
     raw = np.full(stack.shape[1:], np.nan)
