@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# tests run on every core; a module's tests stay on one worker (their module-scoped scans run once).
+# PYTEST_WORKERS= (empty) runs them in one process.
+PYTEST_WORKERS ?= -n auto --dist loadscope
 
 .PHONY: demo demo-study test test-fast lint typecheck bench gui screenshots clean
 
@@ -23,11 +26,11 @@ demo-study: $(STAMP)
 
 ## make test: lint, type-check, then the whole test suite (offscreen Qt)
 test: $(STAMP) lint typecheck
-	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q
+	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q $(PYTEST_WORKERS)
 
 ## make test-fast: lint, then every test not marked slow (everyday work, under 2 minutes)
 test-fast: $(STAMP) lint
-	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q -m "not slow"
+	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q -m "not slow" $(PYTEST_WORKERS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check acquisition analysis gui cordscope tests benchmarks examples

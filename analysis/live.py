@@ -621,6 +621,10 @@ def _process_context() -> Any:
     return mp.get_context("spawn")
 
 
+#: How long :meth:`AnalysisProcess.finalize` waits for the process and its queues to end after its answer.
+RELAY_END_TIMEOUT_S = 15.0
+
+
 class AnalysisProcess(LiveAnalysisDriver):
     """The live analysis in a child process (tiles are named to it and read from the file).
 
@@ -686,6 +690,23 @@ class AnalysisProcess(LiveAnalysisDriver):
         super().join(timeout_s)
         if self._process is not None:
             self._process.join(timeout_s)
+        self._join_relay(timeout_s)
+
+    def finalize(self, *, timeout_s: float | None = None) -> dict[str, list[RegionRow]]:
+        """As :meth:`LiveAnalysisDriver.finalize`; returns once the process and its queues have ended.
+
+        So a script may exit right after it: no relay thread is left draining
+        queues while the interpreter shuts down.
+        """
+        try:
+            return super().finalize(timeout_s=timeout_s)
+        finally:
+            self._join_relay(RELAY_END_TIMEOUT_S)
+
+    def _join_relay(self, timeout_s: float | None) -> None:
+        relay = self._listener
+        if relay is not None and relay is not threading.current_thread() and self._finished.is_set():
+            relay.join(timeout_s)
 
     def snapshot(self, section_id: str) -> LiveSnapshot | None:
         """A copy of one section's live (or final) state, from the analysis process.

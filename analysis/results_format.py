@@ -526,7 +526,7 @@ def write_analysis(
         Automatic masks of regions whose mask in force differs from them.
     regions_json : str, optional
         Axes, epicenter and bins of the automatic regions.
-    registration : analysis.mosaic.Registration, optional
+    registration : analysis.registration.Registration, optional
         Measured tile pairs and their solve.
     registered_tile_xy_um : (n_tiles, 2) array, optional
         Registered tile centres (NaN where not registered).

@@ -202,6 +202,7 @@ class ScanAnalysis:
         self.faults: list[AnalysisFault] = []
         self.n_set_aside = 0
         self._scan: ScanFile | None = None
+        self._finalizing = False
         # sections in memory, most recently fed last; set-aside ones live in the spill file
         self._sections: dict[str, SectionAnalysis] = {}
         self._set_aside: set[str] = set()
@@ -424,7 +425,11 @@ class ScanAnalysis:
                 scan = ScanFile(f, self.scan_path, int(f.attrs["format_version"]))
                 self._scan = scan
                 try:
-                    for sid in scan.section_ids:
+                    self._finalizing = True
+                    # sections still in memory first: bringing a set-aside one back would set them
+                    # aside (their state written out, then read back)
+                    order = sorted(scan.section_ids, key=lambda sid: sid not in self._sections)
+                    for sid in order:
                         for key in (sid, *scan.pass_keys(sid)):
                             for t in scan.section(key).done_indices():
                                 if not should_continue():
@@ -531,12 +536,13 @@ class ScanAnalysis:
             del spill[section_id]
         group = spill.create_group(section_id)
         section.save_state(group.create_group("state"))
-        try:
-            res = section.results(final=False)
-        except ValueError as e:  # no tissue yet: no results to show, the state is kept
-            logger.debug("section %s set aside without results: %s", section_id, e)
-        else:
-            section.write(group.create_group("results"), res)
+        if not self._finalizing:  # while the results are written, no snapshot is answered
+            try:
+                res = section.results(final=False)
+            except ValueError as e:  # no tissue yet: no results to show, the state is kept
+                logger.debug("section %s set aside without results: %s", section_id, e)
+            else:
+                section.write(group.create_group("results"), res)
         spill.flush()
         del self._sections[section_id]
         self._live_regions.pop(section_id, None)

@@ -16,7 +16,7 @@ rerun use. Per tile (:meth:`SectionAnalysis.add_tile`):
    grids only;
 4. with registration on, the measurement of the tile's offset to each
    already analysed edge neighbour from their overlap strips
-   (:func:`~analysis.mosaic.measure_strip_shift`); the anatomy strip a
+   (:func:`~analysis.registration.measure_strip_shift`); the anatomy strip a
    neighbour still to come will need is kept (raw, only the overlap).
 
 Determinism
@@ -83,17 +83,16 @@ from analysis.maps import (
     heatmaps,
     region_table,
 )
-from analysis.mosaic import (
-    MosaicContribution,
+from analysis.mosaic import MosaicContribution, SectionMosaic
+from analysis.region_edits import analysis_records
+from analysis.regions import SectionAxes, SectionRegions, section_regions
+from analysis.registration import (
     Registration,
-    SectionMosaic,
     edge_neighbour_pairs,
     measure_strip_shift,
     overlap_regions,
     registration_from_pairs,
 )
-from analysis.region_edits import analysis_records
-from analysis.regions import SectionAxes, SectionRegions, section_regions
 from analysis.results_format import SavedAnalysis, read_analysis, write_analysis
 from analysis.settings import AnalysisSettings, segmentation_settings
 from analysis.tile import correct_tile, segment_axons

@@ -36,47 +36,22 @@ Run: ``.venv/bin/python benchmarks/bench_adaptive.py`` (about 6 minutes); one JS
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from _common import set_rig_timings, stdout_to_stderr, timings_record
 
 SECTION_IDS = ("rat01-Th7", "rat03-L2", "rat05-C5")
 SENSOR_PX = 512
 REGION = "rubrospinal_territory"
 ADAPTIVE = {"objective": "20x", "region": REGION, "min_pct_axonal_area": 0.5, "edge_fraction": 0.55}
-TIMINGS: dict[tuple[str, str], Any] = {
-    ("XYStage", "Speed_um_per_s"): 20_000.0,
-    ("XYStage", "Acceleration_um_per_s2"): 200_000.0,
-    ("XYStage", "SettleTime_ms"): 30.0,
-    ("FilterWheel", "SwitchTime_ms"): 50.0,
-    ("Objective", "SwitchTime_ms"): 500.0,
-    ("Camera", "ReadoutTime_ms"): 20.0,
-    ("Camera", "ExposureTiming"): "Real",
-}
 TARGET_TIME_RATIO = 0.30
-
-
-@contextlib.contextmanager
-def _stdout_to_stderr() -> Iterator[None]:
-    """Send everything written to fd 1 (Python or C) to stderr, so stdout holds only the result."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
-            yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
 
 
 def _core() -> Any:
@@ -86,8 +61,7 @@ def _core() -> Any:
     core.setProperty("Camera", "SensorWidth", SENSOR_PX)
     core.setProperty("Camera", "SensorHeight", SENSOR_PX)
     core.setProperty("Camera", "NoiseSeed", 7)
-    for (device, prop), value in TIMINGS.items():
-        core.setProperty(device, prop, value)
+    set_rig_timings(core)
     return core
 
 
@@ -244,7 +218,7 @@ def main() -> dict[str, Any]:
         "adaptive": {k: v for k, v in adaptive.items() if k != "tables"},
         "full_20x": {k: v for k, v in full.items() if k != "tables"},
         "per_section": per_section,
-        "timings": {f"{d}.{p}": v for (d, p), v in TIMINGS.items()},
+        "timings": timings_record(),
     }
 
 
@@ -253,6 +227,6 @@ if __name__ == "__main__":
         level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("pymmcore-plus").setLevel(logging.ERROR)
-    with _stdout_to_stderr():
+    with stdout_to_stderr():
         result = main()
     print(json.dumps(result))

@@ -29,18 +29,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _common import RIG_TIMINGS, set_rig_timings
+
 # the focus bumps live with the tests (until the demo slide has its own): import from the repository
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 SECTION = "rat01-Th7"
-TIMINGS: dict[tuple[str, str], Any] = {
-    ("XYStage", "Speed_um_per_s"): 20_000.0,
-    ("XYStage", "Acceleration_um_per_s2"): 200_000.0,
-    ("XYStage", "SettleTime_ms"): 30.0,
-    ("FilterWheel", "SwitchTime_ms"): 50.0,
-    ("Camera", "ReadoutTime_ms"): 20.0,
-    ("Camera", "ExposureTiming"): "Real",
-}
 
 
 def _run(folder: Path, *, bumps: bool, checks: bool) -> dict[str, Any]:
@@ -67,15 +61,14 @@ def _run(folder: Path, *, bumps: bool, checks: bool) -> dict[str, Any]:
         ]
         slide = bumpy_slide(lumps if bumps else [], slide=hub.slide)
         hub.set_slide(slide)
-        for (device, prop), value in TIMINGS.items():
-            core.setProperty(device, prop, value)
+        set_rig_timings(core)
         path = folder / f"bumps-{bumps}-checks-{checks}.h5"
         plan = demo_plan(output=path, section_ids=[SECTION], focus={"strategy": "focus_map"})
         plan = plan.model_copy(update={"retake": plan.retake.model_copy(update={"enabled": checks})})
         t0 = time.perf_counter()
         result = ScanController(core, plan, overwrite=True).run()
         elapsed = time.perf_counter() - t0
-        for (device, prop), _ in TIMINGS.items():  # judging needs no realistic timing
+        for (device, prop), _ in RIG_TIMINGS.items():  # judging needs no realistic timing
             core.setProperty(device, prop, "Instant" if prop == "ExposureTiming" else 0.0)
         relative = []
         decisions: dict[str, int] = {}

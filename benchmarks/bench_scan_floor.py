@@ -32,47 +32,23 @@ Run: ``.venv/bin/python benchmarks/bench_scan_floor.py``
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from _common import set_rig_timings, stdout_to_stderr, timings_record
 
 #: The demo camera renders every frame on the CPUs the scan and its analysis run on; at 2048² that
 #: (12-30 ms a frame) competes with the live analysis on a 2-core machine as no real camera does.
 TILE_PX = 512
 SECTION_IDS = ("rat01-Th7", "rat03-L2")
-TIMINGS: dict[tuple[str, str], Any] = {
-    ("XYStage", "Speed_um_per_s"): 20_000.0,
-    ("XYStage", "Acceleration_um_per_s2"): 200_000.0,
-    ("XYStage", "SettleTime_ms"): 30.0,
-    ("FilterWheel", "SwitchTime_ms"): 50.0,
-    ("Camera", "ReadoutTime_ms"): 20.0,
-    ("Camera", "ExposureTiming"): "Real",
-}
 TARGET_RATIO = 1.05
 TARGET_LAG_S = 2.0
-
-
-@contextlib.contextmanager
-def _stdout_to_stderr() -> Iterator[None]:
-    """Send everything written to fd 1 (Python or C) to stderr, so stdout holds only the result."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
-            yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
 
 
 def _one_run(core: Any, path: Path, channel_order: str, *, checks: bool = True) -> dict[str, Any]:
@@ -93,8 +69,9 @@ def _one_run(core: Any, path: Path, channel_order: str, *, checks: bool = True) 
         marks["t_start"] = time.perf_counter()
         marks["sequence"] = sequence
         marks["start_xy"] = tuple(core.getXYPosition())
-        channel = core.getCurrentConfig(plan.channel_group)
-        marks["start_channel"] = (plan.channel_group, channel) if channel else None
+        group = session.controller.plan.channel_group  # the groups the scan decided (roles)
+        channel = core.getCurrentConfig(group)
+        marks["start_channel"] = (group, channel) if channel else None
 
     def finished(_sequence: Any) -> None:
         marks["t_end"] = time.perf_counter()
@@ -117,7 +94,7 @@ def _one_run(core: Any, path: Path, channel_order: str, *, checks: bool = True) 
     assert result.complete, result.scan.message
     floor = scan_floor(
         marks["sequence"],
-        HardwareTiming.from_core(core, channel_group=plan.channel_group),
+        HardwareTiming.from_core(core, channel_group=session.controller.plan.channel_group),
         channel_order=channel_order,
         start_xy_um=marks["start_xy"],
         start_channel=marks["start_channel"],
@@ -147,8 +124,7 @@ def main() -> dict[str, Any]:
     try:
         core.setProperty("Camera", "SensorWidth", TILE_PX)
         core.setProperty("Camera", "SensorHeight", TILE_PX)
-        for (device, prop), value in TIMINGS.items():
-            core.setProperty(device, prop, value)
+        set_rig_timings(core)
         with tempfile.TemporaryDirectory(prefix="cordscope-floor-") as tmp:
             runs = {
                 order: _one_run(core, Path(tmp) / f"{order}.h5", order) for order in ("alternate", "fixed")
@@ -161,7 +137,7 @@ def main() -> dict[str, Any]:
         "benchmark": "scan_floor",
         "tile_px": TILE_PX,
         "sections": len(SECTION_IDS),
-        "timings": {f"{d}.{p}": v for (d, p), v in TIMINGS.items()},
+        "timings": timings_record(),
         "ratio": alt["ratio"],
         "target_ratio": TARGET_RATIO,
         "ratio_without_sharpness_checks": runs["no_checks"]["ratio"],
@@ -183,6 +159,6 @@ if __name__ == "__main__":
         level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("pymmcore-plus").setLevel(logging.ERROR)
-    with _stdout_to_stderr():
+    with stdout_to_stderr():
         row = main()
     print(json.dumps(row))

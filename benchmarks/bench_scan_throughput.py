@@ -51,7 +51,6 @@ import os
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
     os.environ[_var] = "1"
 
-import contextlib  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import shutil  # noqa: E402
@@ -59,9 +58,11 @@ import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Iterator, Mapping, Sequence  # noqa: E402
+from collections.abc import Mapping, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
+
+from _common import stdout_to_stderr  # noqa: E402
 
 TILE_PX = 2048
 EXPOSURE_MS = 0.001
@@ -73,21 +74,6 @@ SECTION_IDS = ("rat01-C5", "rat01-Th7", "rat01-L2", "rat03-C5", "rat03-Th7", "ra
 WARMUP_SECTION_IDS = ("rat05-Th7",)
 #: Free disk kept beyond one run's file (the writer keeps 64 MB; validation asks for size × 1.1).
 DISK_MARGIN_BYTES = 1024**3
-
-
-@contextlib.contextmanager
-def _stdout_to_stderr() -> Iterator[None]:
-    """Send everything written to fd 1 (Python or C) to stderr, so stdout holds only the result."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
-            yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
 
 
 class _PlainH5Output:
@@ -384,6 +370,6 @@ if __name__ == "__main__":
     logging.getLogger("pymmcore-plus").setLevel(logging.ERROR)
     logging.getLogger("h5py").setLevel(logging.WARNING)
     n_repeats = int(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_REPEATS
-    with _stdout_to_stderr():
+    with stdout_to_stderr():
         row = main(n_repeats)
     print(json.dumps(row))

@@ -32,15 +32,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from _common import stdout_to_stderr
 
 TILES = 10_000
 SENSOR_PX = 256
@@ -52,20 +51,6 @@ MAX_RETRIES = 2
 RSS_TARGET_MB = 50.0
 SAMPLE_S = 0.25
 EARLY_TILES = 1_000
-
-
-@contextmanager
-def _stdout_to_stderr() -> Iterator[None]:
-    """Everything written to fd 1 goes to stderr, so stdout holds only the result line."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
 
 
 class _MemorySampler:
@@ -278,6 +263,6 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
     logging.getLogger("pymmcore-plus").setLevel(logging.ERROR)
     tiles = int(sys.argv[1]) if len(sys.argv) > 1 else TILES
-    with _stdout_to_stderr():
+    with stdout_to_stderr():
         row = main(tiles)
     print(json.dumps(row))

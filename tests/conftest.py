@@ -7,6 +7,12 @@ import time
 
 # Qt tests run offscreen; set before anything imports Qt.
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# importing pymmcore-widgets sets PYMM_SIGNALS_BACKEND=qt for this process, which the commands the
+# tests start in child processes would inherit (a warning line: no Qt app there); "auto" picks Qt
+# wherever a QApplication exists
+os.environ.setdefault("PYMM_SIGNALS_BACKEND", "auto")
+# rich sizes its console when cordscope.cli is first imported: the same width whichever test does it
+os.environ.setdefault("COLUMNS", "200")
 
 import dataclasses
 import logging

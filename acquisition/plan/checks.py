@@ -368,7 +368,7 @@ def section_analysis_bytes(
     registration, every tile reduced to its blocks (kept so tiles can be
     placed again at registered positions) and the overlap strips of about one
     row of tiles waiting for a neighbour. Linear in the number of tiles: the
-    registration's solve is sparse (``analysis.mosaic``).
+    registration's solve is sparse (``analysis.registration``).
     """
     a = plan.analysis
     xy = np.asarray(tile_xy_um, dtype=np.float64).reshape(-1, 2)

@@ -85,6 +85,9 @@ def test_a_reader_process_polls_a_running_scan_and_never_sees_half_written_tiles
         while not (path.exists() and _done(path) >= 3):
             assert time.monotonic() < deadline, "the scan wrote no tiles"
             time.sleep(0.02)
+        # paused, the scan's file stays open for writing while the reader and `info` start (seconds on
+        # a busy machine); the reader then polls it while the scan goes on
+        session.pause()
         reader = subprocess.Popen(
             [sys.executable, "-c", _READER, str(path), str(stop)],
             stdout=subprocess.PIPE,
@@ -104,6 +107,7 @@ def test_a_reader_process_polls_a_running_scan_and_never_sees_half_written_tiles
             timeout=60,
         )
         scan_running = session.state not in {"done", "failed"}
+        session.resume_scanning()
         result = session.wait().scan
     finally:
         stop.touch()

@@ -15,7 +15,8 @@ import pytest
 from scipy import ndimage as ndi
 
 from analysis.geometry import pixel_to_stage_um, stage_offset_to_px
-from analysis.mosaic import SectionMosaic, edge_neighbour_pairs, register_tiles
+from analysis.mosaic import SectionMosaic
+from analysis.registration import edge_neighbour_pairs, register_tiles
 from analysis.section_analysis import SectionAnalysis
 from analysis.settings import AnalysisSettings
 

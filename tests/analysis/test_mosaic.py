@@ -1,4 +1,4 @@
-"""Section mosaic placement and tile registration (analysis.mosaic)."""
+"""Section mosaic placement (analysis.mosaic) and tile registration (analysis.registration)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from analysis.mosaic import (
-    SectionMosaic,
+from analysis.mosaic import SectionMosaic
+from analysis.registration import (
     edge_neighbour_pairs,
     measure_pair_shift,
     overlap_regions,

@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
-from PyQt6.QtCore import Qt
+from PyQt6.QtCore import Qt, QThreadPool
 
 from gui.hardware_panel import HardwarePanel
 from tests.conftest import make_demo_core
@@ -37,6 +37,8 @@ def panel(qtbot, core):
     p.resize(1200, 800)
     p.show()
     yield p
+    # pymmcore-widgets' snap button snaps in a thread-pool worker: let it end before the core is unloaded
+    assert QThreadPool.globalInstance().waitForDone(10_000)
     p.set_core(None)  # before the core is unloaded, as the window does
 
 
