@@ -28,7 +28,8 @@ import pytest
 
 from tests.analysis._accuracy import MODEL_A, AccuracyScan, AccuracySuite, parametrize_sections
 
-pytestmark = pytest.mark.slow
+# a class-scoped fixture calibrates, scans and analyses (2-4 min here): beyond the suite-wide 300 s under load
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 MAX_PLACEMENT_ERROR_UM = 50.0
 
