@@ -39,6 +39,7 @@ from psygnal import Signal, SignalGroup
 from pymmcore_plus import CMMCorePlus
 from pymmcore_plus.metadata import summary_metadata
 
+from .calibration import ScanCalibrationInputs, plan_calibration_inputs
 from .engine import AbortRequested, DeviceCalls, DeviceTimeoutError, ScanEngine, TileRef, _one_line
 from .errors import CordScopeError
 from .pixel_geometry import covered_extent_um, pixel_size_from_affine
@@ -462,8 +463,16 @@ class ScanController:
             for repairs in writer.repairs_since_last_run():
                 self._message("warning", describe_repairs(self.output_path, repairs))
             self._check_resume_matches(writer)
+            try:  # a resumed scan keeps its dark frames; channels without any get them now
+                calibration = self._calibration_inputs(writer.dark_frame_channels)
+                writer.add_calibration(dark_frames=calibration.dark_frames, files=calibration.files)
+            except Exception:
+                writer.close()
+                raise
         else:
-            writer = self._create_file()
+            # dark frames first: before the focus map (or anything else) moves the stage
+            calibration = self._calibration_inputs(())
+            writer = self._create_file(calibration)
         writer.fsync_per_tile = plan.reliability.fsync == "per_tile"
         try:
             tiles = self._pending_tiles(writer)
@@ -487,7 +496,20 @@ class ScanController:
                     f"now gives {width}×{height} px; set the same camera ROI as when the scan started"
                 )
 
-    def _create_file(self) -> ScanWriter:
+    def _calibration_inputs(self, have_dark_frames: Sequence[str]) -> ScanCalibrationInputs:
+        """Dark frames (shutter closed; retried, stoppable) and the calibration files; said in one line."""
+        calls = DeviceCalls(
+            max_retries=self.plan.reliability.max_retries,
+            timeout_s=self.plan.reliability.tile_timeout_s,
+            should_stop=self._stop_reason,
+            on_retry=lambda what, attempt, e: self._retried(f"dark frames: {what}", attempt, e),
+        )
+        inputs = plan_calibration_inputs(self.core, self.plan, have_dark_frames, device_call=calls.call)
+        for level, line in [("info", inputs.info), *(("warning", w) for w in inputs.warnings)]:
+            self._message(level, line)
+        return inputs
+
+    def _create_file(self, calibration: ScanCalibrationInputs | None = None) -> ScanWriter:
         core, plan = self.core, self.plan
         size_um = tile_size_um(core, plan)
         affine = pixel_affine_um(core)  # the objective is set: the affine the tiles are taken with
@@ -543,6 +565,8 @@ class ScanController:
             config_text=config_text,
             core_state=_core_state(core),
             overwrite=self._overwrite,
+            dark_frames=calibration.dark_frames if calibration else (),
+            calibration_files=calibration.files if calibration else None,
         )
 
     def _focus_function(self, centres: Mapping[str, np.ndarray]) -> Callable[[str, float, float], float]:

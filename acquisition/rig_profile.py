@@ -12,6 +12,8 @@ A ``.cfg`` says which devices a rig has, not where its slide sits. A small
       height_um: 25000         # along stage Y
       label_end: x_min         # the end that carries the label: x_min, x_max, y_min, y_max or none
       label_length_um: 20000
+    calibration:               # optional: where cordscope calibrate / flatfield image
+      bead_xy_um: [73600, 12500]
 
 Every field is optional. Stage travel comes from, in order: the rig
 profile; the limits the stage adapter reports (read-only properties
@@ -54,6 +56,7 @@ if TYPE_CHECKING:
     from pymmcore_plus import CMMCorePlus
 
 __all__ = [
+    "CalibrationPositions",
     "CameraDescription",
     "FocusTravel",
     "ObjectivePixels",
@@ -169,12 +172,24 @@ class SlideFrame(_Model):
         return (x0, y0, x1, y1)
 
 
+class CalibrationPositions(_Model):
+    """Where the rig's calibration specimens sit on the stage (``cordscope calibrate`` / ``flatfield``)."""
+
+    bead_xy_um: tuple[float, float] | None = Field(
+        default=None, description="Stage position (µm) of a bead area (sub-resolution beads) to image."
+    )
+    blank_xy_um: tuple[float, float] | None = Field(
+        default=None, description="Stage position (µm) of a uniformly fluorescent area (a dye slide)."
+    )
+
+
 class RigProfile(_Model):
     """The contents of a ``<cfg stem>.rig.yaml``; every field optional."""
 
     xy_travel: XYTravel | None = None
     focus_travel: FocusTravel | None = None
     slide: SlideFrame | None = None
+    calibration: CalibrationPositions | None = None
 
 
 # ------------------------------------------------------------------ loading

@@ -7,8 +7,11 @@ run. One session scans one plan into one file (or continues one file):
                                     (any step)                   → failed
 
 - *preparing*: the plan is checked against the hardware and the disk
-  before anything moves, the objective is set, the file is laid out (or,
-  resuming, repaired and reopened);
+  before anything moves, the objective is set, dark frames are taken at each
+  channel's exposure (shutter closed; a resumed scan keeps its own) and,
+  with the calibration files beside the configuration
+  (:mod:`acquisition.calibration`), stored in the file's ``/calibration``;
+  the file is laid out (or, resuming, repaired and reopened);
 - *focusing*: the focus map (plans with ``focus.strategy: focus_map``);
 - *scanning* / *paused*: the MDA run (:class:`~acquisition.controller.ScanController`);
   the scan writer's "tile stored" events (:class:`~acquisition.storage.TileStored`)

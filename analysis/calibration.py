@@ -41,12 +41,21 @@ import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from analysis.flatfield import FlatField, read_flat, write_flat
+from acquisition.storage import (
+    CALIBRATION_FORMAT,
+    CALIBRATION_FORMAT_VERSION,
+    ScanFile,
+    read_dark_frames,
+    read_sources,
+)
+from analysis.flatfield import FlatField, FlatFieldError, read_flat, write_flat
 from analysis.object_size import ObjectSizeModel, object_size_model
 from analysis.psf import PointSpreadFunction, PSFError, gaussian_psf, read_psf, write_psf
 from analysis.settings import AnalysisSettings, segmentation_settings
@@ -60,18 +69,23 @@ __all__ = [
     "ScanCalibration",
     "TileFlags",
     "applied_calibration",
+    "dark_offsets_adu",
+    "flags_from_blocks",
+    "flags_of_reduced_tile",
     "measure_dark",
+    "read_calibration_file",
     "read_scan_calibration",
+    "scan_calibration",
     "summarise_flags",
     "tile_flags",
+    "uncalibrated",
+    "write_calibration_file",
     "write_scan_calibration",
 ]
 
 F32 = NDArray[np.float32]
 F64 = NDArray[np.float64]
 
-CALIBRATION_FORMAT = "cordscope-calibration"
-CALIBRATION_FORMAT_VERSION = 1
 _FLAG_BLOCK_PX = 16
 
 
@@ -268,11 +282,76 @@ def tile_flags(raw: ArrayLike, *, offset_adu: float, read_noise_adu: float, bit_
     if image.ndim != 2 or image.size == 0:
         raise CalibrationError(f"tile must be a non-empty 2-D array, got shape {image.shape}")
     top = 2**bit_depth - 1
-    n_sat = int(np.count_nonzero(image >= top))
-    blocks = block_reduce_mean(image, _FLAG_BLOCK_PX)
-    background = float(np.percentile(blocks, 1.0))
-    allowance = 5.0 * read_noise_adu / _FLAG_BLOCK_PX + 0.5
-    return TileFlags(background, background < offset_adu - allowance, n_sat)
+    return flags_from_blocks(
+        block_reduce_mean(image, _FLAG_BLOCK_PX),
+        block_px=_FLAG_BLOCK_PX,
+        n_saturated=int(np.count_nonzero(image >= top)),
+        offset_adu=offset_adu,
+        read_noise_adu=read_noise_adu,
+    )
+
+
+def flags_from_blocks(
+    block_means_adu: ArrayLike,
+    *,
+    block_px: int,
+    n_saturated: int,
+    offset_adu: float,
+    read_noise_adu: float,
+) -> TileFlags:
+    """:func:`tile_flags` from a tile already reduced to block means (as the section analysis has it).
+
+    Parameters
+    ----------
+    block_means_adu : array
+        Mean raw value (ADU, offset included) of each ``block_px × block_px`` block.
+    block_px : int
+        Block side (pixels): a block mean's noise is ``read_noise_adu / block_px``.
+    n_saturated : int
+        Pixels of the tile at full scale.
+    offset_adu, read_noise_adu : float
+    """
+    blocks = np.asarray(block_means_adu, dtype=np.float64)
+    finite = blocks[np.isfinite(blocks)]
+    if finite.size == 0:
+        raise CalibrationError("no block means to flag the tile from")
+    background = float(np.percentile(finite, 1.0))
+    allowance = 5.0 * read_noise_adu / block_px + 0.5
+    return TileFlags(background, background < offset_adu - allowance, int(n_saturated))
+
+
+def flags_of_reduced_tile(
+    block_means_adu: NDArray[np.floating[Any]],
+    raw: NDArray[Any],
+    calibration: AppliedCalibration,
+    *,
+    block_px: int,
+) -> list[TileFlags]:
+    """Per channel, :func:`flags_from_blocks` of a tile as the section analysis reduced it.
+
+    Parameters
+    ----------
+    block_means_adu : (C, h, w) array
+        Dark-corrected block means (the channel's offset is added back here).
+    raw : (C, H, W) array
+        The raw tile (saturation counted at ``2**bits − 1``; 16 bits where unknown).
+    calibration : AppliedCalibration
+        Offsets, read noise (0 where unknown) and bit depths per channel.
+    block_px : int
+    """
+    n = len(calibration.dark_offsets_adu)
+    noise = calibration.read_noise_adu or (0.0,) * n
+    bits = calibration.bit_depths or (None,) * n
+    return [
+        flags_from_blocks(
+            block_means_adu[c] + np.float32(offset),
+            block_px=block_px,
+            n_saturated=int(np.count_nonzero(raw[c] >= 2 ** (bits[c] or 16) - 1)),
+            offset_adu=offset,
+            read_noise_adu=float(noise[c]),
+        )
+        for c, offset in enumerate(calibration.dark_offsets_adu)
+    ]
 
 
 @dataclass(frozen=True)
@@ -327,22 +406,31 @@ class ScanCalibration:
     psf : PointSpreadFunction or None
         The tracer channel's PSF at the scan's objective.
     notes : dict of str to str
-        Free-form provenance (e.g. ``{"psf": "beads 2026-12-07, 10x"}``).
+        Free-form provenance (e.g. ``{"psf": "beads 2026-12-07, 10x"}``); for a
+        scan file, where each part came from (a calibration file's path, or
+        the dark frames taken at the scan's start).
+    problems : tuple of str
+        One line per stored part that could not be used (e.g. dark frames
+        that were not dark), for the analysis' warnings.
     """
 
     darks: Mapping[str, DarkCalibration] = field(default_factory=dict)
     flats: Mapping[str, FlatField] = field(default_factory=dict)
     psf: PointSpreadFunction | None = None
     notes: Mapping[str, str] = field(default_factory=dict)
+    problems: tuple[str, ...] = ()
 
     def summary(self) -> dict[str, object]:
         """JSON-ready description (``cordscope info``)."""
-        return {
+        out: dict[str, object] = {
             "darks": {k: v.summary() for k, v in self.darks.items()},
             "flats": {k: v.summary() for k, v in self.flats.items()},
             "psf": None if self.psf is None else self.psf.summary(),
             "notes": dict(self.notes),
         }
+        if self.problems:
+            out["problems"] = list(self.problems)
+        return out
 
 
 def write_scan_calibration(group: h5py.Group, calibration: ScanCalibration) -> None:
@@ -371,8 +459,28 @@ def write_scan_calibration(group: h5py.Group, calibration: ScanCalibration) -> N
         write_psf(group.require_group("psf"), calibration.psf)
 
 
+def _source_note(source: Mapping[str, Any]) -> str:
+    """One line of where a stored calibration part came from (``sources_json`` of the group)."""
+    if source.get("kind") == "dark_frames":
+        return (
+            f"{source.get('n_frames')} dark frames at {source.get('exposure_ms')} ms taken at the scan's "
+            f"start (shutter {source.get('shutter')}, {source.get('created')})"
+        )
+    if source.get("kind") == "scan_tiles":
+        return f"estimated from {source.get('n_images')} of the scan's tiles ({source.get('created')})"
+    if source.get("kind") == "file":
+        return f"{source.get('file')} (made {source.get('file_created')}, copied {source.get('copied')})"
+    return json.dumps(dict(source), sort_keys=True)
+
+
 def read_scan_calibration(group: h5py.Group) -> ScanCalibration:
-    """Read a calibration written by :func:`write_scan_calibration`.
+    """Read a calibration group: a scan file's ``/calibration``, a calibration file, or one written here.
+
+    Dark frames stored raw by the scan (``dark/<channel>/frames``) are
+    measured here (:func:`measure_dark`); summaries written by
+    :func:`write_scan_calibration` are read as they are. A part that cannot
+    be used (dark frames that are not dark, a damaged flat field or PSF) is
+    left out and named in :attr:`ScanCalibration.problems`.
 
     Raises
     ------
@@ -386,8 +494,19 @@ def read_scan_calibration(group: h5py.Group) -> ScanCalibration:
         raise CalibrationError(
             f"{group.name}: calibration format version {version} is newer than this CordScope"
         )
+    problems: list[str] = []
     darks: dict[str, DarkCalibration] = {}
+    raw = read_dark_frames(group)
     for channel, g in group.get("dark", {}).items():
+        if channel in raw:
+            d = raw[channel]
+            try:
+                darks[channel] = measure_dark(
+                    d.frames, channel=channel, exposure_ms=d.exposure_ms, bit_depth=d.bit_depth
+                )
+            except CalibrationError as e:
+                problems.append(f"dark frames of {e}")
+            continue
         s = json.loads(str(g.attrs["summary_json"]))
         darks[channel] = DarkCalibration(
             channel=str(s["channel"]),
@@ -400,10 +519,105 @@ def read_scan_calibration(group: h5py.Group) -> ScanCalibration:
             dark_map_adu=np.asarray(g["dark_map_adu"][()], dtype=np.float32) if "dark_map_adu" in g else None,
             created=str(s["created"]),
         )
-    flats = {channel: read_flat(g) for channel, g in group.get("flat", {}).items()}
-    psf = read_psf(group["psf"]) if "psf" in group else None
-    notes = json.loads(str(group.attrs["summary_json"])).get("notes", {})
-    return ScanCalibration(darks=darks, flats=flats, psf=psf, notes=notes)
+    flats: dict[str, FlatField] = {}
+    for channel, g in group.get("flat", {}).items():
+        try:
+            flats[channel] = read_flat(g)
+        except (FlatFieldError, KeyError, OSError) as e:
+            problems.append(f"{channel}: flat field not used: {e}")
+    psf = None
+    if "psf" in group:
+        try:
+            psf = read_psf(group["psf"])
+        except (PSFError, KeyError, OSError) as e:
+            problems.append(f"PSF not used: {e}")
+    notes: dict[str, str] = {}
+    if "summary_json" in group.attrs:
+        notes.update(json.loads(str(group.attrs["summary_json"])).get("notes", {}))
+    notes.update({part: _source_note(src) for part, src in read_sources(group).items()})
+    return ScanCalibration(darks=darks, flats=flats, psf=psf, notes=notes, problems=tuple(problems))
+
+
+def scan_calibration(scan: ScanFile) -> ScanCalibration | None:
+    """The calibration stored in a scan file; None for a file without one (older scans)."""
+    group = scan.calibration_group
+    return None if group is None else read_scan_calibration(group)
+
+
+def write_calibration_file(
+    path: str | Path,
+    *,
+    psf: PointSpreadFunction | None = None,
+    flat: FlatField | None = None,
+    channel: str,
+    objective: str,
+    config_file: str | Path,
+    pixel_size_um: float,
+    extra: Mapping[str, object] | None = None,
+) -> Path:
+    """Write a calibration file (``cordscope calibrate`` / ``cordscope flatfield --config``), replacing it.
+
+    Its root is laid out as a scan's ``/calibration`` group (format
+    ``"cordscope-calibration"``), so scans copy its ``psf`` or
+    ``flat/<channel>`` group as it is
+    (:func:`acquisition.storage.copy_calibration_parts`).
+
+    Parameters
+    ----------
+    path : path
+        The file (its folder is created).
+    psf, flat : optional
+        What it holds (one of them, or both).
+    channel : str
+        Channel preset it was measured in.
+    objective : str
+        Objective preset it belongs to.
+    config_file : path
+        The hardware configuration it was measured with.
+    pixel_size_um : float
+        Pixel size at that objective (µm).
+    extra : mapping, optional
+        Anything else worth keeping (JSON-ready), e.g. where the stage was.
+    """
+    if psf is None and flat is None:
+        raise CalibrationError("a calibration file needs a PSF or a flat field")
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.writing")
+    with h5py.File(tmp, "w") as f:
+        f.attrs["format"] = CALIBRATION_FORMAT
+        f.attrs["format_version"] = CALIBRATION_FORMAT_VERSION
+        f.attrs["created"] = _now()
+        f.attrs["channel"] = str(channel)
+        f.attrs["objective"] = str(objective)
+        f.attrs["config_file"] = str(Path(config_file).resolve())
+        f.attrs["pixel_size_um"] = float(pixel_size_um)
+        summary: dict[str, object] = {"channel": channel, "objective": objective, **dict(extra or {})}
+        if psf is not None:
+            write_psf(f.require_group("psf"), psf)
+            summary["psf"] = psf.summary()
+        if flat is not None:
+            write_flat(f.require_group("flat").require_group(flat.channel), flat)
+            summary["flat"] = flat.summary()
+        f.attrs["summary_json"] = json.dumps(summary, sort_keys=True)
+    tmp.replace(out)
+    return out
+
+
+def read_calibration_file(path: str | Path) -> ScanCalibration:
+    """Read a calibration file written by :func:`write_calibration_file` (its PSF and flat fields).
+
+    Raises
+    ------
+    CalibrationError
+        If the file cannot be read or holds no calibration.
+    """
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise CalibrationError(f"cannot read the calibration file {path}: {e}") from e
+    with f:
+        return read_scan_calibration(f["/"])
 
 
 # ------------------------------------------------------- what a scan applies
@@ -428,6 +642,11 @@ class AppliedCalibration:
     description : dict
         JSON-ready record of where each number came from (for the analysis
         parameters written with the results).
+    read_noise_adu : tuple of float
+        Read noise per channel from its dark frames (0 without: tile flags
+        then allow quantisation only).
+    bit_depths : tuple of int or None
+        Camera bit depth per channel as its dark frames were taken (None: unknown).
     """
 
     dark_offsets_adu: tuple[float, ...]
@@ -435,42 +654,25 @@ class AppliedCalibration:
     size_model: ObjectSizeModel | None
     warnings: tuple[str, ...]
     description: dict[str, object]
+    read_noise_adu: tuple[float, ...] = ()
+    bit_depths: tuple[int | None, ...] = ()
 
 
-def applied_calibration(
-    settings: AnalysisSettings,
-    calibration: ScanCalibration | None,
-    *,
-    channel_names: tuple[str, ...],
-    tile_shape: tuple[int, int],
-    pixel_size_um: float,
-) -> AppliedCalibration:
-    """Decide the dark offsets, flat fields and object-size model a scan's analysis uses.
+def uncalibrated(n_channels: int, dark_offset_adu: float) -> AppliedCalibration:
+    """The plan's offset in every channel, no flat field, no size model (no scan calibration given)."""
+    n = int(n_channels)
+    return AppliedCalibration(
+        (float(dark_offset_adu),) * n, (None,) * n, None, (), {}, (0.0,) * n, (None,) * n
+    )
 
-    * Offsets: the dark frames' per channel (``dark_offset_from:
-      dark_frames``), the plan's ``dark_offset_adu`` where a channel has
-      none (with a warning), or the plan's for all (``plan``).
-    * Flat fields: the calibration's per channel, if its shape matches the tiles.
-    * Object size: the calibration's PSF (beads) at this pixel size, else
-      the plan's ``psf_sigma_um`` (a Gaussian, with ``size_offset_um2``),
-      else none (objects keep their apparent area; a warning says so).
-      ``edge_rule: fixed_fraction`` uses no model.
 
-    Parameters
-    ----------
-    settings : AnalysisSettings
-    calibration : ScanCalibration or None
-        The scan file's calibration (None for files without one).
-    channel_names : tuple of str
-        Channels in tile order.
-    tile_shape : (H, W)
-    pixel_size_um : float
-        Tile pixel size (µm).
-    """
-    cal = calibration or ScanCalibration()
-    warnings: list[str] = []
+def _dark_offsets(
+    settings: AnalysisSettings, cal: ScanCalibration, channel_names: tuple[str, ...]
+) -> tuple[list[float], dict[str, str], dict[str, dict[str, object]], list[str]]:
     offsets: list[float] = []
     offset_source: dict[str, str] = {}
+    dark_record: dict[str, dict[str, object]] = {}
+    warnings: list[str] = []
     for name in channel_names:
         dark = cal.darks.get(name)
         if settings.dark_offset_from == "plan":
@@ -486,8 +688,72 @@ def applied_calibration(
                 f"{name}: no dark frames in the file; subtracting the plan's dark_offset_adu "
                 f"{settings.dark_offset_adu:g} ADU, which is right only for the camera it was read from"
             )
+        dark_record[name] = {"offset_adu": round(offsets[-1], 4), "source": offset_source[name]}
+        if dark is not None:
+            dark_record[name].update(
+                measured_offset_adu=round(dark.offset_adu, 4),
+                read_noise_adu=round(dark.read_noise_adu, 4),
+                n_frames=dark.n_frames,
+                bit_depth=dark.bit_depth,
+                exposure_ms=dark.exposure_ms,
+            )
+    return offsets, offset_source, dark_record, warnings
+
+
+def dark_offsets_adu(
+    settings: AnalysisSettings, calibration: ScanCalibration | None, channel_names: tuple[str, ...]
+) -> tuple[float, ...]:
+    """The dark offset per channel the analysis subtracts (the rule of :func:`applied_calibration`)."""
+    return tuple(_dark_offsets(settings, calibration or ScanCalibration(), channel_names)[0])
+
+
+def applied_calibration(
+    settings: AnalysisSettings,
+    calibration: ScanCalibration | None,
+    *,
+    channel_names: tuple[str, ...],
+    tile_shape: tuple[int, int],
+    pixel_size_um: float,
+    plan_flat_fields: tuple[F32 | None, ...] | None = None,
+) -> AppliedCalibration:
+    """Decide the dark offsets, flat fields and object-size model a scan's analysis uses.
+
+    * Offsets: the dark frames' per channel (``dark_offset_from:
+      dark_frames``), the plan's ``dark_offset_adu`` where a channel has
+      none (with a warning), or the plan's for all (``plan``).
+    * Flat fields: the plan's ``flat_fields`` images where given (the user
+      chose them), else the calibration's per channel, if its shape matches
+      the tiles.
+    * Object size: the calibration's PSF (beads) at this pixel size, else
+      the plan's ``psf_sigma_um`` (a Gaussian, with ``size_offset_um2``),
+      else none (objects keep their apparent area; a warning says so).
+      ``edge_rule: fixed_fraction`` uses no model.
+
+    Parameters
+    ----------
+    settings : AnalysisSettings
+    calibration : ScanCalibration or None
+        The scan file's calibration (None for files without one).
+    channel_names : tuple of str
+        Channels in tile order.
+    tile_shape : (H, W)
+    pixel_size_um : float
+        Tile pixel size (µm).
+    plan_flat_fields : tuple of (H, W) float32 or None, optional
+        The plan's flat fields per channel (:func:`analysis.settings.load_flat_fields`).
+    """
+    cal = calibration or ScanCalibration()
+    warnings: list[str] = list(cal.problems)
+    offsets, offset_source, dark_record, dark_warnings = _dark_offsets(settings, cal, channel_names)
+    warnings += dark_warnings
+    plan_flats = plan_flat_fields or (None,) * len(channel_names)
     flats: list[F32 | None] = []
-    for name in channel_names:
+    flat_record: dict[str, object] = {}
+    for name, planned in zip(channel_names, plan_flats, strict=True):
+        if planned is not None:
+            flats.append(planned)
+            flat_record[name] = {"source": "plan", "method": "blank_field"}
+            continue
         flat = cal.flats.get(name)
         if flat is not None and flat.image.shape != tuple(tile_shape):
             warnings.append(
@@ -495,8 +761,19 @@ def applied_calibration(
             )
             flat = None
         flats.append(None if flat is None else flat.image)
+        flat_record[name] = (
+            None
+            if flat is None
+            else {
+                "source": cal.notes.get(f"flat/{name}", "calibration"),
+                "method": flat.method,
+                "n_images": flat.n_images,
+                "fall_off_pct": round(flat.fall_off_pct, 2),
+            }
+        )
     model: ObjectSizeModel | None = None
     size_source = "fixed_fraction" if settings.edge_rule == "fixed_fraction" else "none"
+    psf_record: dict[str, object] | None = None
     if settings.edge_rule == "object_size":
         psf = cal.psf
         if psf is not None:
@@ -505,16 +782,17 @@ def applied_calibration(
                     psf, pixel_size_um=pixel_size_um, settings=segmentation_settings(settings)
                 )
                 size_source = f"psf:{psf.source}"
+                psf_record = {**psf.summary(), "from": cal.notes.get("psf", "calibration")}
             except PSFError as e:
                 warnings.append(f"tracer PSF not used: {e}")
         if model is None and settings.psf_sigma_um is not None:
             plan_psf = gaussian_psf(settings.psf_sigma_um, pixel_size_um=pixel_size_um, source="plan")
+            plan_psf = plan_psf.with_size_offset(settings.size_offset_um2)
             model = object_size_model(
-                plan_psf.with_size_offset(settings.size_offset_um2),
-                pixel_size_um=pixel_size_um,
-                settings=segmentation_settings(settings),
+                plan_psf, pixel_size_um=pixel_size_um, settings=segmentation_settings(settings)
             )
             size_source = "psf:plan"
+            psf_record = {**plan_psf.summary(), "from": "plan psf_sigma_um"}
         if model is None:
             warnings.append(
                 "no PSF calibration: axon objects keep their apparent (blurred) area, too large for "
@@ -531,5 +809,11 @@ def applied_calibration(
             "flat_fielded": [n for n, f in zip(channel_names, flats, strict=True) if f is not None],
             "object_size": size_source,
             "size_model": None if model is None else model.summary(),
+            "dark": dark_record,
+            "flat": flat_record,
+            "psf": psf_record,
+            "warnings": list(warnings),
         },
+        read_noise_adu=tuple(cal.darks[n].read_noise_adu if n in cal.darks else 0.0 for n in channel_names),
+        bit_depths=tuple(cal.darks[n].bit_depth if n in cal.darks else None for n in channel_names),
     )

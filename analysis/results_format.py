@@ -52,6 +52,12 @@ Layout (version 2)::
         mosaic                        float32 (C, rows, cols)  attrs origin_um, pixel_um, channel_names
         registration/                 pairs, pair_shift_px, pair_ncc, pair_used, residual_px, correction_um
         registered_tile_xy_um         float64 (n_tiles, 2), NaN where not registered
+        tile_flags/                   per tile and channel (additive: groups without it read as before)
+            background_adu            float32 (n_tiles, C): raw background (1st percentile of block
+                                      means); NaN where the tile was not analysed
+            darker_than_offset        uint8 (n_tiles, C): 1 where the background lies below the offset
+            n_saturated               int64 (n_tiles, C): pixels at full scale; -1 not analysed
+                                      attrs channel_names (JSON), bit_depth (JSON list, per channel)
 """
 
 from __future__ import annotations
@@ -72,6 +78,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from acquisition.errors import CordScopeError
 from analysis.maps import REGION_COLUMNS, Heatmaps, RegionRow, SectionAccumulator
+from analysis.tile_flags_format import TileFlagArrays, read_tile_flags, write_tile_flags
 
 __all__ = [
     "ANALYSIS_FORMAT",
@@ -84,11 +91,13 @@ __all__ = [
     "RegionRecord",
     "ResultsFormatError",
     "SavedAnalysis",
+    "TileFlagArrays",
     "analysis_format_version",
     "has_analysis",
     "read_analysis",
     "read_region_table",
     "read_registered_tile_xy_um",
+    "read_tile_flags",
     "region_csv_path",
     "replace_dataset",
     "write_analysis",
@@ -495,6 +504,7 @@ def write_analysis(
     registration: Any | None = None,
     registered_tile_xy_um: ArrayLike | None = None,
     sums: CellSums | None = None,
+    tile_flags: TileFlagArrays | None = None,
 ) -> None:
     """Write a section's whole analysis into its ``analysis/`` group (layout: module docstring).
 
@@ -532,6 +542,8 @@ def write_analysis(
         Registered tile centres (NaN where not registered).
     sums : CellSums, optional
         Per-cell sums to write when no accumulator is given.
+    tile_flags : TileFlagArrays, optional
+        Per-tile flags (dark offset, saturation).
 
     Raises
     ------
@@ -587,6 +599,8 @@ def write_analysis(
             "registered stage position (x, y, µm) of each tile centre; NaN where not analysed "
             "or registration is off"
         )
+    if tile_flags is not None:
+        write_tile_flags(h5_group, tile_flags)
     _stamp(h5_group)
 
 

@@ -57,9 +57,19 @@ from acquisition.storage import (
     tile_name,
 )
 from analysis import adaptive
+from analysis.calibration import (
+    AppliedCalibration,
+    CalibrationError,
+    ScanCalibration,
+    applied_calibration,
+    dark_offsets_adu,
+    scan_calibration,
+)
+from analysis.geometry import pixel_size_from_affine
 from analysis.maps import RegionRow
 from analysis.regions import SectionRegions
 from analysis.results_format import region_csv_path, write_scan_region_csv
+from analysis.scan_calibration import calibration_report, write_calibration_record
 from analysis.section_analysis import LiveSnapshot, SectionAnalysis, SectionResults, saved_snapshot
 from analysis.settings import AnalysisSettings, load_flat_fields, segmentation_settings, settings_of_scan
 from analysis.tile import AxonSegmentationSettings
@@ -75,6 +85,7 @@ __all__ = [
     "merge_section_results",
     "region_csv_path",
     "saved_section_snapshot",
+    "scan_applied_calibration",
 ]
 
 logger = logging.getLogger(__name__)
@@ -122,19 +133,48 @@ def _stoppable(
 
 
 def _new_section(
-    scan: ScanFile, section_id: str, settings: AnalysisSettings, *, plan_dir: Path
+    scan: ScanFile, section_id: str, settings: AnalysisSettings, *, calibration: AppliedCalibration
 ) -> SectionAnalysis:
-    """A section's analysis from the scan file; relative flat-field paths are taken from ``plan_dir``."""
+    """A section's analysis from the scan file, with what the scan's calibration decided."""
     reader: SectionReader = scan.section(section_id)
-    flats = load_flat_fields(
-        settings, reader.channel_names, tile_shape=reader.tile_shape_px, base_dir=plan_dir
-    )
     return SectionAnalysis.from_reader(
         reader,
         plan_yaml=scan.plan_yaml,
         settings=settings,
-        flat_fields=flats,
         read_tile=_done_tile_reader(scan, section_id),
+        calibration=calibration,
+    )
+
+
+def scan_applied_calibration(
+    scan: ScanFile,
+    reader: SectionReader,
+    settings: AnalysisSettings,
+    *,
+    calibration: ScanCalibration | None,
+    plan_dir: Path,
+) -> AppliedCalibration:
+    """What the analysis of a section applies: the file's calibration and the plan's settings decided.
+
+    The plan's own flat-field images (relative paths from ``plan_dir``) win
+    over the calibration's; they are normalised with each channel's offset.
+    """
+    channels = reader.channel_names
+    offsets = dark_offsets_adu(settings, calibration, channels)
+    plan_flats = load_flat_fields(
+        settings, channels, tile_shape=reader.tile_shape_px, base_dir=plan_dir, dark_offsets_adu=offsets
+    )
+    try:
+        pixel_size_um = pixel_size_from_affine(reader.pixel_affine_um)
+    except ValueError:
+        pixel_size_um = reader.pixel_size_um  # the section analysis says what is wrong with the affine
+    return applied_calibration(
+        settings,
+        calibration,
+        channel_names=channels,
+        tile_shape=reader.tile_shape_px,
+        pixel_size_um=pixel_size_um,
+        plan_flat_fields=tuple(plan_flats),
     )
 
 
@@ -213,6 +253,10 @@ class ScanAnalysis:
         self._dirty: dict[str, None] = {}  # ordered set of sections with changes not yet published
         # live region masks per section: (regions, when computed, how long it took)
         self._live_regions: dict[str, tuple[SectionRegions, float, float]] = {}
+        # the file's calibration, read once; what it decided, per section geometry
+        self._calibration: ScanCalibration | None = None
+        self._calibration_read = False
+        self._applied: dict[tuple[object, ...], AppliedCalibration] = {}
         # further passes (e.g. an adaptive pass at 20x) by pass key, and each section's grid
         self._passes: dict[str, adaptive.HiresSection] = {}
         self._grids: dict[str, tuple[tuple[float, float], float, tuple[int, int]]] = {}
@@ -312,7 +356,10 @@ class ScanAnalysis:
             if section is None:
                 assert self.settings is not None
                 section = _new_section(
-                    self._open_scan(), section_id, self.settings, plan_dir=self.scan_path.parent
+                    self._open_scan(),
+                    section_id,
+                    self.settings,
+                    calibration=self.applied_calibration(section_id),
                 )
             mosaic = section.mosaic
             origin = (float(mosaic.origin_um[0]), float(mosaic.origin_um[1]))
@@ -334,6 +381,7 @@ class ScanAnalysis:
             reader = scan.section(key)
             section_id, _ = split_pass_key(key)
             origin, cell, shape = self._grid(section_id)
+            tracer = _tracer_index(scan.plan_yaml, reader.channel_names)
             self._passes[key] = adaptive.HiresSection(
                 origin_um=origin,
                 cell_um=cell,
@@ -342,8 +390,12 @@ class ScanAnalysis:
                 tile_shape_px=reader.tile_shape_px,
                 pixel_size_um=reader.pixel_size_um,
                 pixel_affine_um=reader.pixel_affine_um,
-                tracer_channel=_tracer_index(scan.plan_yaml, reader.channel_names),
-                dark_offset_adu=self.settings.dark_offset_adu,
+                tracer_channel=tracer,
+                # the camera's offset (dark frames, or the plan's); the flat fields and the PSF
+                # are the section objective's, not the pass's
+                dark_offset_adu=dark_offsets_adu(self.settings, self.calibration, reader.channel_names)[
+                    tracer
+                ],
                 segmentation=_pass_segmentation(scan.plan_yaml, self.settings),
             )
         return self._passes[key]
@@ -447,12 +499,20 @@ class ScanAnalysis:
                             self._sections.pop(sid, None)
                             self._live_regions.pop(sid, None)
                             self._finalized.add(sid)
+                    self._write_calibration_record(f, scan)
                 finally:
                     self._scan = None
             write_scan_region_csv(self.scan_path)
         finally:
             self.close()
         return tables
+
+    def _write_calibration_record(self, f: h5py.File, scan: ScanFile) -> None:
+        """The file-level record of what was applied, with the tile-flag counts; flags logged."""
+        report = calibration_report(scan, stored=self.calibration)
+        write_calibration_record(f, report)
+        for line in report.flag_lines():
+            logger.warning("%s: %s", self.scan_path.name, line)
 
     def _final_results(self, scan: ScanFile, section: SectionAnalysis) -> SectionResults | None:
         """A section's final results, with its further passes' numbers where they imaged whole cells."""
@@ -517,7 +577,8 @@ class ScanAnalysis:
             scan = self._open_scan()
             if self.settings is None:
                 self.settings = settings_of_scan(scan.plan_yaml, source=f"{self.scan_path.name}:/plan")
-            section = _new_section(scan, section_id, self.settings, plan_dir=self.scan_path.parent)
+            applied = self.applied_calibration(section_id)
+            section = _new_section(scan, section_id, self.settings, calibration=applied)
             if section_id in self._set_aside:
                 assert self._spill is not None
                 section.load_state(self._spill[section_id]["state"])
@@ -527,6 +588,45 @@ class ScanAnalysis:
             while len(self._sections) > self.sections_in_memory:
                 self._set_aside_section(next(iter(self._sections)))
         return section
+
+    @property
+    def calibration(self) -> ScanCalibration | None:
+        """The scan file's calibration (read once; None for a file without one)."""
+        if not self._calibration_read:
+            try:
+                self._calibration = scan_calibration(self._open_scan())
+            except CalibrationError as e:
+                logger.warning("%s: calibration not used: %s", self.scan_path.name, e)
+                self._calibration = None
+            self._calibration_read = True
+        return self._calibration
+
+    def applied_calibration(self, section_id: str) -> AppliedCalibration:
+        """What the analysis of a section applies (decided once per channel set, tile shape and pixel size).
+
+        Warnings (what could not be calibrated and what is done instead) are
+        logged once.
+        """
+        scan = self._open_scan()
+        if self.settings is None:
+            self.settings = settings_of_scan(scan.plan_yaml, source=f"{self.scan_path.name}:/plan")
+        reader = scan.section(section_id)
+        affine = reader.pixel_affine_um
+        key = (
+            reader.channel_names,
+            reader.tile_shape_px,
+            tuple(affine.ravel().tolist()),
+            reader.pixel_size_um,
+        )
+        applied = self._applied.get(key)
+        if applied is None:
+            applied = scan_applied_calibration(
+                scan, reader, self.settings, calibration=self.calibration, plan_dir=self.scan_path.parent
+            )
+            self._applied[key] = applied
+            for line in applied.warnings:
+                logger.warning("%s: %s", self.scan_path.name, line)
+        return applied
 
     def _set_aside_section(self, section_id: str) -> None:
         """Move a section's state (and its current results, for snapshots) to the spill file."""
@@ -667,4 +767,7 @@ def merge_section_results(path: str | Path, parts: Mapping[str, Path | None]) ->
                 del group["analysis"]
             with h5py.File(part, "r") as src:
                 src.copy(src["analysis"], group, name="analysis")
+        write_calibration_record(
+            f, calibration_report(ScanFile(f, Path(path), int(f.attrs["format_version"])))
+        )
     return write_scan_region_csv(path)

@@ -68,6 +68,7 @@ import yaml
 from numpy.typing import ArrayLike, NDArray
 
 from acquisition.storage import SectionReader
+from analysis.calibration import AppliedCalibration, flags_of_reduced_tile, uncalibrated
 from analysis.geometry import (
     affine_from_attr,
     footprint_bbox_um,
@@ -96,6 +97,7 @@ from analysis.registration import (
 from analysis.results_format import SavedAnalysis, read_analysis, write_analysis
 from analysis.settings import AnalysisSettings, segmentation_settings
 from analysis.tile import correct_tile, segment_axons
+from analysis.tile_flags_format import TileFlagArrays, TileFlagTable
 
 __all__ = [
     "LiveSnapshot",
@@ -349,7 +351,13 @@ class SectionAnalysis:
         ``rostral_direction_deg``, ``lesion_epicenter_um``, ``region_polygons_um``.
     settings : AnalysisSettings
     flat_fields : sequence of (H, W) float32 or None, per channel, optional
-        Normalised flat fields (:func:`analysis.settings.load_flat_fields`).
+        Normalised flat fields (:func:`analysis.settings.load_flat_fields`); default:
+        the calibration's.
+    calibration : AppliedCalibration, optional
+        What the scan's calibration decided (:func:`analysis.calibration.applied_calibration`):
+        the dark offset per channel, flat fields, the tracer's object-size model, the
+        read noise and bit depth the per-tile flags use; recorded with the results.
+        Default: the plan's ``dark_offset_adu`` for every channel, no object-size model.
     channel_names : sequence of str
         Channel (preset) names, in tile order.
     read_tile : callable, optional
@@ -380,6 +388,7 @@ class SectionAnalysis:
         read_tile: TileReader | None = None,
         tile_centres_um: ArrayLike | None = None,
         pixel_affine_um: ArrayLike | None = None,
+        calibration: AppliedCalibration | None = None,
     ) -> None:
         self.section_id = str(section_id)
         self.tile_xy_um = np.asarray(tile_xy_um, dtype=np.float64).reshape(-1, 2)
@@ -410,9 +419,18 @@ class SectionAnalysis:
         self.attrs = dict(section_attrs or {})
         self.settings = settings or AnalysisSettings()
         self.segmentation = segmentation_settings(self.settings)
+        self.calibration = calibration
+        if flat_fields is None and calibration is not None:
+            flat_fields = calibration.flat_fields
         self.flat_fields = list(flat_fields) if flat_fields is not None else [None] * self.n_channels
         if len(self.flat_fields) != self.n_channels:
             raise ValueError(f"{len(self.flat_fields)} flat fields for {self.n_channels} channels")
+        n_c = self.n_channels
+        self._cal = calibration or uncalibrated(n_c, self.settings.dark_offset_adu)
+        self.dark_offsets_adu = tuple(float(v) for v in self._cal.dark_offsets_adu)
+        if len(self.dark_offsets_adu) != n_c:
+            raise ValueError(f"{len(self.dark_offsets_adu)} dark offsets for {n_c} channels")
+        self.size_model = self._cal.size_model
         self.channel_names = tuple(str(c) for c in channel_names)
         self.read_tile = read_tile
         margin = _grid_margin_um(self.settings, self.rebuilt)
@@ -445,6 +463,8 @@ class SectionAnalysis:
         self._pairs: dict[tuple[int, int], tuple[float, float, float, int]] = {}
         self._strips: dict[tuple[int, int], NDArray[Any]] = {}
         self._reduced: dict[int, ReducedTile] = {}
+        # per-tile flags (analysis.calibration.tile_flags): -1 / NaN until a tile is analysed
+        self.tile_flags = TileFlagTable(self.n_tiles, n_c)
 
     @classmethod
     def from_reader(
@@ -455,6 +475,7 @@ class SectionAnalysis:
         settings: AnalysisSettings | None = None,
         flat_fields: Sequence[NDArray[np.float32] | None] | None = None,
         read_tile: TileReader | None = None,
+        calibration: AppliedCalibration | None = None,
     ) -> SectionAnalysis:
         """Analysis state for a section of a scan file (geometry, pixel affine, channel roles, attributes)."""
         tracer, anatomy = channel_roles(plan_yaml, section.channel_names)
@@ -477,10 +498,11 @@ class SectionAnalysis:
             channel_names=section.channel_names,
             read_tile=read_tile,
             pixel_affine_um=affine,
+            calibration=calibration,
         )
 
     def _rebuilt_copy(self, positions_um: NDArray[np.float64]) -> SectionAnalysis:
-        return SectionAnalysis(
+        copy = SectionAnalysis(
             section_id=self.section_id,
             tile_xy_um=self.tile_xy_um,
             tile_shape_px=self.tile_shape_px,
@@ -495,7 +517,11 @@ class SectionAnalysis:
             read_tile=self.read_tile,
             tile_centres_um=positions_um,
             pixel_affine_um=self.pixel_affine_um,
+            calibration=self.calibration,
         )
+        with self._lock:
+            copy.tile_flags.copy_from(self.tile_flags)
+        return copy
 
     @property
     def n_tiles(self) -> int:
@@ -507,7 +533,9 @@ class SectionAnalysis:
         return {
             "settings": self.settings.model_dump(mode="json"),
             "segmentation": dataclasses.asdict(self.segmentation),
-            "dark_offset_adu": self.settings.dark_offset_adu,
+            "dark_offset_adu": self.dark_offsets_adu[self.tracer_channel],
+            "dark_offsets_adu": dict(zip(self.channel_names, self.dark_offsets_adu, strict=False)),
+            "calibration": None if self.calibration is None else self.calibration.description,
             "flat_fielded_channels": [
                 name for name, ff in zip(self.channel_names, self.flat_fields, strict=False) if ff is not None
             ],
@@ -541,7 +569,7 @@ class SectionAnalysis:
         flat = self.flat_fields[channel]
         if flat is not None and region is not None:
             flat = flat[region]
-        return correct_tile(raw, dark_offset_adu=self.settings.dark_offset_adu, flat_field=flat)
+        return correct_tile(raw, dark_offset_adu=self.dark_offsets_adu[channel], flat_field=flat)
 
     def _projected(self, images: ArrayLike, tile_index: int) -> NDArray[Any]:
         raw = np.asarray(images)
@@ -576,7 +604,7 @@ class SectionAnalysis:
             elif self.flat_fields[c] is None:
                 # block means of the raw values minus the offset: the mean of the corrected values
                 means[c] = lat.block_means(raw[c])
-                means[c] -= np.float32(self.settings.dark_offset_adu)
+                means[c] -= np.float32(self.dark_offsets_adu[c])
             else:
                 means[c] = lat.block_means(self._corrected(raw[c], c))
         return ReducedTile(means, lat.block_counts(axon_mask))
@@ -622,10 +650,26 @@ class SectionAnalysis:
         t = self._check_new(tile_index)
         raw = self._projected(images, t)
         tracer = self._corrected(raw[self.tracer_channel], self.tracer_channel)
-        axons = segment_axons(tracer, pixel_size_um=self.pixel_size_um, settings=self.segmentation)
+        axons = segment_axons(
+            tracer, pixel_size_um=self.pixel_size_um, settings=self.segmentation, size_model=self.size_model
+        )
         reduced = self.reduce(raw, tracer, axons.mask)
+        self._flag(t, raw, reduced)
         pairs = self._measure_pairs(t, raw[self.anatomy_channel]) if self.settings.register_tiles else {}
         self._add_reduced(t, reduced, pairs)
+
+    def _flag(self, t: int, raw: NDArray[Any], reduced: ReducedTile) -> None:
+        """Per-channel flags of a tile from its block means (dark offset) and its pixels (saturation)."""
+        flags = flags_of_reduced_tile(reduced.means, raw, self._cal, block_px=self.lattice.factor)
+        with self._lock:
+            self.tile_flags.set_tile(t, flags)
+
+    def tile_flag_arrays(self) -> TileFlagArrays:
+        """The per-tile flags so far (copies)."""
+        with self._lock:
+            return self.tile_flags.arrays(
+                self.channel_names, self._cal.bit_depths or (None,) * self.n_channels
+            )
 
     def _add_reduced(
         self, t: int, reduced: ReducedTile, pairs: Mapping[tuple[int, int], tuple[float, float, float, int]]
@@ -834,6 +878,7 @@ class SectionAnalysis:
             positions[done] = reg.positions_um[done]
         names = list(results.regions.masks)
         plan_polygons = {k: v for k, v in (self.attrs.get("region_polygons_um") or {}).items() if k in names}
+        flags = section.tile_flag_arrays()
         # held while writing: the sums must not change under the writer (add_tile takes the lock)
         with section._lock:
             write_analysis(
@@ -855,6 +900,7 @@ class SectionAnalysis:
                 regions_json=regions_to_json(results.regions),
                 registration=reg,
                 registered_tile_xy_um=positions,
+                tile_flags=flags,
             )
 
     def snapshot(self, regions: SectionRegions | None = None) -> LiveSnapshot:
@@ -917,6 +963,7 @@ class SectionAnalysis:
             for n, t in enumerate(kept):
                 means[n] = self._reduced[t].means
                 counts[n] = self._reduced[t].axon_counts
+            self.tile_flags.save(group)
 
     def load_state(self, group: h5py.Group) -> None:
         """Restore the state written by :meth:`save_state` into this (freshly made) section."""
@@ -941,6 +988,7 @@ class SectionAnalysis:
                 means, counts = group["reduced_means"], group["reduced_axon_counts"]
                 for n, t in enumerate(group["reduced_tiles"][()]):
                     self._reduced[int(t)] = ReducedTile(means[n], counts[n])
+            self.tile_flags.load(group)
 
 
 def saved_snapshot(group: h5py.Group, section_id: str) -> LiveSnapshot:

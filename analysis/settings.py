@@ -6,6 +6,7 @@ The settings themselves are part of the plan model
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,7 @@ def load_flat_fields(
     *,
     tile_shape: tuple[int, int],
     base_dir: Path | None = None,
+    dark_offsets_adu: Sequence[float] | None = None,
 ) -> list[NDArray[np.float32] | None]:
     """Read and normalise the flat field of each channel (None where none is given).
 
@@ -60,6 +62,8 @@ def load_flat_fields(
     channel_names : channel presets in tile order
     tile_shape : (H, W) of the tiles; every flat field must have it
     base_dir : directory relative flat-field paths are resolved against (the plan's)
+    dark_offsets_adu : offset of each channel to subtract from its image (default: the plan's
+        ``dark_offset_adu`` for every channel)
 
     Raises
     ------
@@ -72,8 +76,13 @@ def load_flat_fields(
             f"plan analysis.flat_fields: no channel {', '.join(map(repr, unknown))} in the scan "
             f"(channels: {', '.join(channel_names)})"
         )
+    offsets = (
+        tuple(dark_offsets_adu)
+        if dark_offsets_adu is not None
+        else (settings.dark_offset_adu,) * len(channel_names)
+    )
     out: list[NDArray[np.float32] | None] = []
-    for name in channel_names:
+    for name, offset in zip(channel_names, offsets, strict=True):
         path = settings.flat_fields.get(name)
         if path is None:
             out.append(None)
@@ -98,7 +107,7 @@ def load_flat_fields(
                 f"the tiles are {tile_shape[1]} × {tile_shape[0]}"
             )
         try:
-            out.append(normalise_flat_field(image, dark_offset_adu=settings.dark_offset_adu))
+            out.append(normalise_flat_field(image, dark_offset_adu=offset))
         except ValueError as e:
             raise AnalysisSettingsError(f"plan analysis.flat_fields.{name}: {path}: {e}") from e
     return out

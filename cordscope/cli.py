@@ -28,6 +28,8 @@ from typer._click import exceptions as click_errors  # typer's own click (typer 
 from typer.core import TyperGroup
 
 from acquisition.errors import CordScopeError
+from cordscope.calibration_commands import calibrate, flatfield
+from cordscope.options import ChannelGroupOpt, ConfigOpt, ObjectiveGroupOpt, TrustOpt
 from cordscope.paths_cli import check_not_an_input, check_output_file, check_output_folder
 
 
@@ -99,25 +101,6 @@ console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="Micro-Manager .cfg file (default: the demo microscope)."),
-]
-ChannelGroupOpt = Annotated[
-    str | None,
-    typer.Option(help="Config group that selects the channel (default: decided from the config)."),
-]
-ObjectiveGroupOpt = Annotated[
-    str | None,
-    typer.Option(help="Config group that selects the objective (default: decided from the config)."),
-]
-TrustOpt = Annotated[
-    bool,
-    typer.Option(
-        "--trust-config", help="Allow the .cfg to load Python device code outside acquisition.demo."
-    ),
-]
 
 
 def _user_errors(func: F) -> F:
@@ -574,8 +557,9 @@ def info(
         ),
     ] = False,
 ) -> None:
-    """Summarise a scan file: sections, tiles done/failed/pending, size, duration."""
+    """Summarise a scan file: sections, tiles done/failed/pending, size, duration, calibration, tile flags."""
     from acquisition.storage import ScanFile, TileCheck
+    from cordscope.calibration_tables import print_calibration, read_report
 
     checks: dict[str, TileCheck] = {}
     with ScanFile.open(scan_file) as scan_data:
@@ -584,6 +568,7 @@ def info(
         being_written = scan_data.live
         if verify:
             checks = {sid: scan_data.section(sid).check_done_tiles() for sid in scan_data.section_ids}
+        report = read_report(scan_data)
     console.print(f"[bold]{summary.path}[/]  format v{summary.format_version}, created {summary.created}")
     width = max((len(sid) for sid in summary.sections), default=7)
     table = Table("animal", "group", "level", "orientation", "done", "failed", "pending", "tiles")
@@ -612,6 +597,7 @@ def info(
     console.print(
         f"{summary.done}/{summary.n_tiles} tiles, {summary.file_size_bytes / 1e6:.1f} MB, {duration}; {state}"
     )
+    print_calibration(console, report)
     if verify:
         _print_verification(scan_file, checks)
 
@@ -634,6 +620,10 @@ def _print_verification(scan_file: Path, checks: dict[str, Any]) -> None:
         highlight=False,
     )
     raise typer.Exit(1)
+
+
+app.command()(_user_errors(calibrate))
+app.command()(_user_errors(flatfield))
 
 
 @app.command()
@@ -700,7 +690,7 @@ def analyze(
     scan_files: Annotated[list[Path], typer.Argument(help="Finished scan file(s) (.h5).")],
     dark_offset_adu: Annotated[
         float | None,
-        typer.Option(help="Camera dark offset subtracted from every tile (ADU); default: the plan's (100)."),
+        typer.Option(help="Camera offset subtracted from every tile (ADU); default: the scan's dark frames."),
     ] = None,
     bin_um: Annotated[
         float | None, typer.Option(help="Heatmap bin size (µm); default: the plan's (50).")
@@ -762,7 +752,9 @@ def analyze(
 
                 with ScanFile.open(path) as scan:
                     stored = settings_of_scan(scan.plan_yaml).model_dump()
-                settings = AnalysisSettings.model_validate({**stored, **overrides})
+                # an offset given here is the one subtracted, not the scan's dark frames'
+                fixed = {"dark_offset_from": "plan"} if dark_offset_adu is not None else {}
+                settings = AnalysisSettings.model_validate({**stored, **overrides, **fixed})
             tables, kept, problems = analyze_keeping_regions(path, settings=settings)
             print_region_tables(console, path.name, tables, sections=_section_ids(path))
             console.print(f"wrote the analysis into {path} and {region_csv_path(path)}")

@@ -36,6 +36,7 @@ from analysis.live import AnalysisProcess
 from analysis.results import load_scan_results
 from analysis.scan_analysis import region_csv_path
 from analysis.settings import load_flat_fields
+from cordscope.calibration_tables import print_calibration_line
 from cordscope.paths_cli import check_not_an_input, check_output_folder
 from cordscope.tables import print_region_tables
 
@@ -143,6 +144,7 @@ def run_scan_cli(
         console.print(f"[yellow]{scan.message}", highlight=False)
         return 1
     _print_summary(console, scan)
+    print_calibration_line(console, result.path)
     if result.tables is not None:
         print_region_tables(console, result.path.name, dict(result.tables), sections=tuple(scan.sections))
         console.print(f"region tables: {region_csv_path(result.path)} and the file's analysis groups")

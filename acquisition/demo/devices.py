@@ -80,6 +80,10 @@ XY_TRAVEL_UM = ((0.0, 75_000.0), (0.0, 25_000.0))
 Z_TRAVEL_UM = (-2_000.0, 2_000.0)
 #: Bit depths the demo camera digitises to (8-bit frames are uint8, deeper ones uint16).
 BIT_DEPTHS: tuple[int, ...] = (8, 10, 12, 14, 16)
+
+DYE_SLIDE_RATE = 20.0
+"""Photons / ms / pixel (0.65 µm pixels, 10x) of the uniform dye slide (hub ``Slide`` = "dye"), every
+channel; the rate scales with the pixel's area."""
 #: Binning factors of the demo camera (square bins, charge summed).
 BINNINGS: tuple[int, ...] = (1, 2, 4)
 
@@ -406,7 +410,10 @@ class DemoHub(HubDevice):
     Properties
     ----------
     Slide : str
-        "demo" (the demo slide of ``acquisition.demo.slide``).
+        "demo" (the demo slide of ``acquisition.demo.slide``), or "dye": a
+        uniformly fluorescent slide put on the stage instead, as a lab images
+        one for a blank-field flat field (:data:`DYE_SLIDE_RATE` in every
+        channel, wherever the stage is).
     SlideSeed : int
         Seed of the slide's procedural content (nuclei, axons, focus surface).
     FocusBumps : {"Off", "On"}
@@ -418,7 +425,7 @@ class DemoHub(HubDevice):
         self._slide: VirtualSlide | None = None
         self._slide_lock = threading.Lock()
         self._peripheral_refs: dict[str, weakref.ref[Device]] = {}
-        self.register_property("Slide", default_value="demo", allowed_values=("demo",))
+        self.register_property("Slide", default_value="demo", allowed_values=("demo", "dye"))
         self._seed = 2026
         self.register_property(
             "SlideSeed",
@@ -610,6 +617,9 @@ class DemoHub(HubDevice):
         h, w = int(shape[0]), int(shape[1])
         if not self.light_path_open():
             return np.zeros((h, w), dtype=np.float32)
+        if self.get_property_value("Slide") == "dye":
+            pixel_um = SENSOR_PIXEL_UM * int(binning) / self.magnification()
+            return np.full((h, w), DYE_SLIDE_RATE * (pixel_um / 0.65) ** 2, dtype=np.float32)
         wheel = self.filter_wheel
         assert wheel is not None  # light_path_open checked it
         channel = wheel.channel()

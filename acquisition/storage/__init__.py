@@ -25,6 +25,9 @@ metadata, plus a log of events (start, pause, retry, fault, finish)::
                         pass at another objective): the datasets above but ``analysis``,
                         attrs section_id, pass_name, objective, kind, pass_complete
     /events             resizable UTF-8 strings, one JSON object per event
+    /calibration        dark frames taken at the scan's start, PSF and flat fields
+                        copied from calibration files (:mod:`.calibration`; additive:
+                        files without it read as before)
 
 A pass is added during the scan (:meth:`ScanWriter.add_pass`), once it is
 known which tiles it takes; it is addressed everywhere by the key
@@ -86,6 +89,18 @@ cut cannot leave a tile marked done whose pixels were still in memory.
 - :class:`ScanFile` reads a scan (analysis, ``cordscope info``, tests).
 """
 
+from .calibration import (
+    CALIBRATION_FORMAT,
+    CALIBRATION_FORMAT_VERSION,
+    CALIBRATION_GROUP,
+    DarkFrames,
+    copy_calibration_parts,
+    read_dark_frames,
+    read_sources,
+    record_source,
+    require_calibration_group,
+    write_dark_frames,
+)
 from .format import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -111,11 +126,15 @@ from .reader import ScanFile, ScanSummary, SectionReader, SectionSummary
 from .writer import ScanWriter, SectionLayout
 
 __all__ = [
+    "CALIBRATION_FORMAT",
+    "CALIBRATION_FORMAT_VERSION",
+    "CALIBRATION_GROUP",
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "FREE_SPACE_RESERVE_BYTES",
     "PASSES_GROUP",
     "STANDARD_SECTION_ATTRS",
+    "DarkFrames",
     "EventKind",
     "MDAWriterOutput",
     "NeedsRepair",
@@ -130,12 +149,18 @@ __all__ = [
     "TileStatus",
     "TileStored",
     "WriterEvents",
+    "copy_calibration_parts",
     "image_crc32",
     "in_use",
     "parse_tile_name",
     "pass_key",
+    "read_dark_frames",
+    "read_sources",
+    "record_source",
+    "require_calibration_group",
     "required_free_bytes",
     "split_pass_key",
     "tile_name",
     "touches_file",
+    "write_dark_frames",
 ]

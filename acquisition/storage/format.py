@@ -201,6 +201,15 @@ def _jsonable(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} cannot be stored as JSON")
 
 
+def _decode_text(value: Any) -> Any:
+    """An HDF5 attribute or scalar string as ``str`` (bytes decoded); anything else as it is."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
 def _to_json(obj: Any) -> str:
     return json.dumps(_jsonable(obj), allow_nan=False, ensure_ascii=False)
 

@@ -14,6 +14,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from .calibration import CALIBRATION_GROUP, DarkFrames, read_dark_frames
 from .format import (
     PASSES_GROUP,
     STANDARD_SECTION_ATTRS,
@@ -353,6 +354,17 @@ class ScanFile:
             raise StorageError(
                 f"{self.path} has no section {section_id!r} (sections: {', '.join(self.section_ids)})"
             ) from None
+
+    @property
+    def calibration_group(self) -> h5py.Group | None:
+        """The ``/calibration`` group (read-only; :mod:`acquisition.storage.calibration`), None if absent."""
+        group = self._file.get(CALIBRATION_GROUP)
+        return group if isinstance(group, h5py.Group) else None
+
+    def dark_frames(self) -> dict[str, DarkFrames]:
+        """Raw dark frames per channel taken at the scan's start (empty for files without)."""
+        group = self.calibration_group
+        return {} if group is None else read_dark_frames(group)
 
     def events(self) -> list[dict[str, Any]]:
         """Return the logged events, oldest first.

@@ -17,6 +17,13 @@ from typing import Any
 import h5py
 import numpy as np
 
+from .calibration import (
+    DarkFrames,
+    copy_calibration_parts,
+    dark_frame_channels,
+    require_calibration_group,
+    write_dark_frames,
+)
 from .format import (
     _LAYOUT_ATTRS,
     _PASS_COMPLETE_ATTR,
@@ -229,6 +236,23 @@ def _create_crc_dataset(group: h5py.Group, shape: tuple[int, int, int]) -> h5py.
     return group.create_dataset(TILE_CRC_DATASET, data=np.full(shape, NO_CRC, dtype=np.int64))
 
 
+def _write_calibration(
+    f: h5py.File,
+    dark_frames: Sequence[DarkFrames],
+    files: Mapping[Path, Sequence[str]],
+    *,
+    replace: bool,
+) -> list[str]:
+    group = require_calibration_group(f)
+    written = []
+    for dark in dark_frames:
+        write_dark_frames(group, dark)
+        written.append(f"dark/{dark.channel}")
+    for path, parts in files.items():
+        written += copy_calibration_parts(group, path, parts, replace=replace)
+    return written
+
+
 # ------------------------------------------------------------------------ writer
 
 
@@ -321,6 +345,8 @@ class ScanWriter:
         core_state: Mapping[str, Any],
         overwrite: bool = False,
         compression: str | None = None,
+        dark_frames: Sequence[DarkFrames] = (),
+        calibration_files: Mapping[Path, Sequence[str]] | None = None,
     ) -> ScanWriter:
         """Create a new scan file with every section's datasets, all tiles pending.
 
@@ -343,6 +369,12 @@ class ScanWriter:
             default none, the fastest to write. Compressed chunks are
             allocated as they are written, which gives up the "pixels never
             change HDF5's structures" property (see the module docstring).
+        dark_frames : sequence of DarkFrames
+            Raw dark frames taken at the scan's start, stored in ``/calibration``
+            (:mod:`acquisition.storage.calibration`) with the file, before any tile.
+        calibration_files : mapping of path to parts, optional
+            Calibration files beside the hardware config and the parts of each to
+            copy into ``/calibration`` (``"psf"``, ``"flat/<channel>"``).
 
         Raises
         ------
@@ -384,6 +416,8 @@ class ScanWriter:
             for layout in sections:
                 _write_section(group, layout, compression)
             f.create_dataset("events", shape=(0,), maxshape=(None,), chunks=(256,), dtype=_STR)
+            if dark_frames or calibration_files:
+                _write_calibration(f, dark_frames, calibration_files or {}, replace=True)
             # Written last: a file whose creation was interrupted is not a scan.
             f.attrs["format"] = FORMAT_NAME
             f.attrs["format_version"] = FORMAT_VERSION
@@ -586,6 +620,32 @@ class ScanWriter:
             sid: np.flatnonzero(sec.status != TileStatus.DONE).astype(np.int64)
             for sid, sec in self._sections.items()
         }
+
+    @property
+    def dark_frame_channels(self) -> tuple[str, ...]:
+        """Channels whose raw dark frames the file holds (``/calibration/dark``)."""
+        return dark_frame_channels(self._file.get("calibration"))
+
+    def add_calibration(
+        self,
+        *,
+        dark_frames: Sequence[DarkFrames] = (),
+        files: Mapping[Path, Sequence[str]] | None = None,
+    ) -> list[str]:
+        """Add calibration to a file being resumed, keeping what it holds; flushed.
+
+        Dark frames of channels that already have some, and parts of files the
+        group already holds, are not written (a resumed scan keeps the
+        calibration it started with). Returns the parts written.
+        """
+        with self._owned():
+            have = set(self.dark_frame_channels)
+            new = [d for d in dark_frames if d.channel not in have]
+            nbytes = sum(d.frames.nbytes for d in new)
+            with self._writing("calibration", nbytes=nbytes):
+                written = _write_calibration(self._file, new, files or {}, replace=False)
+                self._file.flush()
+            return written
 
     def _section(self, section_id: str) -> _OpenSection:
         try:

@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
+from acquisition.calibration import DARK_FRAMES_PER_CHANNEL
 from acquisition.controller import ScanController, ScanProgress
 from acquisition.demo import find_demo_hub
 from acquisition.demo.plans import demo_plan
@@ -195,9 +196,9 @@ def test_persistent_stage_fault_fails_the_tile_and_goes_on(core, tmp_path):
 
 
 def test_dead_camera_does_not_hang_the_scan(core, tmp_path):
-    # The camera stops answering at its 5th snap for 4 s (a dead device for a
-    # 0.5 s watchdog; short enough that unloading it at teardown can finish).
-    core.setProperty("Camera", "HangEveryNthSnap", 5)
+    # The camera stops answering at its 5th tile's snap (after 2 × 4 dark frames) for 4 s
+    # (a dead device for a 0.5 s watchdog; short enough that unloading it at teardown can finish).
+    core.setProperty("Camera", "HangEveryNthSnap", 2 * DARK_FRAMES_PER_CHANNEL + 5)
     core.setProperty("Camera", "Hang_s", 4.0)
     path = tmp_path / "scan.h5"
     plan = small_plan(path, sections=("rat01-Th7",), tile_timeout_s=0.5, max_retries=1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import h5py
 import numpy as np
 import pytest
@@ -162,6 +164,22 @@ def test_flat_from_the_scans_own_tiles():
     uniform = camera.expose(25.0 * vignette, 20.0, rng)
     corrected = correct_tile(uniform, dark_offset_adu=camera.offset_adu, flat_field=flat.image)
     assert uniformity_pct(corrected) < 3.0
+
+
+def test_tiles_of_bare_glass_are_left_out_of_the_flat():
+    """A scan's tiles beside the tissue (no light above the offset) carry no level and no warning."""
+    rng = np.random.default_rng(7)
+    vignette = optics.vignetting(FLAT_SHAPE, 0.12)
+    camera = optics.Camera()
+    tiles = tissue_tiles(rng, 12, vignette, camera, with_glass=False)
+    glass = [np.full(FLAT_SHAPE, camera.offset_adu, dtype=np.uint16)] * 3
+    kwargs = {"dark_offset_adu": camera.offset_adu, "channel": "DAPI", "min_tiles": 8}
+    alone = flat_from_tiles(tiles, **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with_glass = flat_from_tiles([*glass[:2], *tiles, glass[2]], **kwargs)
+    assert with_glass.n_images == 15
+    np.testing.assert_allclose(with_glass.image, alone.image, rtol=1e-6)
 
 
 def test_too_few_tiles_give_no_flat():

@@ -31,6 +31,9 @@ __all__ = ["CAMERA_MODES", "ModelBCamera", "ModelBHub"]
 
 DEFAULT_SEED = 2027
 
+DYE_EMISSION = 20.0
+"""Emission (photons / ms / µm², 10x/0.30 reference) of the uniform dye slide (hub ``Slide`` = "dye")."""
+
 
 def _on(value: Any) -> bool:
     return str(value) == "On"
@@ -42,7 +45,8 @@ class ModelBHub(DemoHub):
     Properties
     ----------
     Slide : str
-        "model-b".
+        "model-b", or "dye": a uniformly fluorescent slide instead (:data:`DYE_EMISSION`
+        in every channel), as imaged for a blank-field flat field.
     SlideSeed : int
         Seed of the slide's procedural content.
     FocusBumps : {"Off", "On"}
@@ -57,7 +61,7 @@ class ModelBHub(DemoHub):
         self._seed_b = DEFAULT_SEED
         self._bumps_b = False
         self._contrast_b = SlideParameters().dapi_gray_white_contrast
-        self.register_property("Slide", default_value="model-b", allowed_values=("model-b",))
+        self.register_property("Slide", default_value="model-b", allowed_values=("model-b", "dye"))
         self.register_property(
             "SlideSeed",
             default_value=DEFAULT_SEED,
@@ -141,6 +145,10 @@ class ModelBHub(DemoHub):
         shutter_open = self.shutter is None or self.shutter.get_open()
         if not shutter_open or self.filter_wheel is None:
             return np.zeros(shape, dtype=np.float32)
+        if self.get_property_value("Slide") == "dye":
+            p = optics.SENSOR_PIXEL_UM / self.magnification()
+            rate = DYE_EMISSION * p * p * optics.brightness_factor(self.objective_na())
+            return np.full(shape, rate, dtype=np.float32)
         z_um = self.z_stage.true_position_um() if self.z_stage is not None else 0.0
         return self.slide.render(
             center_um=self.true_xy_um(),
