@@ -18,7 +18,7 @@ makes the same assumption and solves it as a low-rank plus sparse
 decomposition. Here, robustly and cheaply:
 
 1. Every tile is dark-corrected and reduced to ``block_px`` block levels
-   (the mean of the middle 60 % of 16 × 16 pixels spread over each block:
+   (the mean of the middle 60 % of 8 × 8 pixels spread over each block:
    noise averaged away, a block partly on glass or holding an axon still
    reads the tissue's level, and, unlike a median, continuous for an
    integer camera whose tissue lies an ADU or two above the offset; 64 ×
@@ -206,7 +206,7 @@ def _smooth_fit(
 
 
 def _block_levels(image: F64, block_px: int) -> F64:
-    """Trimmed mean of every whole ``block_px`` block: the middle 60 % of 16 × 16 pixels spread over it.
+    """Trimmed mean of every whole ``block_px`` block: the middle 60 % of 8 × 8 pixels spread over it.
 
     Robust as a median (a block half on glass, or with an axon in it, still
     reads the tissue's level) but continuous in the data: the median of an
@@ -214,7 +214,7 @@ def _block_levels(image: F64, block_px: int) -> F64:
     channel may lie a single ADU above the offset (an 8-bit camera).
     """
     nb_r, nb_c = image.shape[0] // block_px, image.shape[1] // block_px
-    step = max(1, block_px // 16)
+    step = max(1, block_px // 8)
     cut = image[: nb_r * block_px : step, : nb_c * block_px : step]
     per = block_px // step
     blocks = np.sort(cut.reshape(nb_r, per, nb_c, per).transpose(0, 2, 1, 3).reshape(nb_r, nb_c, per * per))

@@ -26,8 +26,10 @@ sections at 10x, in focus (focus map), noise on:
    truth inside the measured mask (what the segmentation alone gets right,
    whatever convention drew the region).
 
-Until the calibration is wired into the scan (``calwire``), step 1's results
-are handed to the analysis here (:func:`_interim_wiring`): the dark offset as
+The scan now calibrates itself (dark frames at its start, the PSF and flat
+files beside its config, ``cordscope flatfield SCAN.h5``), but these tests
+still hand step 1's results to the analysis themselves (:func:`_interim_wiring`;
+moving them to that path is left to do): the dark offset as
 the plan's ``dark_offset_adu``, the flat fields as blank-field files of the
 plan, the object-size model by wrapping the analysis' segmentation; the
 live analysis then runs in a thread of this process
@@ -226,7 +228,7 @@ def calibrate(core: Any, microscope: Microscope, settings: AnalysisSettings, bit
 
 @contextlib.contextmanager
 def _interim_wiring(calibration: Calibration) -> Iterator[None]:
-    """Until ``calwire`` lands: the analysis segments with the calibration's object-size model.
+    """The analysis segments with the calibration's object-size model (not the scan file's).
 
     Whatever model the caller passes (``calwire``'s analysis passes the
     scan file's, or None) is replaced by the calibration's.
