@@ -73,12 +73,21 @@ F64 = NDArray[np.float64]
 
 _RADII_UM = np.geomspace(0.25, 6.0, 20)
 _ASPECTS = (1.0, 1.5, 2.25, 3.4, 5.0, 8.0)
+_FIBRE_WIDTHS_UM = np.geomspace(0.3, 3.0, 10)
+_FIBRE_ELONGATIONS = (2.0, 4.0, 8.0, 16.0, 32.0)  # straight length / width
+_FIBRE_MAX_LENGTH_UM = 40.0
 _PHASES = ((0.0, 0.0, 0.0), (0.37, 0.71, 0.6))  # row/col offset (px), angle (rad)
 _SUPERSAMPLE = 3  # odd: pixel centres fall on grid points
 _GRID_LOG_AREA = np.linspace(math.log(0.5), math.log(5000.0), 64)
 _GRID_LOG_MOMENT = np.linspace(math.log(0.05), math.log(100.0), 64)
 _GRID_LOG_ASPECT = np.linspace(0.0, math.log(10.0), 24)
-_COMPACT_RADIUS = 2.5  # compact: apparent area up to a disc of this many weight σ
+_GRID_LOG_ELONGATION = np.linspace(math.log(0.8), math.log(120.0), 32)
+_COMPACT_RADIUS = 2.5
+_SIM_THRESHOLD = 20.0
+"""Detection threshold of the simulation: 2 % of the objects' brightness (1000). Real objects
+are detected well above their threshold (the candidate is cut at 0.375 of the plateau), and a
+measured PSF's noisy tail, a pedestal of a fraction of a percent over microns, must not join
+neighbouring simulated objects."""  # compact: apparent area up to a disc of this many weight σ
 
 
 def _bilinear(table: F64, x: F64, y: F64, x_grid: F64, y_grid: F64) -> F64:
@@ -138,7 +147,7 @@ class ObjectSizeModel:
     def true_area_px(
         self,
         apparent_area_px: ArrayLike,
-        aspect: ArrayLike,
+        elongation: ArrayLike,
         moment_size_px2: ArrayLike,
         moment_aspect: ArrayLike,
     ) -> F64:
@@ -146,8 +155,9 @@ class ObjectSizeModel:
 
         Parameters
         ----------
-        apparent_area_px, aspect : (n,) arrays
-            Apparent area (pixels) and aspect ratio (≥ 1) of each object.
+        apparent_area_px, elongation : (n,) arrays
+            Apparent area (pixels) and elongation (``12 λ_major / area``,
+            :class:`analysis.tile.AxonObjects`) of each object.
         moment_size_px2, moment_aspect : (n,) arrays
             Moment size and aspect of compact objects (NaN for the others).
 
@@ -156,9 +166,9 @@ class ObjectSizeModel:
         (n,) float64, ≥ 0
         """
         a = np.maximum(np.asarray(apparent_area_px, dtype=np.float64), 1e-3)
-        asp = np.asarray(aspect, dtype=np.float64)
-        asp = np.where(np.isfinite(asp), np.maximum(asp, 1.0), 1.0)
-        ratio = _bilinear(self.extended, np.log(a), np.log(asp), _GRID_LOG_AREA, _GRID_LOG_ASPECT)
+        e = np.asarray(elongation, dtype=np.float64)
+        e = np.where(np.isfinite(e) & (e > 0), e, 1.0)
+        ratio = _bilinear(self.extended, np.log(a), np.log(e), _GRID_LOG_AREA, _GRID_LOG_ELONGATION)
         out = a * np.exp(ratio)
         m = np.asarray(moment_size_px2, dtype=np.float64)
         compact = np.isfinite(m) & (m > 0)
@@ -191,7 +201,7 @@ class _Measuring:
     compact_limit_px: float = math.inf
 
     def true_area_px(
-        self, apparent_area_px: F64, aspect: F64, moment_size_px2: F64, moment_aspect: F64
+        self, apparent_area_px: F64, elongation: F64, moment_size_px2: F64, moment_aspect: F64
     ) -> F64:
         return np.asarray(apparent_area_px, dtype=np.float64)
 
@@ -215,28 +225,75 @@ def _ellipse_patch(
     return out / 9.0
 
 
+def _capsule_patch(
+    width_um: float, length_um: float, angle: float, dr: float, dc: float, step: float, half: int
+) -> F64:
+    """Indicator of a capsule (a ``length_um`` bar with round caps) on a ``step`` grid, 3 × 3 sub-samples."""
+    n = 2 * half + 1
+    sub = (np.arange(3) - 1) / 3.0
+    t = np.arange(n) - half
+    out = np.zeros((n, n))
+    ca, sa = math.cos(angle), math.sin(angle)
+    for oy in sub:
+        y = ((t + oy) * step - dr)[:, None]
+        for ox in sub:
+            x = ((t + ox) * step - dc)[None, :]
+            u = np.maximum(np.abs(x * ca + y * sa) - length_um / 2.0, 0.0)
+            v = -x * sa + y * ca
+            out += u * u + v * v < (width_um / 2.0) ** 2
+    return out / 9.0
+
+
+def _shapes() -> list[tuple[str, float, float, float]]:
+    """The simulated objects: (kind, a, b, extent) in µm.
+
+    Ellipses of semi-axes ``a × b`` (equivalent radius 0.25-6 µm, aspect
+    1-8), and straight capsules (fibre pieces) of width ``b`` and straight
+    length ``a`` (width 0.3-3 µm, length 2-32 widths, at most 40 µm).
+    """
+    out = []
+    for aspect in _ASPECTS:
+        for r_eq in _RADII_UM:
+            a, b = r_eq * math.sqrt(aspect), r_eq / math.sqrt(aspect)
+            out.append(("ellipse", a, b, a))
+    for w in _FIBRE_WIDTHS_UM:
+        for e in _FIBRE_ELONGATIONS:
+            length = e * w
+            if length <= _FIBRE_MAX_LENGTH_UM:
+                out.append(("capsule", length, w, length / 2.0 + w / 2.0))
+    return out
+
+
 def _simulate(psf: PointSpreadFunction, pixel_size_um: float, settings: AxonSegmentationSettings) -> F64:
-    """Measurements of the simulated objects, rows (apparent, aspect, moment size, moment aspect, true)."""
+    """Measurements of the simulated objects.
+
+    Rows (apparent area, elongation, moment size, moment aspect, true area, 1 for a capsule).
+    """
     p = pixel_size_um
     step = p / _SUPERSAMPLE
     kernel = psf.kernel(step)
     k_half = kernel.shape[0] // 2
     measuring = _Measuring(moment_sigma_px=_moment_sigma_px(psf, p))
-    out: list[tuple[float, float, float, float, float]] = []
-    for aspect in _ASPECTS:
+    out: list[tuple[float, float, float, float, float, float]] = []
+    shapes = _shapes()
+    for first in range(0, len(shapes), 20):
         patches: list[F64] = []
         truths: list[float] = []
-        for r_eq in _RADII_UM:
-            a = r_eq * math.sqrt(aspect)
-            b = r_eq / math.sqrt(aspect)
+        kinds: list[float] = []
+        for kind, a, b, extent in shapes[first : first + 20]:
             for dr, dc, angle in _PHASES:
                 # grid half-size: the object, the PSF, and a whole number of pixels
-                px_half = math.ceil((a + step * k_half) / p) + 3
+                px_half = math.ceil((extent + step * k_half) / p) + 3
                 g_half = px_half * _SUPERSAMPLE + _SUPERSAMPLE // 2
-                fine = _ellipse_patch(a, b, angle, dr * p, dc * p, step, g_half)
+                if kind == "ellipse":
+                    fine = _ellipse_patch(a, b, angle, dr * p, dc * p, step, g_half)
+                    truths.append(math.pi * a * b / (p * p))
+                else:
+                    fine = _capsule_patch(b, a, angle, dr * p, dc * p, step, g_half)
+                    truths.append((a * b + math.pi * b * b / 4.0) / (p * p))
+                kinds.append(float(kind == "capsule"))
                 blurred = fftconvolve(fine, kernel, mode="same")
                 patches.append(blurred[_SUPERSAMPLE // 2 :: _SUPERSAMPLE, _SUPERSAMPLE // 2 :: _SUPERSAMPLE])
-                truths.append(math.pi * a * b / (p * p))
         # a row of patches, each in its own cell, measured at once
         cell = max(q.shape[0] for q in patches) + 8
         canvas = np.zeros((cell, cell * len(patches)))
@@ -249,14 +306,14 @@ def _simulate(psf: PointSpreadFunction, pixel_size_um: float, settings: AxonSegm
         seg = measure_objects(
             canvas * 1000.0,
             pixel_size_um=p,
-            threshold_adu=1.0,
+            threshold_adu=_SIM_THRESHOLD,
             settings=_no_specks(settings),
             size_model=measuring,
         )
         got = seg.objects
         if len(got) == 0:
             continue
-        for rc, truth in zip(np.asarray(centres, dtype=np.float64), truths, strict=True):
+        for rc, truth, capsule in zip(np.asarray(centres, dtype=np.float64), truths, kinds, strict=True):
             in_cell = np.flatnonzero(np.abs(got.centroid_rc[:, 1] - rc[1]) < cell / 2)
             if len(in_cell) != 1:
                 continue  # split or lost (far below the resolution): not a usable sample
@@ -264,13 +321,14 @@ def _simulate(psf: PointSpreadFunction, pixel_size_um: float, settings: AxonSegm
             out.append(
                 (
                     float(got.apparent_area_px[k]),
-                    float(got.aspect[k]),
+                    float(got.elongation[k]),
                     float(got.moment_size_px2[k]),
                     float(got.moment_aspect[k]),
                     truth,
+                    capsule,
                 )
             )
-    return np.asarray(out, dtype=np.float64).reshape(-1, 5)
+    return np.asarray(out, dtype=np.float64).reshape(-1, 6)
 
 
 def _moment_sigma_px(psf: PointSpreadFunction, pixel_size_um: float) -> float:
@@ -306,7 +364,7 @@ def _no_specks(settings: AxonSegmentationSettings) -> AxonSegmentationSettings:
     return AxonSegmentationSettings(
         background_scale_um=settings.background_scale_um,
         threshold_method="fixed",
-        threshold_adu=1.0,
+        threshold_adu=_SIM_THRESHOLD,
         edge_fraction=None,
         plateau_radius_um=settings.plateau_radius_um,
         min_area_um2=0.0,
@@ -344,11 +402,11 @@ def object_size_model(
     psf.check_pixel_size(pixel_size_um)
     p = float(pixel_size_um)
     samples = _simulate(psf, p, settings)
-    apparent, aspect, m_size, m_aspect, true = samples.T
+    apparent, elongation, m_size, m_aspect, true, capsule = samples.T
     sigma_w = _moment_sigma_px(psf, p)
     limit = math.pi * (_COMPACT_RADIUS * sigma_w) ** 2
     ext = apparent >= 0.6 * limit
-    cmp = (apparent <= 1.5 * limit) & np.isfinite(m_size)
+    cmp = (apparent <= 1.5 * limit) & np.isfinite(m_size) & (capsule == 0)
     if ext.sum() < 20 or cmp.sum() < 20:
         raise PSFError(
             f"the object-size simulation gave {len(samples)} usable objects "
@@ -362,10 +420,10 @@ def object_size_model(
         compact_limit_px=limit,
         extended=_table(
             np.log(apparent[ext]),
-            np.log(np.maximum(aspect[ext], 1.0)),
+            np.log(elongation[ext]),
             np.log(true[ext] / apparent[ext]),
             _GRID_LOG_AREA,
-            _GRID_LOG_ASPECT,
+            _GRID_LOG_ELONGATION,
             outside=0.0,
         ),
         compact=_table(

@@ -106,11 +106,23 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided, sliding_window_view
 from numpy.typing import ArrayLike, NDArray
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
-from skimage.measure import label as label_components
+
+from analysis._tile_blocks import (
+    _active_blocks,
+    _background_lattice,
+    _block_sum,
+    _BlockBackground,
+    _counts,
+    _gather,
+    _Geometry,
+    _interp_matrix,
+    _noise_sigma,
+    _scatter,
+    _segment_blocks,
+)
 
 __all__ = [
     "AxonObjects",
@@ -129,15 +141,12 @@ F32 = NDArray[np.float32]
 F64 = NDArray[np.float64]
 Bool = NDArray[np.bool_]
 
-_BLOCK_SUBBLOCKS = 4
-"""Processing blocks are this many background sub-blocks on a side."""
-_NOISE_SAMPLES = 1 << 16  # adjacent-pixel pairs sampled for the noise σ
 _CHUNK_BLOCKS = 64
 _FLAT_MEAN_TOLERANCE = 0.1
 _BASE_FRACTION = 0.375
 """Candidate region: signal above this fraction of the local plateau (below any true edge)."""
 _LEVEL_BINS_PER_UNIT = 40  # 0.5 is a bin edge: (0.5 − 0.375) · 40 = 5
-_LEVEL_BINS = 100  # ratios up to 0.375 + 100 / 40 = 2.875; above, the top bin
+_LEVEL_BINS = 48  # ratios up to 0.375 + 48 / 40 = 1.575 (an object's level lies below); above, the top bin
 
 
 # ------------------------------------------------------------------ correction
@@ -263,7 +272,10 @@ class AxonSegmentationSettings:
         How far (µm) an edge pixel looks for its object's plateau.
     min_area_um2 : float
         Objects whose final area is smaller than this (µm²) are removed as
-        specks.
+        specks. 1.0 keeps a punctum of 1.5 µm across (1.8 µm²) with room for
+        its size error; on model B's slide 2.0 dropped 11 % of the puncta
+        (gray matter 13-17 % low), while model A's (all ≥ 2 µm²) did not
+        change between 0.5 and 2.0.
     """
 
     background_scale_um: float = 15.0
@@ -273,7 +285,7 @@ class AxonSegmentationSettings:
     threshold_adu: float = 50.0
     edge_fraction: float | None = None
     plateau_radius_um: float = 1.3
-    min_area_um2: float = 2.0
+    min_area_um2: float = 1.0
 
     def __post_init__(self) -> None:
         if self.threshold_method not in ("auto", "fixed"):
@@ -318,7 +330,7 @@ class ObjectSizeModel(Protocol):
         ...
 
     def true_area_px(
-        self, apparent_area_px: F64, aspect: F64, moment_size_px2: F64, moment_aspect: F64
+        self, apparent_area_px: F64, elongation: F64, moment_size_px2: F64, moment_aspect: F64
     ) -> F64:
         """Physical area (pixels) from an object's measurements (moments NaN where not taken)."""
         ...
@@ -340,6 +352,15 @@ class AxonObjects:
     apparent_area_px : (n,) float64
         The object's candidate pixels, each weighted by its ratio to the
         local plateau (pixels): its area as the optics show it.
+    candidate_px : (n,) float64
+        The object's candidate pixels (above ``0.375`` of their local
+        plateau), unweighted.
+    elongation : (n,) float64
+        ``12 λ / apparent area``, ``λ`` the variance along the object's
+        major axis (pixels weighted as for the apparent area): its length
+        squared over its area, ``L / w`` for a bar, whether straight or
+        gently curved (the moments' aspect ratio is not: a bend widens the
+        minor axis).
     peak_signal : (n,) float64
         Brightest pixel (corrected ADU, background subtracted).
     moment_size_px2 : (n,) float64
@@ -358,6 +379,8 @@ class AxonObjects:
     area_px: NDArray[np.int64]
     target_area_px: F64
     apparent_area_px: F64
+    candidate_px: F64
+    elongation: F64
     peak_signal: F64
     aspect: F64
     moment_size_px2: F64
@@ -372,7 +395,7 @@ class AxonObjects:
         """No objects."""
         z = np.zeros(0)
         zi = np.zeros(0, dtype=np.int64)
-        return cls(np.zeros((0, 2)), zi, z, z.copy(), z.copy(), z.copy(), z.copy(), z.copy(), z.copy())
+        return cls(np.zeros((0, 2)), zi, *(z.copy() for _ in range(9)))
 
 
 @dataclass(frozen=True, eq=False)
@@ -687,353 +710,82 @@ def expand_background(lattice: ArrayLike, *, block_px: int, shape: tuple[int, in
     return ((wy @ lat) @ wx.T).astype(np.float32, copy=False)
 
 
-# ------------------------------------------------------------------ internals
+def _ragged_arange(lengths: NDArray[np.int64]) -> NDArray[np.int64]:
+    """``0 .. len − 1`` for each length, concatenated."""
+    ends = np.cumsum(lengths)
+    return np.arange(int(ends[-1]), dtype=np.int64) - np.repeat(ends - lengths, lengths)
 
 
-@dataclass(frozen=True)
-class _Geometry:
-    """Pixel sizes of the method for one tile (see :meth:`for_tile`)."""
+def _label_runs(
+    candidate: Bool, blocks: NDArray[np.intp], width: int
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], int] | None:
+    """8-connected objects of the blocks' candidate pixels, across block edges; None if there are none.
 
-    sub_px: int  # background sub-block
-    block_px: int  # processing block (a multiple of sub_px)
-    plateau_px: int  # dilation radius of the plateau estimate
-    halo_px: int  # gathered around each block
-    min_pixels: int  # smallest kept component
-    height: int  # padded to a multiple of block_px
-    width: int
+    The candidate pixels of each block row form runs; runs are placed in
+    the frame (``width``: the padded frame width) and joined when they
+    touch: side by side in one frame row (across a block edge), or
+    overlapping or diagonally adjacent in consecutive rows (found by binary
+    search among the next row's runs, which are sorted and disjoint). The
+    graph's connected components are the objects, numbered in the order of
+    their first pixel in the blocks' memory order.
 
-    @classmethod
-    def for_tile(cls, shape: tuple[int, ...], pixel_size_um: float, s: AxonSegmentationSettings) -> _Geometry:
-        sub = max(1, round(s.background_scale_um / (3.0 * pixel_size_um)))
-        block = _BLOCK_SUBBLOCKS * sub
-        plateau = max(1, round(s.plateau_radius_um / pixel_size_um))
-        halo = max(3, 1 + plateau)  # erosion (1) + plateau dilation; 3 for the peak estimate
-        min_pixels = max(1, math.ceil(s.min_area_um2 / pixel_size_um**2 - 1e-9))
-        h, w = int(shape[0]), int(shape[1])
-        return cls(sub, block, plateau, halo, min_pixels, -(-h // block) * block, -(-w // block) * block)
-
-
-def _counts(n: int, f: int) -> NDArray[np.int64]:
-    c = np.full(-(-n // f), f, dtype=np.int64)
-    c[-1] = n - f * (len(c) - 1)
-    return c
-
-
-def _block_sum(a: F32, f: int) -> F32:
-    """Sum over ``f × f`` blocks of an array whose shape is a multiple of ``f``."""
-    h, w = a.shape
-    # rows first: adds whole contiguous rows, the fast direction
-    rows = a.reshape(h // f, f, w).sum(axis=1, dtype=np.float32)
-    return rows.reshape(h // f, w // f, f).sum(axis=2, dtype=np.float32)
-
-
-def _block_max(a: F32, f: int) -> F32:
-    h, w = a.shape
-    rows = np.maximum.reduce(a.reshape(h // f, f, w), axis=1)
-    return np.maximum.reduce(rows.reshape(h // f, w // f, f), axis=2)
-
-
-def _background_lattice(work: F32, sub: int) -> F32:
-    """Robust background at sub-block centres: block means, then a 3×3 grey opening."""
-    means = _block_sum(work, sub) * np.float32(1.0 / (sub * sub))
-    return _filter3(_filter3(means, np.minimum), np.maximum)
-
-
-def _filter3(a: F32, op: np.ufunc) -> F32:
-    """3×3 min or max filter, edge-replicated (``scipy.ndimage`` mode ``"nearest"``)."""
-    p = np.pad(a, 1, mode="edge")
-    rows = op(op(p[:-2], p[1:-1]), p[2:])
-    return op(op(rows[:, :-2], rows[:, 1:-1]), rows[:, 2:])
-
-
-def _noise_sigma(image: F32, lattice: F32, sub: int, *, floor_adu: float) -> float:
-    """Robust σ from adjacent-pixel differences where the background is in its upper half."""
-    h, w = image.shape
-    if w < 2:
-        return floor_adu
-    n_pairs = w // 2
-    rows = np.linspace(0, h - 1, num=min(h, max(1, _NOISE_SAMPLES // n_pairs))).round().astype(np.intp)
-    diff = image[rows, 0 : 2 * n_pairs : 2] - image[rows, 1 : 2 * n_pairs : 2]
-    bg = lattice[rows // sub][:, (2 * np.arange(n_pairs)) // sub]
-    diff = diff[bg >= np.median(lattice)]
-    if diff.size == 0:
-        return floor_adu
-    mad = _binned_median(np.abs(np.rint(diff)).astype(np.int64))
-    return max(floor_adu, 1.4826 * mad / math.sqrt(2.0))
-
-
-def _binned_median(values: NDArray[np.int64]) -> float:
-    """Median of non-negative integers, interpolated inside its unit bin.
-
-    Integer ``k > 0`` stands for ``[k − 0.5, k + 0.5)``, ``0`` for
-    ``[0, 0.5)``; the median is placed by linear interpolation of the
-    cumulative count within its bin, so it varies smoothly with the data.
+    Returns
+    -------
+    (idx, obj, rows, cols, n_obj)
+        Per candidate pixel, in the blocks' memory order: its flat index
+        in ``candidate``, its object, its frame row and column; and the
+        number of objects.
     """
-    counts = np.bincount(values)
-    half = 0.5 * values.size
-    cum = np.cumsum(counts)
-    k = int(np.searchsorted(cum, half))
-    below = float(cum[k - 1]) if k > 0 else 0.0
-    lower, width = (k - 0.5, 1.0) if k > 0 else (0.0, 0.5)
-    return lower + (half - below) / float(counts[k]) * width
-
-
-def _active_blocks(work: F32, lattice: F32, geo: _Geometry, threshold: float) -> NDArray[np.intp]:
-    """(n, 2) indices of the processing blocks holding a pixel above background + threshold.
-
-    A block's background never goes below the minimum of the lattice values
-    its bilinear interpolation uses (its own sub-blocks and one ring around).
-    """
-    q = _BLOCK_SUBBLOCKS
-    padded = np.pad(lattice, 1, mode="edge")
-    low = sliding_window_view(padded, q + 2, axis=0)[::q].min(axis=-1)
-    low = sliding_window_view(low, q + 2, axis=1)[:, ::q].min(axis=-1)
-    peak = _block_max(work, geo.block_px)
-    return np.argwhere(peak > low + np.float32(threshold))
-
-
-def _gather(work: F32, blocks: NDArray[np.intp], block: int, halo: int) -> F32:
-    """Copy each block with a ``halo`` of pixels around it, edge-replicated at the frame border."""
-    h, w = work.shape
-    size = block + 2 * halo
-    out = np.empty((len(blocks), size, size), dtype=np.float32)
-    r0 = blocks[:, 0] * block - halo
-    c0 = blocks[:, 1] * block - halo
-    inside = (r0 >= 0) & (c0 >= 0) & (r0 + size <= h) & (c0 + size <= w)
-    if block < halo:  # tiny blocks (very coarse pixels): no shared window view
-        inside[:] = False
-    if inside.any():
-        out[inside] = _interior_windows(work, blocks[inside], block, halo)
-    border = np.flatnonzero(~inside)
-    if len(border):
-        steps = np.arange(size)
-        rows = np.clip(r0[border, None] + steps, 0, h - 1)
-        cols = np.clip(c0[border, None] + steps, 0, w - 1)
-        out[border] = work[rows[:, :, None], cols[:, None, :]]
-    return out
-
-
-def _interior_windows(work: F32, blocks: NDArray[np.intp], block: int, halo: int) -> F32:
-    """Haloed windows of blocks whose halo lies inside the frame, from one strided view."""
-    h, w = work.shape
-    size = block + 2 * halo
-    # windows starting at pixel (i·block − halo, j·block − halo) for i, j ≥ 1
-    start = block - halo
-    base = work[start:, start:]
-    n_r = (h - start - size) // block + 1
-    n_c = (w - start - size) // block + 1
-    view = as_strided(
-        base,
-        shape=(n_r, n_c, size, size),
-        strides=(block * work.strides[0], block * work.strides[1], *work.strides),
-        writeable=False,
-    )
-    return view[blocks[:, 0] - 1, blocks[:, 1] - 1]
-
-
-def _interp_matrix(n_out: int, n_lattice: int, sub: int) -> F32:
-    """Bilinear weights (n_out, n_lattice): lattice point ``j`` sits at pixel ``(j + 0.5)·sub − 0.5``.
-
-    Beyond the outermost points the value is constant.
-    """
-    u = (np.arange(n_out, dtype=np.float64) + 0.5) / sub - 0.5
-    u = np.clip(u, 0.0, n_lattice - 1.0)
-    j0 = np.minimum(np.floor(u).astype(np.int64), max(n_lattice - 2, 0))
-    t = u - j0
-    m = np.zeros((n_out, n_lattice), dtype=np.float64)
-    rows = np.arange(n_out)
-    m[rows, j0] = 1.0 - t
-    if n_lattice > 1:
-        m[rows, j0 + 1] += t
-    return m.astype(np.float32)
-
-
-@dataclass(frozen=True)
-class _BlockBackground:
-    """Bilinear background of gathered (haloed) blocks, see :meth:`__call__`.
-
-    Every block sees the same weights relative to its own sub-blocks (block
-    size is a multiple of the sub-block size), so one small weight matrix per
-    axis serves all blocks; the lattice is edge-padded so windows near the
-    frame border exist, which reproduces the constant extrapolation there.
-    """
-
-    windows: F32  # (n_block_rows, n_block_cols, k, k) view of the padded lattice
-    weights: F32  # (size, k): pixel offsets −halo .. block+halo−1 against k lattice points
-
-    @classmethod
-    def for_lattice(cls, lattice: F32, geo: _Geometry) -> _BlockBackground:
-        q, sub, halo = _BLOCK_SUBBLOCKS, geo.sub_px, geo.halo_px
-        size = geo.block_px + 2 * halo
-        lo = math.floor((0.5 - halo) / sub - 0.5)  # first lattice offset used, ≤ −1
-        hi = math.floor((geo.block_px + halo - 0.5) / sub - 0.5) + 1
-        k = hi - lo + 1
-        padded = np.pad(lattice, ((-lo, max(0, hi - (q - 1))),) * 2, mode="edge")
-        u = (np.arange(-halo, geo.block_px + halo, dtype=np.float64) + 0.5) / sub - 0.5
-        j0 = np.floor(u).astype(np.int64)
-        t = u - j0
-        weights = np.zeros((size, k), dtype=np.float64)
-        weights[np.arange(size), j0 - lo] = 1.0 - t
-        weights[np.arange(size), j0 - lo + 1] += t
-        return cls(sliding_window_view(padded, (k, k))[::q, ::q], weights.astype(np.float32))
-
-    def __call__(self, blocks: NDArray[np.intp]) -> F32:
-        """Background of the given blocks with their halo, (n, size, size) float32."""
-        n = len(blocks)
-        size, k = self.weights.shape
-        rows = np.matmul(self.weights, self.windows[blocks[:, 0], blocks[:, 1]])  # (n, size, k)
-        return np.matmul(rows.reshape(n * size, k), self.weights.T).reshape(n, size, size)
-
-
-def _run_max(a: F32, window: int, step: int) -> F32:
-    """``out[i] = max(a[i + k·step] for k < window)`` (by doubling); ``len(a) − (window − 1)·step`` long."""
-    cur, span = a, 1
-    while 2 * span <= window:
-        cur = np.maximum(cur[: -span * step], cur[span * step :])
-        span *= 2
-    if span < window:
-        d = (window - span) * step
-        cur = np.maximum(cur[:-d], cur[d:])
-    return cur
-
-
-def _segment_blocks(
-    signal: F32,
-    blocks: NDArray[np.intp],
-    threshold: float,
-    base: float,
-    geo: _Geometry,
-    frame: tuple[int, int],
-    *,
-    smooth: bool,
-    out: tuple[Bool, F32, F32],
-) -> None:
-    """Candidate region, local plateau and signal of each block's core.
-
-    The local plateau ``P`` is the maximum within ``plateau_px`` of the
-    signal smoothed by a 3 × 3 binomial kernel (``smooth``), or of its
-    5-pixel cross erosion (the fixed-fraction rule), at least ``T``.
-
-    ``signal`` is (n, S, S), ``S = B + 2·halo``, background-subtracted,
-    C-contiguous. The stencils run on the flat array with offsets (``±1`` a
-    column, ``±S`` a row): one long vectorised operation instead of many
-    short rows. Windows that cross a block's edge give garbage, but only in
-    the halo, which is never read back. Core pixels outside the frame
-    (``frame`` = (H, W)) are cleared.
-
-    ``out`` receives, each (n, B, B): the candidate ``s > max(T, base · P)``,
-    ``P``, and the core's signal ``s``.
-    """
-    n, size, _ = signal.shape
-    halo, b = geo.halo_px, geo.block_px
-    flat = signal.reshape(-1)
-    total = flat.size
-    row = size
-    core = (slice(None), slice(halo, halo + b), slice(halo, halo + b))
-    level = np.float32(threshold)
-    core_signal = signal[core]
-    if smooth:
-        # binomial [1 2 1]² / 16; eroded[i] is pixel i + row + 1
-        across = flat[: total - 2] + flat[2:]
-        across += 2.0 * flat[1 : total - 1]
-        eroded = across[: total - 2 - 2 * row] + across[2 * row :]
-        eroded += 2.0 * across[row : total - 2 - row]
-        eroded *= np.float32(1.0 / 16.0)
-    else:
-        # 5-pixel cross erosion; eroded[i] is pixel i + row + 1
-        eroded = np.minimum(flat[row + 1 : total - row - 1], flat[row : total - row - 2])
-        np.minimum(eroded, flat[row + 2 : total - row], out=eroded)
-        np.minimum(eroded, flat[1 : total - 2 * row - 1], out=eroded)
-        np.minimum(eroded, flat[2 * row + 1 : total - 1], out=eroded)
-    w = 2 * geo.plateau_px + 1
-    plateau = _run_max(_run_max(eroded, w, 1), w, row)
-    start = (geo.plateau_px + 1) * (row + 1)  # plateau[i] is centred on pixel i + start
-    full = np.empty(total, dtype=np.float32)
-    full[start : start + plateau.size] = plateau
-    candidate, core_plateau, core_out = out
-    np.maximum(full.reshape(n, size, size)[core], level, out=core_plateau)
-    core_out[...] = core_signal
-    if base > 0.0:
-        cut = core_plateau * np.float32(base)
-        np.maximum(cut, level, out=cut)
-        np.greater(core_signal, cut, out=candidate)
-    else:
-        np.greater(core_signal, level, out=candidate)
-    _clear_outside(candidate, blocks, b, frame)
-
-
-def _clear_outside(mask: Bool, blocks: NDArray[np.intp], block: int, frame: tuple[int, int]) -> None:
-    """Clear the pixels of (n, B, B) block masks that lie outside the frame."""
-    r0 = blocks[:, 0] * block
-    c0 = blocks[:, 1] * block
-    for k in np.flatnonzero((r0 + block > frame[0]) | (c0 + block > frame[1])):
-        mask[k, max(0, frame[0] - r0[k]) :] = False
-        mask[k, :, max(0, frame[1] - c0[k]) :] = False
-
-
-def _block_view(full: Bool, block: int) -> Bool:
-    h, w = full.shape
-    return as_strided(
-        full,
-        shape=(h // block, w // block, block, block),
-        strides=(block * full.strides[0], block * full.strides[1], *full.strides),
-    )
-
-
-def _scatter(full: Bool, core_mask: Bool, blocks: NDArray[np.intp], block: int) -> None:
-    _block_view(full, block)[blocks[:, 0], blocks[:, 1]] = core_mask
-
-
-def _object_ids(labels: NDArray[np.int32], n_labels: int, blocks: NDArray[np.intp]) -> NDArray[np.int64]:
-    """Object id (0..m−1) of each block-local label (index 1..n_labels; entry 0 is −1).
-
-    Labels of blocks that touch (8-connected, across a block edge or
-    corner) are joined: the border pixels of every pair of neighbouring
-    blocks are compared, and the label graph's connected components are the
-    objects. Ids follow the order of each object's first label.
-    """
-    n, b, _ = labels.shape
-    rows = blocks[:, 0] + 1
-    cols = blocks[:, 1] + 1
-    where = np.full((int(rows.max()) + 2, int(cols.max()) + 2), -1, dtype=np.int64)
-    where[rows, cols] = np.arange(n)
-    a_parts: list[NDArray[np.int32]] = []
-    b_parts: list[NDArray[np.int32]] = []
-
-    def join(first: NDArray[np.int32], second: NDArray[np.int32]) -> None:
-        both = (first > 0) & (second > 0)
-        if both.any():
-            a_parts.append(first[both])
-            b_parts.append(second[both])
-
-    for dr, dc in ((0, 1), (1, 0)):
-        other = where[rows + dr, cols + dc]
-        has = other >= 0
-        if not has.any():
-            continue
-        k, k2 = np.flatnonzero(has), other[has]
-        if dc:  # right neighbour: last column against first column
-            edge, edge2 = labels[k, :, b - 1], labels[k2, :, 0]
-        else:  # lower neighbour: last row against first row
-            edge, edge2 = labels[k, b - 1, :], labels[k2, 0, :]
-        join(edge, edge2)
-        join(edge[:, 1:], edge2[:, :-1])
-        join(edge[:, :-1], edge2[:, 1:])
-    for dc, corner, corner2 in ((1, (b - 1, b - 1), (0, 0)), (-1, (b - 1, 0), (0, b - 1))):
-        other = where[rows + 1, cols + dc]
-        has = other >= 0
-        if has.any():
-            k, k2 = np.flatnonzero(has), other[has]
-            join(labels[k, corner[0], corner[1]], labels[k2, corner2[0], corner2[1]])
-    if not a_parts:
-        return np.arange(-1, n_labels, dtype=np.int64)
-    a = np.concatenate(a_parts)
-    c = np.concatenate(b_parts)
-    graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, c)), shape=(n_labels + 1, n_labels + 1))
-    _, component = connected_components(graph, directed=False)
-    _, ids = np.unique(component[1:], return_inverse=True)
-    # unique() sorts by component number, which follows the first label of each component
-    return np.concatenate([[-1], ids.astype(np.int64)])
+    n, b, _ = candidate.shape
+    lines = candidate.reshape(n * b, b)
+    # a run starts where a pixel is set and its left neighbour (or the line's start) is not
+    first = np.empty_like(lines)
+    first[:, 0] = lines[:, 0]
+    np.greater(lines[:, 1:], lines[:, :-1], out=first[:, 1:])
+    starts = np.flatnonzero(first)
+    if len(starts) == 0:
+        return None
+    last = first  # reused: where the right neighbour (or the line's end) is not set
+    last[:, -1] = lines[:, -1]
+    np.greater(lines[:, :-1], lines[:, 1:], out=last[:, :-1])
+    ends = np.flatnonzero(last)  # inclusive, paired with starts (runs never cross a line)
+    lengths = (ends - starts + 1).astype(np.int64)
+    line, c0 = np.divmod(starts, b)
+    k, r = np.divmod(line, b)
+    gy = blocks[k, 0].astype(np.int64) * b + r
+    gx0 = blocks[k, 1].astype(np.int64) * b + c0
+    gx1 = gx0 + lengths - 1
+    stride = int(width) + 2
+    key0 = gy * stride + gx0
+    order = np.argsort(key0, kind="stable")
+    key0s = key0[order]
+    key1s = (gy * stride + gx1)[order]
+    gys, x0s, x1s = gy[order], gx0[order], gx1[order]
+    m = len(starts)
+    # side by side in one row (a run cut by a block edge)
+    beside = np.flatnonzero((gys[1:] == gys[:-1]) & (x0s[1:] == x1s[:-1] + 1))
+    pa = [beside]
+    pb = [beside + 1]
+    # the next row: runs ending at or after x0 − 1 and starting at or before x1 + 1
+    lo = np.searchsorted(key1s, (gys + 1) * stride + x0s - 1, side="left")
+    hi = np.searchsorted(key0s, (gys + 1) * stride + x1s + 1, side="right")
+    count = np.maximum(hi - lo, 0)
+    if count.any():
+        src = np.repeat(np.arange(m, dtype=np.int64), count)
+        pa.append(src)
+        pb.append(lo[src] + _ragged_arange(count[count > 0]))
+    # nodes are the runs in the blocks' memory order: components are then numbered in the order
+    # of their first run there (each new component takes the next label as the nodes are visited)
+    a = order[np.concatenate(pa)]
+    c = order[np.concatenate(pb)]
+    graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, c)), shape=(m, m))
+    n_obj, run_obj = connected_components(graph, directed=False)
+    within = _ragged_arange(lengths)
+    idx = np.repeat(starts.astype(np.int64), lengths) + within
+    obj = np.repeat(run_obj.astype(np.int64), lengths)
+    rows = np.repeat(gy, lengths)
+    cols = np.repeat(gx0, lengths) + within
+    return idx, obj, rows, cols, int(n_obj)
 
 
 def _objects(
@@ -1056,25 +808,12 @@ def _objects(
     around compact objects for their moments. Returns the final mask of the
     cores and the kept objects.
     """
-    n, b, _ = candidate.shape
-    # blocks one under the other, a blank row between: one 2-D labelling keeps blocks apart
-    strip = np.zeros((n, b + 1, b), dtype=bool)
-    strip[:, :b] = candidate
-    strip_labels = label_components(strip.reshape(-1, b), connectivity=2).reshape(n, b + 1, b)
-    labels = strip_labels[:, :b]
-    n_labels = int(strip_labels.max())
-    if n_labels == 0:
+    labelled = _label_runs(candidate, blocks, geo.width)
+    if labelled is None:
         return candidate, AxonObjects.empty()
-    object_of = _object_ids(labels, n_labels, blocks)
-    idx = np.flatnonzero(candidate)
-    k, rest = np.divmod(idx, b * b)
-    r, c = np.divmod(rest, b)
-    obj = object_of[strip_labels.reshape(-1)[k * ((b + 1) * b) + rest]]
+    idx, obj, rows, cols, n_obj = labelled
     s = signal.reshape(-1)[idx]
     u = s / plateau.reshape(-1)[idx]  # the pixel's signal relative to its local plateau
-    n_obj = int(obj.max()) + 1
-    rows = blocks[k, 0] * b + r
-    cols = blocks[k, 1] * b + c
     n_cand = np.bincount(obj, minlength=n_obj)
 
     # apparent area: the pixels weighted by their ratio to the local plateau, continuous (a
@@ -1082,13 +821,16 @@ def _objects(
     weight = np.clip(u, 0.0, 2.0).astype(np.float64)
     apparent = np.asarray(np.bincount(obj, weights=weight, minlength=n_obj), dtype=np.float64)
     safe = np.maximum(apparent, 1e-9)
-    mr = np.bincount(obj, weights=weight * rows, minlength=n_obj) / safe
-    mc = np.bincount(obj, weights=weight * cols, minlength=n_obj) / safe
-    aspect = _aspect(
-        np.bincount(obj, weights=weight * (rows - mr[obj]) ** 2, minlength=n_obj) / safe,
-        np.bincount(obj, weights=weight * (cols - mc[obj]) ** 2, minlength=n_obj) / safe,
-        np.bincount(obj, weights=weight * (rows - mr[obj]) * (cols - mc[obj]), minlength=n_obj) / safe,
-    )
+    # moments from raw sums (frame coordinates < 10⁴ px: float64 keeps the variances exact to 1e-8)
+    wr = weight * rows
+    wc = weight * cols
+    mr = np.bincount(obj, weights=wr, minlength=n_obj) / safe
+    mc = np.bincount(obj, weights=wc, minlength=n_obj) / safe
+    vrr = np.bincount(obj, weights=wr * rows, minlength=n_obj) / safe - mr * mr
+    vcc = np.bincount(obj, weights=wc * cols, minlength=n_obj) / safe - mc * mc
+    vrc = np.bincount(obj, weights=wr * cols, minlength=n_obj) / safe - mr * mc
+    aspect = _aspect(vrr, vcc, vrc)
+    elongation = 12.0 * _major_variance(vrr, vcc, vrc) / safe
     peak = np.full(n_obj, -np.inf, dtype=np.float32)
     np.maximum.at(peak, obj, s)
     moment_size = np.full(n_obj, np.nan)
@@ -1114,7 +856,7 @@ def _objects(
                 moment_size[compact] = size
                 moment_aspect[compact] = m_aspect
             target = np.asarray(
-                size_model.true_area_px(apparent, aspect, moment_size, moment_aspect), dtype=np.float64
+                size_model.true_area_px(apparent, elongation, moment_size, moment_aspect), dtype=np.float64
             )
         keep = u > _levels(obj, u, target, n_obj)[obj]
     n_final = np.bincount(obj, weights=keep, minlength=n_obj)
@@ -1133,6 +875,8 @@ def _objects(
         area_px=n_final[kept].astype(np.int64),
         target_area_px=target[kept],
         apparent_area_px=apparent[kept],
+        candidate_px=n_cand[kept].astype(np.float64),
+        elongation=elongation[kept],
         peak_signal=peak[kept].astype(np.float64),
         aspect=aspect[kept],
         moment_size_px2=moment_size[kept],
@@ -1140,6 +884,12 @@ def _objects(
         signal_sum=signal_sum[kept],
     )
     return final, objects
+
+
+def _major_variance(vrr: F64, vcc: F64, vrc: F64) -> F64:
+    """Variance along the major principal axis (px², + 1/12 px²: a pixel's own spread)."""
+    mean_v = 0.5 * (np.maximum(vrr, 0.0) + np.maximum(vcc, 0.0)) + 1.0 / 12.0
+    return np.asarray(mean_v + np.sqrt(0.25 * (vrr - vcc) ** 2 + vrc * vrc), dtype=np.float64)
 
 
 def _aspect(vrr: F64, vcc: F64, vrc: F64) -> F64:

@@ -52,7 +52,10 @@ class AnalysisSettings(_SettingsModel):
         default=0.6, ge=0, lt=1, description="Object edge at this fraction of its local plateau (0: off)."
     )
     min_axon_area_um2: float = Field(
-        default=2.0, ge=0, description="Connected axon pieces smaller than this (µm²) are removed."
+        default=1.0,
+        ge=0,
+        description="Connected axon pieces smaller than this (µm²) are removed (1.0: 2.0 dropped 11 % of "
+        "model B's puncta, its gray matter then 13-17 % low).",
     )
     dark_offset_adu: float = Field(
         default=100.0,
