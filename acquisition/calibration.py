@@ -137,11 +137,14 @@ def _restored(core: CMMCorePlus) -> Iterator[None]:
     z = core.getPosition() if core.getFocusDevice() else None
     try:
         yield
-    except BaseException:
+    except (DeviceTimeoutError, AbortRequested):
         # a device that does not answer still holds its call (a time-out, or an abort while
         # waiting for it): touching it again would hang this thread too, and the command must end
         if not unanswered_device_calls():
             _put_back(core, group, channel, exposure, shutter, was_open, auto, xy, z)
+        raise
+    except BaseException:
+        _put_back(core, group, channel, exposure, shutter, was_open, auto, xy, z)
         raise
     _put_back(core, group, channel, exposure, shutter, was_open, auto, xy, z)
 

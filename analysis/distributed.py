@@ -137,6 +137,9 @@ def analyze_many(
                 threads_per_worker=1,
                 processes=True,
                 dashboard_address=None,
+                # the scheduler serves HTTP (health, metrics) even without a dashboard, on 8787 by
+                # default: another cluster there (a second analysis, a lab's own Dask) must not clash
+                scheduler_kwargs={"dashboard_address": ":0"},
                 silence_logs=logging.ERROR,
             )
         client = Client(cluster)

@@ -87,7 +87,7 @@ def test_existing_scheduler_is_used(scans, tmp_path):
 
     files = _copies(scans[:1], tmp_path / "sched")
     reference = analyze_serial(_copies(scans[:1], tmp_path / "ref"))
-    with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster:
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=":0") as cluster:
         result = analyze_many(files, scheduler=cluster.scheduler_address)
     assert list(result.values()) == list(reference.values())
 
