@@ -12,6 +12,8 @@ from analysis.scan_analysis import region_csv_path
 from cordscope.cli import app
 from tests.analysis._study_data import relabel, scan_one_section, synthetic_cohort
 
+pytestmark = pytest.mark.slow  # a cohort of scans first
+
 runner = CliRunner()
 
 

@@ -119,6 +119,7 @@ def check_bins(reg: SectionRegions, truth: dict, origin, rostral) -> int:
     return n
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("section_id", ["rat04-lesion", "rat05-lesion"])
 def test_horizontal_lesion_epicenter_and_bins(slide, section_id):
     reg, truth, origin = regions_of(slide, section_id)
@@ -141,6 +142,7 @@ def test_horizontal_lesion_epicenter_and_bins(slide, section_id):
     assert 150.0 < d < 350.0
 
 
+@pytest.mark.slow
 def test_intact_horizontal_section_uses_plan_point_or_flags_centre(slide):
     sid = "rat01-lesion"
     sec = slide.section(sid)
@@ -154,6 +156,7 @@ def test_intact_horizontal_section_uses_plan_point_or_flags_centre(slide):
     assert check_bins(reg, truth, origin, sec.rostral_direction) >= 15
 
 
+@pytest.mark.slow
 def test_bin_length_is_configurable(slide):
     reg, _, _ = regions_of(slide, "rat04-lesion", bin_length_um=1000.0)
     names = [k for k in reg.masks if k.startswith("rc_")]
@@ -161,6 +164,7 @@ def test_bin_length_is_configurable(slide):
     assert all(b - a == 1000.0 for a, b in reg.bin_edges_um)
 
 
+@pytest.mark.slow
 def test_rostral_direction_follows_plan(slide):
     img, origin, _ = section_frame(slide, "rat04-lesion")
     a = section_regions(
@@ -224,6 +228,7 @@ def test_regions_through_section_mosaic(slide):
 # ------------------------------------------------------------------ user polygons
 
 
+@pytest.mark.slow
 def test_user_polygons_override_automatic_masks(slide):
     sid = "rat03-C5"
     img, origin, truth = section_frame(slide, sid)
@@ -314,6 +319,7 @@ def lattice_dapi(truth, rng, occupancy, background, *, cell_um=10.0, p=P_UM):
     return (rng.poisson(img * 0.3) / 0.3 + 50).astype(np.float32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("occupancy", "background", "section_id"),
     [
@@ -364,6 +370,7 @@ def model_b_dapi(slide_b, section_id: str, rng: np.random.Generator):
     return electrons / 81.0, truth  # per camera pixel, as the mosaic's block means
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "section_id", ["rat11-Th7", "rat12-Th7", "rat13-Th7", "rat16-Th7", "rat14-C5", "rat15-L2"]
 )

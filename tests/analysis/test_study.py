@@ -18,6 +18,8 @@ from analysis.study import (
 )
 from tests.analysis._study_data import base_values, relabel, scale_results, scan_one_section, synthetic_cohort
 
+pytestmark = pytest.mark.slow  # a cohort of scans first
+
 SECTION = "rat01-L2"
 
 

@@ -454,6 +454,7 @@ def demo_size_model(demo_psf):
 RST_TILES = [f"{a}-{lvl}/rst" for lvl in ("C5", "L2") for a in ("rat01", "rat03", "rat05")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", RST_TILES)
 def test_rubrospinal_territory_tiles_match_the_truth(demo_tiles, demo_size_model, name):
     tracer, truth = demo_tiles[name]
@@ -471,6 +472,7 @@ def test_rubrospinal_territory_tiles_match_the_truth(demo_tiles, demo_size_model
     assert seg.mean_intensity > 5 * seg.threshold_used
 
 
+@pytest.mark.slow
 def test_demo_puncta_need_the_size_standards_offset(demo_tiles, demo_psf):
     """With the beads' PSF alone the demo's puncta read ~10 % large: its renderer is no convolution."""
     from analysis.object_size import object_size_model
@@ -482,6 +484,7 @@ def test_demo_puncta_need_the_size_standards_offset(demo_tiles, demo_psf):
     assert 1.05 < seg.axon_pixels / truth["axons"].sum() < 1.2
 
 
+@pytest.mark.slow
 def test_beaded_fibres_match_the_truth(demo_tiles, demo_size_model):
     tracer, truth = demo_tiles["rat02-lesion/fibres"]
     seg = segment_axons(tracer, pixel_size_um=PIXEL_UM, size_model=demo_size_model)
@@ -492,6 +495,7 @@ def test_beaded_fibres_match_the_truth(demo_tiles, demo_size_model):
     assert abs(seg.axon_pixels - int(axons.sum())) / axons.sum() <= 0.12
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["rat01-C5/ipsi", "rat03-C5/ipsi", "rat05-C5/ipsi", "glass"])
 def test_axon_free_tiles_stay_empty(demo_tiles, demo_size_model, name):
     tracer, truth = demo_tiles[name]

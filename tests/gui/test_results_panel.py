@@ -19,6 +19,8 @@ from analysis.live import AnalysisProcess
 from gui.results_panel import ResultsPanel
 from tests.conftest import make_demo_core
 
+pytestmark = pytest.mark.slow  # scans and analyses a section first
+
 SECTIONS = ("rat01-Th7", "rat03-L2")
 
 

@@ -24,6 +24,7 @@ def offline_icons(tmp_path_factory):
     use_offline_icons(tmp_path_factory.mktemp("icons"))
 
 
+@pytest.mark.slow
 def test_overview_find_label_scan_and_read_the_results(qtbot, tmp_path):
     window = MainWindow()  # loads the demo config, as `cordscope gui` does
     qtbot.addWidget(window)

@@ -58,6 +58,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("properties", "plan_fields", "code", "done", "words"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
 )
@@ -79,6 +80,7 @@ def test_device_faults_during_a_scan(
         assert "failed" in run.stdout and not run.stderr.strip(), output
 
 
+@pytest.mark.slow
 def test_failed_tiles_are_acquired_on_resume_once_the_device_behaves(tmp_path: Path, monkeypatch) -> None:
     config = fault_config(tmp_path, "Camera,FailEveryNthSnap,1")
     plan = write_plan(tmp_path, config=config)
