@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from acquisition.hardware import CordScopeCore, build_core
+from acquisition.hardware import DEMO_CONFIG, CordScopeCore, build_core
 from tests.acquisition.mm_adapters import mm_demo_config  # noqa: F401  (fixture for every test)
 
 TEST_SENSOR_PX = 512
@@ -131,3 +131,17 @@ def run_live_scan(path: Path, *, section_ids=(TH7,), driver: Any = None, **plan_
 def th7_live_scan(tmp_path_factory) -> LiveScan:
     """rat01-Th7 scanned once per test run with the live analysis process (do not modify the file)."""
     return run_live_scan(tmp_path_factory.mktemp("th7-live") / "th7.h5")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Refuse to run over a demo microscope (model A or B) that was calibrated in this checkout.
+
+    Every scan of a config copies the calibration files beside it
+    (``<cfg stem>.calibration/``) and applies them; the tests' expectations are
+    those of the demo microscope as shipped.
+    """
+    for folder in sorted(DEMO_CONFIG.parent.glob("*.calibration")):
+        raise pytest.UsageError(
+            f"{folder} exists (written by cordscope calibrate/flatfield): every demo scan of the tests "
+            "would apply it; move it out of the checkout to run the tests"
+        )
