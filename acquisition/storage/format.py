@@ -241,13 +241,13 @@ def touches_file(
     before writing.
     """
     t, p = Path(target).expanduser(), Path(protected).expanduser()
-    try:
-        if t.exists() and p.exists() and os.path.samefile(t, p):
-            return True
-    except OSError:
-        pass
     t_abs, p_abs = t.resolve(), p.resolve()
-    return t_abs == p_abs or (inside and t_abs in p_abs.parents)
+    if t_abs == p_abs or (inside and t_abs in p_abs.parents):
+        return True
+    try:  # the same file under two names (a hard link, a bind mount)
+        return t.exists() and p.exists() and os.path.samefile(t, p)
+    except OSError:  # vanished or unreadable between the checks: not the same file as far as we can see
+        return False
 
 
 def required_free_bytes(bytes_to_write: int) -> int:
