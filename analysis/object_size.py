@@ -56,7 +56,7 @@ Limits
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -206,10 +206,18 @@ class _Measuring:
         return np.asarray(apparent_area_px, dtype=np.float64)
 
 
-def _ellipse_patch(
-    a_um: float, b_um: float, angle: float, dr: float, dc: float, step: float, half: int
+def _subsampled_patch(
+    inside: Callable[[F64, F64], NDArray[np.bool_]],
+    angle: float,
+    dr: float,
+    dc: float,
+    step: float,
+    half: int,
 ) -> F64:
-    """Indicator of an ellipse on a ``step`` grid, 3 × 3 sub-samples per grid point."""
+    """Fraction of each point of a ``step`` grid that is ``inside(u, v)``, 3 × 3 sub-samples per point.
+
+    ``(u, v)`` are the object's own axes: the grid offset by ``(dc, dr)`` and turned by ``angle``.
+    """
     n = 2 * half + 1
     sub = (np.arange(3) - 1) / 3.0
     t = np.arange(n) - half
@@ -219,29 +227,27 @@ def _ellipse_patch(
         y = ((t + oy) * step - dr)[:, None]
         for ox in sub:
             x = ((t + ox) * step - dc)[None, :]
-            u = x * ca + y * sa
-            v = -x * sa + y * ca
-            out += (u / a_um) ** 2 + (v / b_um) ** 2 < 1.0
+            out += inside(x * ca + y * sa, -x * sa + y * ca)
     return out / 9.0
+
+
+def _ellipse_patch(
+    a_um: float, b_um: float, angle: float, dr: float, dc: float, step: float, half: int
+) -> F64:
+    """Indicator of an ellipse on a ``step`` grid, 3 × 3 sub-samples per grid point."""
+    return _subsampled_patch(lambda u, v: (u / a_um) ** 2 + (v / b_um) ** 2 < 1.0, angle, dr, dc, step, half)
 
 
 def _capsule_patch(
     width_um: float, length_um: float, angle: float, dr: float, dc: float, step: float, half: int
 ) -> F64:
     """Indicator of a capsule (a ``length_um`` bar with round caps) on a ``step`` grid, 3 × 3 sub-samples."""
-    n = 2 * half + 1
-    sub = (np.arange(3) - 1) / 3.0
-    t = np.arange(n) - half
-    out = np.zeros((n, n))
-    ca, sa = math.cos(angle), math.sin(angle)
-    for oy in sub:
-        y = ((t + oy) * step - dr)[:, None]
-        for ox in sub:
-            x = ((t + ox) * step - dc)[None, :]
-            u = np.maximum(np.abs(x * ca + y * sa) - length_um / 2.0, 0.0)
-            v = -x * sa + y * ca
-            out += u * u + v * v < (width_um / 2.0) ** 2
-    return out / 9.0
+
+    def inside(u: F64, v: F64) -> NDArray[np.bool_]:
+        along = np.maximum(np.abs(u) - length_um / 2.0, 0.0)
+        return along * along + v * v < (width_um / 2.0) ** 2
+
+    return _subsampled_patch(inside, angle, dr, dc, step, half)
 
 
 def _shapes() -> list[tuple[str, float, float, float]]:
